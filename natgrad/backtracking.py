@@ -1,0 +1,126 @@
+r"""KL-constrained backtracking line search (the acceptance test of TRPO).
+
+Given a full step :math:`d` from :math:`\theta_0` and a first-order prediction of its
+improvement :math:`\Delta_{\text{lin}} = -g^\top d > 0`, try
+:math:`\theta_k = \theta_0 + c^k d` for :math:`k = 0, 1, \dots, K-1` and accept the first
+:math:`\theta_k` with
+
+.. math::
+
+    \bar D_{\mathrm{KL}}(\theta_0 \,\|\, \theta_k) \le \delta,\qquad
+    \Delta_k = L(\theta_0) - L(\theta_k) > 0,\qquad
+    \Delta_k \ge \rho \, c^k \Delta_{\text{lin}},
+
+all values finite (Schulman et al., 2015, appendix C; Nocedal & Wright §3.1 for the
+Armijo-type ratio test).  When no candidate passes, the parameters are restored
+bit-for-bit from a copy taken before the first trial.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["LineSearchResult", "line_search"]
+
+
+@dataclass
+class LineSearchResult:
+    """Outcome of :func:`line_search`.
+
+    Attributes:
+        accepted: whether a step was taken.
+        step_fraction: :math:`c^k` of the accepted step (0.0 when rejected).
+        iterations: number of candidates evaluated.
+        kl: mean KL of the accepted candidate (of the last one tried when rejected).
+        improvement: :math:`L(\\theta_0) - L(\\theta_k)` of that candidate.
+        expected_improvement: :math:`c^k \\Delta_{\\text{lin}}` of that candidate.
+        loss: the loss after the search (``loss_before`` when rejected).
+    """
+
+    accepted: bool
+    step_fraction: float
+    iterations: int
+    kl: float
+    improvement: float
+    expected_improvement: float
+    loss: float
+
+
+def _as_float(x: Tensor | float) -> float:
+    return float(x.detach()) if isinstance(x, Tensor) else float(x)
+
+
+def line_search(
+    params: Sequence[Tensor],
+    direction: Sequence[Tensor],
+    evaluate: Callable[[], tuple[Tensor | float, Tensor | float]],
+    *,
+    loss_before: float,
+    expected_improvement: float,
+    max_kl: float,
+    max_iters: int = 10,
+    coeff: float = 0.8,
+    accept_ratio: float = 0.1,
+) -> LineSearchResult:
+    r"""Backtrack from ``params + direction`` until the trust-region test passes.
+
+    Args:
+        params: tensors updated in place (e.g. a module's parameters).
+        direction: the full step :math:`d`, one tensor per parameter.
+        evaluate: called with the trial values in place; returns ``(loss, mean_kl)``
+            measured against the distribution at :math:`\theta_0`.  Runs under ``torch.no_grad``.
+        loss_before: :math:`L(\theta_0)`.
+        expected_improvement: :math:`-g^\top d`, the first-order decrease of the full step (> 0).
+        max_kl: :math:`\delta > 0`.
+        max_iters: :math:`K \ge 1` candidates at most.
+        coeff: :math:`c \in (0, 1)`.
+        accept_ratio: :math:`\rho \ge 0`.
+
+    Returns:
+        A :class:`LineSearchResult`.  On acceptance ``params`` hold the accepted values;
+        otherwise they equal their values on entry bit-for-bit.
+    """
+    params = list(params)
+    direction = list(direction)
+    if len(params) != len(direction):
+        raise ValueError(f"got {len(params)} parameters but {len(direction)} direction tensors")
+    for i, (p, d) in enumerate(zip(params, direction)):
+        if p.shape != d.shape:
+            raise ValueError(f"direction {i} has shape {tuple(d.shape)}, parameter has {tuple(p.shape)}")
+    if not max_kl > 0:
+        raise ValueError(f"max_kl must be > 0, got {max_kl}")
+    if max_iters < 1:
+        raise ValueError(f"max_iters must be >= 1, got {max_iters}")
+    if not 0 < coeff < 1:
+        raise ValueError(f"coeff must lie in (0, 1), got {coeff}")
+    if not accept_ratio >= 0:
+        raise ValueError(f"accept_ratio must be >= 0, got {accept_ratio}")
+
+    with torch.no_grad():
+        saved = [p.detach().clone() for p in params]
+        fraction = 1.0
+        kl = improvement = expected = math.nan
+        for k in range(max_iters):
+            for p, p0, d in zip(params, saved, direction):
+                p.copy_(p0 + fraction * d)
+            loss, kl_t = evaluate()
+            loss_f, kl = _as_float(loss), _as_float(kl_t)
+            improvement = loss_before - loss_f
+            expected = fraction * expected_improvement
+            if (
+                math.isfinite(loss_f)
+                and math.isfinite(kl)
+                and kl <= max_kl
+                and improvement > 0
+                and improvement >= accept_ratio * expected
+            ):
+                return LineSearchResult(True, fraction, k + 1, kl, improvement, expected, loss_f)
+            fraction *= coeff
+        for p, p0 in zip(params, saved):
+            p.copy_(p0)
+    return LineSearchResult(False, 0.0, max_iters, kl, improvement, expected, loss_before)

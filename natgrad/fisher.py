@@ -1,0 +1,451 @@
+r"""Fisher-vector products :math:`v \mapsto (F + \lambda I) v` for policies.
+
+:math:`F = \frac1N\sum_n J_n^\top F_{\text{out}}(z_n) J_n` is the Fisher of the
+policy's output distribution (see :mod:`natgrad.families`), which equals the
+Hessian of the mean KL divergence :math:`\bar D_{\mathrm{KL}}(\pi_{\theta_0}\,\|\,\pi_\theta)`
+at :math:`\theta = \theta_0`.  It is positive semi-definite by construction, so
+:math:`F + \lambda I` is positive definite for any damping :math:`\lambda > 0`.
+
+Methods (``method=``), all exact; they differ in cost and memory only:
+
+``"reverse"`` (default where the family is analytic)
+    One forward pass and one ``create_graph`` backward build :math:`u \mapsto J^\top u`
+    once.  Each product then costs two backward-sized passes and no forward:
+    :math:`Jv` is the gradient of :math:`\langle J^\top u, v\rangle` with respect to
+    :math:`u` (the transpose of the cached vjp), :math:`J^\top(F_{\text{out}}Jv)` a plain
+    vjp.  Works on any autograd graph, so it also serves optimizers driven by a
+    closure.  Memory: the forward graph plus its first-order backward graph.
+``"jvp"``
+    :func:`torch.func.vjp` once (the vjp function is reused by every product) and
+    :func:`torch.func.jvp` per product (a forward pass with tangents).  Keeps only
+    the forward graph; with ``chunk_size`` nothing is kept between products.
+``"linearize"``
+    :func:`torch.func.linearize` once (traces the forward, ~50 ms of setup on small
+    MLPs) and the cached vjp.  Pays off when many products share one linearization.
+``"kl_hvp"`` (fallback for any distribution with a registered ``kl_divergence``)
+    The Hessian-vector product of the mean KL by double backprop; the first
+    derivative graph is built once per operator.
+
+Measured on a 2-core CPU (17-64-64-6 Gaussian MLP, batch 2048, float32), per
+product: reverse 1.05 ms, linearize 1.1 ms (+55 ms setup), jvp 2.5 ms, double
+backprop of the KL (sb3-contrib's method) 2.1 ms.  See ``benchmarks/curvature.py``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from .families import OutputFamily, detach_distribution, family_of, mean_kl, num_samples
+from .tree import Tree, TreeSpec, tree_flatten, tree_unflatten
+
+__all__ = [
+    "METHODS",
+    "FisherOperator",
+    "fisher_vector_product",
+    "functional_product",
+    "graph_fisher_vector_product",
+]
+
+METHODS = ("auto", "reverse", "jvp", "linearize", "kl_hvp")
+
+LeafProduct = Callable[[list[Tensor]], list[Tensor]]
+
+
+class FisherOperator:
+    r"""The linear operator :math:`v \mapsto (F + \lambda I)v` on parameter pytrees.
+
+    Call it, or use ``F @ v``.  ``v`` must have the layout of the parameters the
+    operator was built for; the result has the same layout.
+
+    Attributes:
+        damping: :math:`\lambda`.
+        method: the product method in use.
+        num_samples: the number of samples :math:`N` the Fisher averages over.
+        products: how many products have been evaluated so far.
+    """
+
+    def __init__(
+        self,
+        product: LeafProduct,
+        like: Sequence[Tensor],
+        spec: TreeSpec,
+        *,
+        damping: float,
+        method: str,
+        num_samples: int,
+    ) -> None:
+        self._product = product
+        self._like = [t.detach() for t in like]
+        self._spec = spec
+        self.damping = float(damping)
+        self.method = method
+        self.num_samples = num_samples
+        self.products = 0
+
+    @property
+    def num_params(self) -> int:
+        """Total number of scalar parameters (the operator is ``num_params × num_params``)."""
+        return sum(t.numel() for t in self._like)
+
+    def __call__(self, v: Tree) -> Tree:
+        leaves, spec = tree_flatten(v)
+        if spec != self._spec:
+            raise ValueError("the vector does not have the layout of the parameters")
+        for i, (a, b) in enumerate(zip(leaves, self._like)):
+            if a.shape != b.shape:
+                raise ValueError(f"leaf {i} has shape {tuple(a.shape)}, expected {tuple(b.shape)}")
+        leaves = [a.detach().to(dtype=b.dtype) for a, b in zip(leaves, self._like)]
+        out = self._product(leaves)
+        self.products += 1
+        if self.damping:
+            out = [o.add(a, alpha=self.damping) for o, a in zip(out, leaves)]
+        return tree_unflatten(out, self._spec)
+
+    def __matmul__(self, v: Tree) -> Tree:
+        return self(v)
+
+    def to_dense(self) -> Tensor:
+        """The ``(P, P)`` matrix, column by column (``P`` products; for tests and small models)."""
+        cols = []
+        flat_like = torch.cat([t.reshape(-1) for t in self._like])
+        for j in range(flat_like.numel()):
+            e = torch.zeros_like(flat_like)
+            e[j] = 1
+            leaves, pos = [], 0
+            for t in self._like:
+                leaves.append(e[pos : pos + t.numel()].view_as(t))
+                pos += t.numel()
+            out, _ = tree_flatten(self(tree_unflatten(leaves, self._spec)))
+            cols.append(torch.cat([o.reshape(-1) for o in out]))
+        return torch.stack(cols, dim=1)
+
+    def to_scipy(self) -> Any:
+        """A :class:`scipy.sparse.linalg.LinearOperator` acting on flat numpy vectors (needs scipy)."""
+        import numpy as np
+        from scipy.sparse.linalg import LinearOperator
+
+        like = self._like
+        n = self.num_params
+        dtype = torch.empty((), dtype=like[0].dtype).numpy().dtype
+
+        def mv(x: Any) -> Any:
+            flat = torch.as_tensor(np.asarray(x, dtype=dtype).reshape(-1), device=like[0].device)
+            leaves, pos = [], 0
+            for t in like:
+                leaves.append(flat[pos : pos + t.numel()].view_as(t))
+                pos += t.numel()
+            out, _ = tree_flatten(self(tree_unflatten(leaves, self._spec)))
+            return torch.cat([o.reshape(-1) for o in out]).cpu().numpy()
+
+        return LinearOperator((n, n), matvec=mv, rmatvec=mv, dtype=dtype)
+
+
+def _zeros_for_none(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
+    return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
+
+
+def _scaled_fisher(
+    family: OutputFamily, z: tuple[Tensor, ...], n: int
+) -> Callable[[Sequence[Tensor]], tuple[Tensor, ...]]:
+    inv_n = 1.0 / n
+
+    def apply(u: Sequence[Tensor]) -> tuple[Tensor, ...]:
+        return tuple(t * inv_n for t in family.fisher(z, tuple(u)))
+
+    return apply
+
+
+def _reverse_product(
+    outputs: tuple[Tensor, ...], params: Sequence[Tensor], family: OutputFamily, n: int
+) -> LeafProduct:
+    """Cached ``J^T F_out J`` on an existing graph from ``params`` to ``outputs`` (see module docstring)."""
+    z = tuple(o.detach() for o in outputs)
+    fout = _scaled_fisher(family, z, n)
+    live = [i for i, o in enumerate(outputs) if o.requires_grad]
+    if not live:
+        raise ValueError("the distribution does not depend on the parameters (no autograd graph)")
+    outs = [outputs[i] for i in live]
+    us = [torch.zeros_like(o, requires_grad=True) for o in outs]
+    jt_u = torch.autograd.grad(outs, params, us, create_graph=True, allow_unused=True)
+    used = [i for i, g in enumerate(jt_u) if g is not None and g.requires_grad]
+    jt_u_used = [jt_u[i] for i in used]
+
+    def product(v: list[Tensor]) -> list[Tensor]:
+        if not used:
+            return [torch.zeros_like(t) for t in v]
+        jv_live = torch.autograd.grad(jt_u_used, us, [v[i] for i in used], retain_graph=True, allow_unused=True)
+        jv_live = _zeros_for_none(jv_live, us)
+        jv = [torch.zeros_like(zk) for zk in z]
+        for k, i in enumerate(live):
+            jv[i] = jv_live[k]
+        fjv = fout(jv)
+        out = torch.autograd.grad(outs, params, [fjv[i] for i in live], retain_graph=True, allow_unused=True)
+        return _zeros_for_none(out, params)
+
+    return product
+
+
+def _kl_hvp_product(kl: Tensor, params: Sequence[Tensor]) -> LeafProduct:
+    """Hessian-vector product of ``kl`` by double backprop; the gradient graph is built once."""
+    grads = torch.autograd.grad(kl, params, create_graph=True, allow_unused=True)
+    used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+
+    def product(v: list[Tensor]) -> list[Tensor]:
+        if not used:
+            return [torch.zeros_like(t) for t in v]
+        gv = sum((grads[i] * v[i]).sum() for i in used)
+        out = torch.autograd.grad(gv, [params[i] for i in used], retain_graph=True, allow_unused=True)
+        res = [torch.zeros_like(t) for t in v]
+        for k, i in enumerate(used):
+            if out[k] is not None:
+                res[i] = out[k]
+        return res
+
+    return product
+
+
+def functional_product(
+    outputs_of: Callable[..., tuple[Tensor, ...]],
+    leaves: Sequence[Tensor],
+    family: OutputFamily,
+    method: str = "jvp",
+) -> tuple[LeafProduct, int]:
+    """``J^T F_out J`` for ``outputs_of(*leaves) -> z`` with torch.func: a cached vjp plus
+    ``jvp`` (recomputed per product) or ``linearize`` (traced once).  Returns the product and N.
+
+    Distribution argument validation is switched off inside ``outputs_of``: its
+    data-dependent checks cannot be traced by ``linearize``."""
+    user_fn = outputs_of
+
+    def outputs_of(*p: Tensor) -> tuple[Tensor, ...]:
+        previous = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            return user_fn(*p)
+        finally:
+            Distribution.set_default_validate_args(previous)
+
+    z, vjp_fn = torch.func.vjp(outputs_of, *leaves)
+    z = tuple(t.detach() for t in z)
+    n = num_samples(family.rebuild(z))
+    fout = _scaled_fisher(family, z, n)
+    if method == "linearize":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch.fx const-folding chatter
+            _, jvp_fn = torch.func.linearize(outputs_of, *leaves)
+
+        def product(v: list[Tensor]) -> list[Tensor]:
+            return list(vjp_fn(fout(jvp_fn(*v))))
+
+    elif method == "jvp":
+
+        def product(v: list[Tensor]) -> list[Tensor]:
+            _, jv = torch.func.jvp(outputs_of, tuple(leaves), tuple(v))
+            return list(vjp_fn(fout(jv)))
+
+    else:
+        raise ValueError(f"functional products use method 'jvp' or 'linearize', not {method!r}")
+    return product, n
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ValueError(f"unknown Fisher-vector product method {method!r}; choose one of {METHODS}")
+
+
+def _check_damping(damping: float) -> None:
+    if not damping >= 0:
+        raise ValueError(f"damping must be >= 0, got {damping}")
+
+
+def graph_fisher_vector_product(
+    dist: Distribution,
+    params: Sequence[Tensor],
+    *,
+    damping: float = 0.0,
+    method: str = "auto",
+    old_dist: Distribution | None = None,
+) -> FisherOperator:
+    r"""``(F + λI)`` from a distribution that is still attached to its autograd graph.
+
+    This is the path a closure-driven optimizer takes: the policy was evaluated
+    once (for the loss) and its graph is reused for every product.
+
+    Args:
+        dist: the policy's distribution over the batch, built from ``params`` with grad.
+        params: the tensors to differentiate with respect to (leaves requiring grad).
+        damping: :math:`\lambda \ge 0`.
+        method: ``"auto"`` (``"reverse"`` for analytic families, else ``"kl_hvp"``),
+            ``"reverse"`` or ``"kl_hvp"``.
+        old_dist: the reference distribution for ``"kl_hvp"`` (defaults to ``dist`` detached).
+
+    Returns:
+        A :class:`FisherOperator` on lists of tensors shaped like ``params``.
+    """
+    _check_method(method)
+    _check_damping(damping)
+    params = list(params)
+    leaves, spec = tree_flatten(params)
+    family = family_of(dist)
+    if method == "auto":
+        method = "reverse" if family is not None else "kl_hvp"
+    if method in ("jvp", "linearize"):
+        raise ValueError(
+            f"method {method!r} needs the model as a function of its parameters; use fisher_vector_product"
+        )
+    n = num_samples(dist)
+    if method == "reverse":
+        if family is None:
+            raise ValueError(
+                f"no analytic output Fisher for {type(dist).__name__}; use method='kl_hvp' (any distribution "
+                "with a registered kl_divergence)"
+            )
+        product = _reverse_product(family.outputs(dist), leaves, family, n)
+    else:
+        ref = old_dist if old_dist is not None else detach_distribution(dist)
+        product = _kl_hvp_product(mean_kl(ref, dist), leaves)
+    return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
+
+
+def _slice_args(args: tuple[Any, ...], n: int, index: Tensor | slice) -> tuple[Any, ...]:
+    return tuple(a[index] if isinstance(a, Tensor) and a.dim() > 0 and a.shape[0] == n else a for a in args)
+
+
+def _batch_size(args: tuple[Any, ...]) -> int | None:
+    for a in args:
+        if isinstance(a, Tensor) and a.dim() > 0:
+            return int(a.shape[0])
+    return None
+
+
+def fisher_vector_product(
+    model_fn: Callable[..., Distribution],
+    params: Tree,
+    *args: Any,
+    damping: float = 0.0,
+    method: str = "auto",
+    subsample: int | float | None = None,
+    chunk_size: int | None = None,
+    generator: torch.Generator | None = None,
+) -> FisherOperator:
+    r"""The operator :math:`v \mapsto (F + \lambda I) v` of a model written as a function of its parameters.
+
+    Args:
+        model_fn: ``model_fn(params, *args) -> Distribution`` over a batch of ``N``
+            samples (the first batch dimension), e.g.
+            ``lambda p, obs: Normal(functional_call(net, p, (obs,)), std)``.
+        params: the parameters (a dict of tensors, or any pytree), at which ``F`` is taken.
+        *args: the batch; every tensor whose first dimension is ``N`` is sliced for
+            ``subsample`` and ``chunk_size``, other arguments are passed through.
+        damping: :math:`\lambda \ge 0`.
+        method: ``"auto"``, ``"reverse"``, ``"jvp"``, ``"linearize"`` or ``"kl_hvp"`` (module docstring).
+            ``"auto"`` is ``"reverse"`` for analytic families (``"jvp"`` when chunking) and
+            ``"kl_hvp"`` otherwise.
+        subsample: use only this many samples (an int) or this fraction of the batch (a float in
+            (0, 1]) for the products, drawn once without replacement.
+        chunk_size: evaluate the products over chunks of this many samples, keeping nothing
+            between products (memory bounded by one chunk; the forward is recomputed per product).
+        generator: random generator for ``subsample``.
+
+    Returns:
+        A :class:`FisherOperator` acting on pytrees shaped like ``params``.
+    """
+    _check_method(method)
+    _check_damping(damping)
+    leaves, spec = tree_flatten(params)
+    leaves = [t.detach() for t in leaves]
+    n_full = _batch_size(args)
+    if subsample is not None:
+        if n_full is None:
+            raise ValueError("subsample needs a batch tensor argument with a leading sample dimension")
+        k = round(subsample * n_full) if isinstance(subsample, float) else int(subsample)
+        if isinstance(subsample, float) and not 0 < subsample <= 1:
+            raise ValueError(f"a fractional subsample must lie in (0, 1], got {subsample}")
+        if not 1 <= k <= n_full:
+            raise ValueError(f"subsample must select between 1 and {n_full} samples, got {subsample}")
+        if k < n_full:
+            device = next((a.device for a in args if isinstance(a, Tensor)), None)
+            index = torch.randperm(n_full, generator=generator)[:k]
+            args = _slice_args(args, n_full, index.to(device) if device is not None else index)
+            n_full = k
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+
+    def call(p_leaves: Sequence[Tensor], batch: tuple[Any, ...]) -> Distribution:
+        dist = model_fn(tree_unflatten(list(p_leaves), spec), *batch)
+        if not isinstance(dist, Distribution):
+            raise TypeError(f"model_fn must return a torch.distributions.Distribution, got {type(dist).__name__}")
+        return dist
+
+    single = chunk_size is None or n_full is None or chunk_size >= n_full
+    if single and method in ("auto", "reverse", "kl_hvp"):
+        # one forward with grad serves both the family check and the cached graph
+        ps = [t.clone().requires_grad_(True) for t in leaves]
+        with torch.enable_grad():
+            dist = call(ps, args)
+            family = family_of(dist)
+            if method == "auto":
+                method = "reverse" if family is not None else "kl_hvp"
+            n = num_samples(dist)
+            if method == "reverse":
+                if family is None:
+                    raise ValueError(f"no analytic output Fisher for {type(dist).__name__}; use method='kl_hvp'")
+                product = _reverse_product(family.outputs(dist), ps, family, n)
+            else:
+                product = _kl_hvp_product(mean_kl(detach_distribution(dist), dist), ps)
+        return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
+
+    with torch.no_grad():
+        probe = call(leaves, args if single else _slice_args(args, n_full, slice(0, 1)))
+    family = family_of(probe)
+    if method == "auto":
+        method = "jvp" if family is not None else "kl_hvp"
+    if method in ("reverse", "jvp", "linearize") and family is None:
+        raise ValueError(f"no analytic output Fisher for {type(probe).__name__}; use method='kl_hvp'")
+    if not single and method not in ("jvp", "kl_hvp"):
+        raise ValueError(f"chunk_size works with method='jvp' or 'kl_hvp', not {method!r}")
+
+    chunks: list[tuple[Any, ...]]
+    if single:
+        chunks = [args]
+    else:
+        chunks = [_slice_args(args, n_full, slice(s, s + chunk_size)) for s in range(0, n_full, chunk_size)]  # type: ignore[arg-type]
+
+    if method in ("jvp", "linearize") and single:
+
+        def outputs_of(*p: Tensor) -> tuple[Tensor, ...]:
+            return family.outputs(call(p, args))  # type: ignore[union-attr]
+
+        product, n = functional_product(outputs_of, leaves, family, method)  # type: ignore[arg-type]
+        return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
+
+    # chunked: nothing is cached between products
+    total = n_full if n_full is not None else 1
+    fam = family
+
+    def chunked_product(v: list[Tensor]) -> list[Tensor]:
+        acc = [torch.zeros_like(t) for t in leaves]
+        for batch in chunks:
+            weight = (_batch_size(batch) or 1) / total
+            if method == "jvp":
+
+                def outputs_of(*p: Tensor, batch: tuple[Any, ...] = batch) -> tuple[Tensor, ...]:
+                    return fam.outputs(call(p, batch))  # type: ignore[union-attr]
+
+                part = functional_product(outputs_of, leaves, fam, "jvp")[0](v)  # type: ignore[arg-type]
+            else:
+                ps = [t.clone().requires_grad_(True) for t in leaves]
+                with torch.enable_grad():
+                    d = call(ps, batch)
+                    part = _kl_hvp_product(mean_kl(detach_distribution(d), d), ps)(v)
+            for a, p in zip(acc, part):
+                a.add_(p.detach(), alpha=weight)
+        return acc
+
+    return FisherOperator(chunked_product, leaves, spec, damping=damping, method=method, num_samples=total)

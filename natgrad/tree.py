@@ -1,0 +1,121 @@
+"""Parameter pytrees: a tensor, or (nested) dicts, lists and tuples of tensors.
+
+Every solver in natgrad accepts vectors in any of these layouts and returns
+results in the caller's layout.  Internally a tree is split into a flat list of
+leaves plus a :class:`TreeSpec`; vector-space operations then act on the leaf
+lists in place, so a CG iteration never concatenates parameters into one flat
+buffer (no dict ↔ flat copies).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+Tree = Tensor | dict[str, Any] | list[Any] | tuple[Any, ...]
+
+__all__ = [
+    "Tree",
+    "TreeSpec",
+    "batched_vdot",
+    "tree_flatten",
+    "tree_map",
+    "tree_unflatten",
+    "vdot",
+]
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """Structure of a pytree: ``kind`` is ``"leaf"``, ``"dict"``, ``"list"`` or ``"tuple"``."""
+
+    kind: str
+    keys: tuple[Any, ...] = ()
+    children: tuple[TreeSpec, ...] = ()
+
+    @property
+    def num_leaves(self) -> int:
+        if self.kind == "leaf":
+            return 1
+        return sum(c.num_leaves for c in self.children)
+
+
+_LEAF = TreeSpec("leaf")
+
+
+def tree_flatten(tree: Tree) -> tuple[list[Tensor], TreeSpec]:
+    """Split ``tree`` into its tensor leaves (depth-first, dict insertion order) and its structure."""
+    leaves: list[Tensor] = []
+
+    def rec(node: Any, path: str) -> TreeSpec:
+        if isinstance(node, Tensor):
+            leaves.append(node)
+            return _LEAF
+        if isinstance(node, dict):
+            keys = tuple(node.keys())
+            return TreeSpec("dict", keys, tuple(rec(node[k], f"{path}[{k!r}]") for k in keys))
+        if isinstance(node, (list, tuple)):
+            kind = "list" if isinstance(node, list) else "tuple"
+            return TreeSpec(kind, (), tuple(rec(c, f"{path}[{i}]") for i, c in enumerate(node)))
+        raise TypeError(
+            f"expected a tensor or a dict/list/tuple of tensors, found {type(node).__name__} at {path or 'the root'}"
+        )
+
+    spec = rec(tree, "")
+    return leaves, spec
+
+
+def tree_unflatten(leaves: Sequence[Tensor], spec: TreeSpec) -> Tree:
+    """Inverse of :func:`tree_flatten`."""
+    it = iter(leaves)
+
+    def rec(s: TreeSpec) -> Any:
+        if s.kind == "leaf":
+            return next(it)
+        kids = [rec(c) for c in s.children]
+        if s.kind == "dict":
+            return dict(zip(s.keys, kids))
+        return kids if s.kind == "list" else tuple(kids)
+
+    out = rec(spec)
+    if next(it, None) is not None:
+        raise ValueError("more leaves than the tree structure holds")
+    return out
+
+
+def tree_map(fn: Callable[..., Tensor], tree: Tree, *rest: Tree) -> Tree:
+    """Apply ``fn`` leaf-wise to one or more trees of the same structure."""
+    leaves, spec = tree_flatten(tree)
+    others = []
+    for other in rest:
+        ol, os_ = tree_flatten(other)
+        if os_ != spec:
+            raise ValueError("trees passed to tree_map have different structures")
+        others.append(ol)
+    return tree_unflatten([fn(x, *ys) for x, *ys in zip(leaves, *others)], spec)
+
+
+def vdot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """Euclidean inner product ``Σ_i ⟨x_i, y_i⟩`` of two leaf lists, as a 0-d tensor."""
+    total = None
+    for x, y in zip(xs, ys):
+        d = torch.dot(x.reshape(-1), y.reshape(-1))
+        total = d if total is None else total + d
+    if total is None:
+        raise ValueError("cannot take the inner product of empty vectors")
+    return total
+
+
+def batched_vdot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
+    """Per-row inner products of leaf lists whose leaves share a leading batch dimension B; shape (B,)."""
+    total = None
+    for x, y in zip(xs, ys):
+        d = torch.linalg.vecdot(x.reshape(x.shape[0], -1), y.reshape(y.shape[0], -1))
+        total = d if total is None else total + d
+    if total is None:
+        raise ValueError("cannot take the inner product of empty vectors")
+    return total

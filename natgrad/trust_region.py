@@ -1,0 +1,514 @@
+r"""The TRPO / natural-policy-gradient step, functional and as a ``torch.optim`` optimizer.
+
+One step (Schulman et al., 2015; Kakade, 2001) from parameters :math:`\theta_0`:
+
+1. :math:`g = \nabla_\theta L(\theta_0)` for the surrogate loss :math:`L` (minimised);
+2. :math:`s \approx (F + \lambda I)^{-1} g` by conjugate gradient;
+3. maximal step :math:`\beta = \sqrt{2\delta / s^\top (F + \lambda I) s}`, so that the
+   quadratic model of the KL, :math:`\tfrac12 (\beta s)^\top (F+\lambda I)(\beta s)`, equals
+   :math:`\delta` (``max_kl``); :math:`s^\top(F+\lambda I)s = s^\top(g - r)` is read off the
+   CG residual :math:`r` at no extra product;
+4. full step :math:`d = -\beta s`, first-order improvement :math:`\beta\, g^\top s`;
+5. backtracking line search (:func:`natgrad.line_search`) with the KL measured against
+   the distribution at :math:`\theta_0`, or, in natural-policy-gradient mode, the full
+   step without a search.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from .backtracking import line_search
+from .cg import conjugate_gradient
+from .families import detach_distribution, family_of, mean_kl
+from .fisher import METHODS, FisherOperator, functional_product, graph_fisher_vector_product
+from .tree import tree_flatten, vdot
+
+__all__ = ["NonFiniteError", "StepInfo", "TrustRegionOptimizer", "swap_parameters", "trust_region_step"]
+
+Closure = Callable[[], Any]
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss, its gradient, or the curvature was NaN or infinite; parameters were left untouched."""
+
+
+@dataclass
+class StepInfo:
+    """What one trust-region step did (all plain Python numbers; ``asdict`` for logging).
+
+    Attributes:
+        accepted: whether the parameters changed.
+        loss_before, loss_after: surrogate loss at the start and end of the step.
+        improvement: ``loss_before - loss_after`` of the accepted (or last tried) step.
+        expected_improvement: first-order prediction of that improvement.
+        kl: mean KL between the start and the end (or last tried) distribution.
+        step_size: the scale of the step taken along ``-s`` (``max_step × step_fraction``).
+        max_step: :math:`\\beta`.
+        step_fraction: line-search fraction of the accepted step (0 when rejected).
+        max_kl: the trust-region radius used (it moves when adaptive).
+        cg_iterations, cg_residual, cg_converged: conjugate-gradient statistics.
+        nonpositive_curvature: CG met :math:`p^\\top A p \\le 0`.
+        line_search_iterations: candidates evaluated (0 without a line search).
+        grad_norm: :math:`\\lVert g\\rVert_2`.
+        fvp_method: the Fisher-vector-product method used.
+        num_params: number of scalar parameters that took part in the step.
+    """
+
+    accepted: bool
+    loss_before: float
+    loss_after: float
+    improvement: float
+    expected_improvement: float
+    kl: float
+    step_size: float
+    max_step: float
+    step_fraction: float
+    max_kl: float
+    cg_iterations: int
+    cg_residual: float
+    cg_converged: bool
+    nonpositive_curvature: bool
+    line_search_iterations: int
+    grad_norm: float
+    fvp_method: str
+    num_params: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextmanager
+def swap_parameters(module: nn.Module, tensors: dict[str, Tensor]) -> Iterator[None]:
+    """Temporarily replace ``module``'s named parameters by ``tensors`` (as ``functional_call`` does)."""
+    saved = []
+    try:
+        for name, t in tensors.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            saved.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = t
+        yield
+    finally:
+        for owner, leaf, old in reversed(saved):
+            owner._parameters[leaf] = old
+
+
+def _call_closure(closure: Closure) -> tuple[Tensor, Distribution]:
+    out = closure()
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(
+            "the closure must return (loss, distribution): a scalar loss tensor and the policy's "
+            f"torch.distributions.Distribution over the batch; it returned {type(out).__name__}"
+        )
+    loss, dist = out
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise TypeError(
+            f"the closure's loss must be a scalar tensor, got {type(loss).__name__} "
+            f"{tuple(loss.shape) if isinstance(loss, Tensor) else ''}"
+        )
+    if not isinstance(dist, Distribution):
+        raise TypeError(
+            f"the closure's second value must be a torch.distributions.Distribution, got {type(dist).__name__}"
+        )
+    return loss.reshape(()), dist
+
+
+def _rejected(loss: float, max_kl: float, method: str, n_params: int, grad_norm: float, **kw: Any) -> StepInfo:
+    base = dict(
+        accepted=False,
+        loss_before=loss,
+        loss_after=loss,
+        improvement=0.0,
+        expected_improvement=0.0,
+        kl=0.0,
+        step_size=0.0,
+        max_step=0.0,
+        step_fraction=0.0,
+        max_kl=max_kl,
+        cg_iterations=0,
+        cg_residual=math.nan,
+        cg_converged=False,
+        nonpositive_curvature=False,
+        line_search_iterations=0,
+        grad_norm=grad_norm,
+        fvp_method=method,
+        num_params=n_params,
+    )
+    base.update(kw)
+    return StepInfo(**base)
+
+
+def trust_region_step(
+    params: Sequence[Tensor],
+    closure: Closure,
+    *,
+    max_kl: float = 0.01,
+    damping: float = 0.1,
+    cg_iters: int = 10,
+    cg_rtol: float = 1e-10,
+    backtrack_iters: int = 10,
+    backtrack_coeff: float = 0.8,
+    accept_ratio: float = 0.1,
+    use_line_search: bool = True,
+    fvp_method: str = "auto",
+    model: nn.Module | None = None,
+    fisher_closure: Callable[[], Any] | None = None,
+    x0: Sequence[Tensor] | None = None,
+    preconditioner: Callable[[list[Tensor]], list[Tensor]] | None = None,
+) -> tuple[StepInfo, list[Tensor | None]]:
+    """One TRPO (or NPG) step on ``params`` in place; the functional core of :class:`TrustRegionOptimizer`.
+
+    Args:
+        params: leaf tensors requiring grad, updated in place.
+        closure: ``() -> (loss, distribution)``, recomputing the surrogate loss to minimise
+            and the policy's distribution over the batch from the current parameter values.
+        fisher_closure: optional ``() -> distribution`` (or ``(loss, distribution)``) used for the
+            curvature only, e.g. on a sub-sample of the batch.
+        model: the module owning ``params``; needed for ``fvp_method`` ``"jvp"`` / ``"linearize"``,
+            which re-run the closure with the parameters swapped for functional tensors.
+        x0: warm start for CG, one tensor (or None) per parameter.
+        preconditioner: ``M`` for CG on lists of tensors (one per *active* parameter).
+        Other arguments: as in :class:`TrustRegionOptimizer`.
+
+    Returns:
+        ``(info, solution)`` where ``solution[i]`` is the CG solution :math:`s` for parameter
+        ``i`` (None for parameters that took no part).
+    """
+    if fvp_method not in METHODS:
+        raise ValueError(f"unknown fvp_method {fvp_method!r}; choose one of {METHODS}")
+    params = list(params)
+    with torch.enable_grad():
+        loss, dist = _call_closure(closure)
+    loss_f = float(loss.detach())
+    if not math.isfinite(loss_f):
+        raise NonFiniteError(f"the loss is {loss_f}; parameters were left untouched")
+    if not loss.requires_grad:
+        raise ValueError("the loss does not depend on the optimizer's parameters (it has no autograd graph)")
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    active = [i for i, g in enumerate(grads) if g is not None]
+    if not active:
+        raise ValueError("the loss does not depend on any of the optimizer's parameters")
+    a_params = [params[i] for i in active]
+    g = [grads[i].detach() for i in active]  # type: ignore[union-attr]
+    gg = float(vdot(g, g))
+    if not math.isfinite(gg):
+        bad = [i for i, gi in zip(active, g) if not bool(torch.isfinite(gi).all())]
+        raise NonFiniteError(
+            f"the gradient is not finite (parameters at positions {bad}); parameters were left untouched"
+        )
+    grad_norm = math.sqrt(gg)
+    n_active = sum(p.numel() for p in a_params)
+    try:
+        old_dist = detach_distribution(dist)
+    except TypeError:
+        with torch.no_grad():
+            old_dist = _call_closure(closure)[1]
+
+    if gg == 0.0:
+        return _rejected(loss_f, max_kl, fvp_method, n_active, 0.0, cg_converged=True), [None] * len(params)
+
+    fvp = _build_fisher(a_params, dist, closure, fisher_closure, model, fvp_method, damping)
+    x0_active = None
+    if x0 is not None and all(x0[i] is not None for i in active):
+        x0_active = [x0[i].to(g[k]) for k, i in enumerate(active)]  # type: ignore[union-attr]
+    cg = conjugate_gradient(fvp, g, x0=x0_active, maxiter=cg_iters, rtol=cg_rtol, M=preconditioner)
+    s: list[Tensor] = cg.x  # type: ignore[assignment]
+    r: list[Tensor] = cg.residual  # type: ignore[assignment]
+    shs = float(vdot(s, [gi - ri for gi, ri in zip(g, r)]))
+    if not (math.isfinite(shs) and shs > 0):
+        shs = float(vdot(s, fvp(s)))  # type: ignore[arg-type]
+    gs = float(vdot(g, s))
+    cg_stats = dict(
+        cg_iterations=cg.iterations,
+        cg_residual=float(cg.residual_norm),
+        cg_converged=bool(cg.converged),
+        nonpositive_curvature=bool(cg.nonpositive_curvature),
+    )
+    solution: list[Tensor | None] = [None] * len(params)
+    for k, i in enumerate(active):
+        solution[i] = s[k]
+    method = fvp.method
+    del fvp, dist, loss, grads  # free the graph before the line search
+    if not (math.isfinite(shs) and shs > 0 and math.isfinite(gs) and gs > 0):
+        return _rejected(loss_f, max_kl, method, n_active, grad_norm, **cg_stats), solution
+
+    beta = math.sqrt(2.0 * max_kl / shs)
+    direction = [-beta * si for si in s]
+    expected = beta * gs
+
+    def evaluate() -> tuple[Tensor, Tensor]:
+        new_loss, new_dist = _call_closure(closure)
+        return new_loss, mean_kl(old_dist, new_dist)
+
+    if use_line_search:
+        ls = line_search(
+            a_params,
+            direction,
+            evaluate,
+            loss_before=loss_f,
+            expected_improvement=expected,
+            max_kl=max_kl,
+            max_iters=backtrack_iters,
+            coeff=backtrack_coeff,
+            accept_ratio=accept_ratio,
+        )
+        accepted, fraction, ls_iters = ls.accepted, ls.step_fraction, ls.iterations
+        kl, improvement, exp_imp, loss_after = ls.kl, ls.improvement, ls.expected_improvement, ls.loss
+    else:
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in a_params]
+            for p, d in zip(a_params, direction):
+                p.add_(d)
+            new_loss, kl_t = evaluate()
+            loss_after, kl = float(new_loss), float(kl_t)
+            accepted = math.isfinite(loss_after) and math.isfinite(kl)
+            if not accepted:
+                for p, p0 in zip(a_params, saved):
+                    p.copy_(p0)
+        fraction = 1.0 if accepted else 0.0
+        improvement, exp_imp, ls_iters = loss_f - loss_after, expected, 0
+        if not accepted:
+            loss_after = loss_f
+    info = StepInfo(
+        accepted=accepted,
+        loss_before=loss_f,
+        loss_after=loss_after,
+        improvement=improvement,
+        expected_improvement=exp_imp,
+        kl=kl,
+        step_size=beta * fraction,
+        max_step=beta,
+        step_fraction=fraction,
+        max_kl=max_kl,
+        line_search_iterations=ls_iters,
+        grad_norm=grad_norm,
+        fvp_method=method,
+        num_params=n_active,
+        **cg_stats,
+    )
+    return info, solution
+
+
+def _build_fisher(
+    params: list[Tensor],
+    dist: Distribution,
+    closure: Closure,
+    fisher_closure: Callable[[], Any] | None,
+    model: nn.Module | None,
+    method: str,
+    damping: float,
+) -> FisherOperator:
+    if fisher_closure is not None:
+        with torch.enable_grad():
+            out = fisher_closure()
+        dist = out[1] if isinstance(out, (tuple, list)) else out
+        if not isinstance(dist, Distribution):
+            raise TypeError(
+                f"fisher_closure must return a Distribution (or (loss, Distribution)), got {type(out).__name__}"
+            )
+        if method in ("jvp", "linearize"):
+            raise ValueError("fisher_closure works with fvp_method 'auto', 'reverse' or 'kl_hvp'")
+    if method not in ("jvp", "linearize"):
+        return graph_fisher_vector_product(dist, params, damping=damping, method=method)
+    if model is None:
+        raise ValueError(f"fvp_method={method!r} needs the module: TrustRegionOptimizer(..., model=policy)")
+    family = family_of(dist)
+    if family is None:
+        raise ValueError(f"no analytic output Fisher for {type(dist).__name__}; use fvp_method='kl_hvp'")
+    names_by_id = {id(p): n for n, p in model.named_parameters()}
+    missing = [i for i, p in enumerate(params) if id(p) not in names_by_id]
+    if missing:
+        raise ValueError(f"parameters at positions {missing} do not belong to the model passed as model=")
+    names = [names_by_id[id(p)] for p in params]
+
+    def outputs_of(*tensors: Tensor) -> tuple[Tensor, ...]:
+        with swap_parameters(model, dict(zip(names, tensors))):
+            _, d = _call_closure(closure)
+        return family.outputs(d)
+
+    leaves = [p.detach() for p in params]
+    product, n = functional_product(outputs_of, leaves, family, method)
+    _, spec = tree_flatten(leaves)
+    return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
+
+
+class TrustRegionOptimizer(torch.optim.Optimizer):
+    r"""TRPO as a ``torch.optim`` optimizer: natural-gradient steps inside a KL trust region.
+
+    Usage::
+
+        opt = natgrad.TrustRegionOptimizer(policy.parameters(), max_kl=0.01)
+
+        def closure():
+            dist = policy(obs)                      # a Distribution over the batch
+            loss = -(torch.exp(dist.log_prob(act) - old_logp) * adv).mean()
+            return loss, dist
+
+        info = opt.step(closure)                    # a StepInfo
+
+    ``step`` calls the closure once with grad (loss, gradient, curvature graph), then
+    again under ``torch.no_grad`` for each line-search candidate.  Parameters the loss
+    does not depend on get no step.  All parameter groups are solved jointly (the Fisher
+    couples them), so the trust-region hyperparameters are global: they are read from
+    the first group and every group must agree.
+
+    Args:
+        params: parameters or parameter groups (all must require grad).
+        max_kl: trust-region radius :math:`\delta` on the mean KL (> 0).
+        damping: :math:`\lambda \ge 0` added to the Fisher.
+        cg_iters: conjugate-gradient iterations per step.
+        backtrack_iters: line-search candidates at most.
+        backtrack_coeff: line-search shrink factor :math:`c \in (0, 1)`.
+        accept_ratio: minimal actual / expected improvement :math:`\rho \ge 0`.
+        cg_rtol: CG relative residual tolerance.
+        line_search: ``False`` gives natural policy gradient: the full step, no search.
+        adaptive: adapt ``max_kl`` after each step: multiply by ``grow`` when the improvement
+            ratio exceeds ``grow_above`` at the full step, by ``shrink`` when the step is
+            rejected or the ratio is below ``shrink_below``; clamped to ``max_kl_bounds``.
+        fvp_method: ``"auto"`` (``"reverse"`` on the closure's graph for Normal / Categorical /
+            Bernoulli, ``"kl_hvp"`` otherwise), ``"reverse"``, ``"kl_hvp"``, or the torch.func
+            paths ``"jvp"`` / ``"linearize"`` (these need ``model``).
+        model: the policy module, for the torch.func paths.
+        warm_start: start CG from the previous step's solution.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        max_kl: float = 0.01,
+        damping: float = 0.1,
+        cg_iters: int = 10,
+        backtrack_iters: int = 10,
+        backtrack_coeff: float = 0.8,
+        accept_ratio: float = 0.1,
+        *,
+        cg_rtol: float = 1e-10,
+        line_search: bool = True,
+        adaptive: bool = False,
+        max_kl_bounds: tuple[float, float] = (1e-4, 0.1),
+        grow: float = 1.5,
+        shrink: float = 0.5,
+        grow_above: float = 0.75,
+        shrink_below: float = 0.25,
+        fvp_method: str = "auto",
+        model: nn.Module | None = None,
+        warm_start: bool = False,
+    ) -> None:
+        defaults = dict(
+            max_kl=max_kl,
+            damping=damping,
+            cg_iters=cg_iters,
+            backtrack_iters=backtrack_iters,
+            backtrack_coeff=backtrack_coeff,
+            accept_ratio=accept_ratio,
+            cg_rtol=cg_rtol,
+            line_search=line_search,
+            adaptive=adaptive,
+            max_kl_bounds=tuple(max_kl_bounds),
+            grow=grow,
+            shrink=shrink,
+            grow_above=grow_above,
+            shrink_below=shrink_below,
+            fvp_method=fvp_method,
+            warm_start=warm_start,
+        )
+        _validate(defaults)
+        super().__init__(params, defaults)
+        self.model = model
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not p.requires_grad:
+                    raise ValueError(
+                        f"a parameter of shape {tuple(p.shape)} does not require grad; pass only trainable parameters"
+                    )
+
+    def _hyper(self) -> dict[str, Any]:
+        first = self.param_groups[0]
+        for i, group in enumerate(self.param_groups[1:], start=1):
+            for key in self.defaults:
+                if group[key] != first[key]:
+                    raise ValueError(
+                        f"param group {i} sets {key}={group[key]!r} but group 0 has {first[key]!r}; "
+                        "trust-region hyperparameters are global"
+                    )
+        hyper = {k: first[k] for k in self.defaults}
+        _validate(hyper)
+        return hyper
+
+    def step(self, closure: Closure | None = None, fisher_closure: Callable[[], Any] | None = None) -> StepInfo:  # type: ignore[override]
+        """Take one trust-region step; see the class docstring.  Returns a :class:`StepInfo`."""
+        if closure is None:
+            raise TypeError("TrustRegionOptimizer.step needs a closure returning (loss, distribution)")
+        h = self._hyper()
+        params = [p for group in self.param_groups for p in group["params"]]
+        x0 = None
+        if h["warm_start"]:
+            x0 = [self.state[p].get("solution") for p in params]
+        info, solution = trust_region_step(
+            params,
+            closure,
+            max_kl=h["max_kl"],
+            damping=h["damping"],
+            cg_iters=h["cg_iters"],
+            cg_rtol=h["cg_rtol"],
+            backtrack_iters=h["backtrack_iters"],
+            backtrack_coeff=h["backtrack_coeff"],
+            accept_ratio=h["accept_ratio"],
+            use_line_search=h["line_search"],
+            fvp_method=h["fvp_method"],
+            model=self.model,
+            fisher_closure=fisher_closure,
+            x0=x0,
+        )
+        for p, s in zip(params, solution):
+            st = self.state[p]
+            st["step"] = st.get("step", 0) + 1
+            if h["warm_start"] and s is not None:
+                st["solution"] = s.detach().clone()
+        if h["adaptive"]:
+            new_kl = _adapt(info, h)
+            for group in self.param_groups:
+                group["max_kl"] = new_kl
+        return info
+
+
+def _adapt(info: StepInfo, h: dict[str, Any]) -> float:
+    lo, hi = h["max_kl_bounds"]
+    kl = h["max_kl"]
+    ratio = info.improvement / info.expected_improvement if info.expected_improvement > 0 else 0.0
+    if not info.accepted or ratio < h["shrink_below"]:
+        kl *= h["shrink"]
+    elif ratio > h["grow_above"] and info.step_fraction == 1.0:
+        kl *= h["grow"]
+    return min(max(kl, lo), hi)
+
+
+def _validate(h: dict[str, Any]) -> None:
+    if not (isinstance(h["max_kl"], (int, float)) and h["max_kl"] > 0 and math.isfinite(h["max_kl"])):
+        raise ValueError(f"max_kl must be a finite number > 0, got {h['max_kl']!r}")
+    if not h["damping"] >= 0:
+        raise ValueError(f"damping must be >= 0, got {h['damping']!r}")
+    if int(h["cg_iters"]) != h["cg_iters"] or h["cg_iters"] < 1:
+        raise ValueError(f"cg_iters must be an integer >= 1, got {h['cg_iters']!r}")
+    if int(h["backtrack_iters"]) != h["backtrack_iters"] or h["backtrack_iters"] < 1:
+        raise ValueError(f"backtrack_iters must be an integer >= 1, got {h['backtrack_iters']!r}")
+    if not 0 < h["backtrack_coeff"] < 1:
+        raise ValueError(f"backtrack_coeff must lie in (0, 1), got {h['backtrack_coeff']!r}")
+    if not h["accept_ratio"] >= 0:
+        raise ValueError(f"accept_ratio must be >= 0, got {h['accept_ratio']!r}")
+    if h["fvp_method"] not in METHODS:
+        raise ValueError(f"unknown fvp_method {h['fvp_method']!r}; choose one of {METHODS}")
+    lo, hi = h["max_kl_bounds"]
+    if not 0 < lo <= hi:
+        raise ValueError(f"max_kl_bounds must satisfy 0 < low <= high, got {h['max_kl_bounds']!r}")
+    if not (h["grow"] >= 1 and 0 < h["shrink"] <= 1):
+        raise ValueError(f"need grow >= 1 and 0 < shrink <= 1, got grow={h['grow']!r}, shrink={h['shrink']!r}")
