@@ -127,9 +127,12 @@ def conjugate_gradient(
         _check_like(name, out, ospec, vec, spec)
         return [o.detach() for o in out]
 
+    for i, leaf in enumerate(bl):
+        if not bool(torch.isfinite(leaf).all()):
+            raise ValueError(f"b contains non-finite values (leaf {i})")
     bb = dot(bl, bl)
     if not bool(torch.isfinite(bb).all()):
-        raise ValueError("b contains non-finite values")
+        raise ValueError(f"‖b‖² overflows {bl[0].dtype}; rescale the system")
     bnorm = bb.sqrt()
     tol = torch.clamp(rtol * bnorm, min=atol)
 

@@ -341,6 +341,26 @@ def _build_fisher(
     return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
 
 
+_HYPERPARAMETERS = (
+    "max_kl",
+    "damping",
+    "cg_iters",
+    "backtrack_iters",
+    "backtrack_coeff",
+    "accept_ratio",
+    "cg_rtol",
+    "line_search",
+    "adaptive",
+    "max_kl_bounds",
+    "grow",
+    "shrink",
+    "grow_above",
+    "shrink_below",
+    "fvp_method",
+    "warm_start",
+)
+
+
 class TrustRegionOptimizer(torch.optim.Optimizer):
     r"""TRPO as a ``torch.optim`` optimizer: natural-gradient steps inside a KL trust region.
 
@@ -434,13 +454,13 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
     def _hyper(self) -> dict[str, Any]:
         first = self.param_groups[0]
         for i, group in enumerate(self.param_groups[1:], start=1):
-            for key in self.defaults:
+            for key in _HYPERPARAMETERS:
                 if group[key] != first[key]:
                     raise ValueError(
                         f"param group {i} sets {key}={group[key]!r} but group 0 has {first[key]!r}; "
                         "trust-region hyperparameters are global"
                     )
-        hyper = {k: first[k] for k in self.defaults}
+        hyper = {k: first[k] for k in _HYPERPARAMETERS}
         _validate(hyper)
         return hyper
 

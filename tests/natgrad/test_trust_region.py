@@ -1,0 +1,275 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import natgrad
+from natgrad import NonFiniteError, TrustRegionOptimizer, trust_region_step
+
+from .models import CategoricalPolicy, GaussianPolicy
+
+
+def policy_problem(policy: nn.Module, n: int = 256, seed: int = 0):
+    """A fixed batch with advantages: the TRPO surrogate for `policy`."""
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        dist = policy(obs)
+        act = dist.sample()
+        old_logp = _logp(dist, act)
+    adv = torch.randn(n, generator=g, dtype=torch.float64)
+
+    def closure():
+        d = policy(obs)
+        loss = -(torch.exp(_logp(d, act) - old_logp) * adv).mean()
+        return loss, d
+
+    return closure
+
+
+def _logp(dist, act):
+    lp = dist.log_prob(act)
+    return lp.sum(-1) if lp.dim() > 1 else lp
+
+
+@pytest.mark.parametrize("make_policy", [GaussianPolicy, CategoricalPolicy], ids=["gaussian", "categorical"])
+def test_surrogate_improves_and_kl_stays_in_region(make_policy):
+    torch.manual_seed(0)
+    policy = make_policy()
+    closure = policy_problem(policy)
+    opt = TrustRegionOptimizer(policy.parameters(), max_kl=0.01)
+    start = float(closure()[0].detach())
+    accepted = 0
+    for _ in range(5):
+        before = [p.detach().clone() for p in policy.parameters()]
+        with torch.no_grad():
+            old = natgrad.detach_distribution(closure()[1])
+        info = opt.step(closure)
+        with torch.no_grad():
+            kl_now = float(natgrad.mean_kl(old, closure()[1]))
+        if info.accepted:
+            accepted += 1
+            assert info.kl <= 0.01 and kl_now <= 0.01
+            assert kl_now == pytest.approx(info.kl, rel=1e-9, abs=1e-15)
+            assert info.improvement > 0 and info.loss_after < info.loss_before
+        else:
+            assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    assert accepted >= 4
+    assert float(closure()[0].detach()) < start - 0.01
+
+
+def test_every_fvp_method_takes_the_same_step():
+    torch.manual_seed(0)
+    base = GaussianPolicy()
+    results = {}
+    for method in ("auto", "reverse", "kl_hvp", "jvp", "linearize"):
+        policy = copy.deepcopy(base)
+        opt = TrustRegionOptimizer(policy.parameters(), model=policy, fvp_method=method)
+        info = opt.step(policy_problem(policy))
+        assert info.accepted
+        results[method] = torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
+    for method, flat in results.items():
+        torch.testing.assert_close(flat, results["kl_hvp"], rtol=1e-9, atol=1e-11, msg=method)
+
+
+def test_step_matches_dense_natural_gradient():
+    """The parameters move by β·(F+λI)⁻¹g when the full step is accepted (CG run to convergence)."""
+    torch.manual_seed(1)
+    policy = GaussianPolicy()
+    closure = policy_problem(policy)
+    params = list(policy.parameters())
+    loss, dist = closure()
+    g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss, params, retain_graph=True)])
+    fisher = natgrad.graph_fisher_vector_product(dist, params, damping=0.1).to_dense()
+    s = torch.linalg.solve(fisher, g)
+    beta = (2 * 0.01 / (s @ fisher @ s)).sqrt()
+    start = torch.cat([p.detach().reshape(-1) for p in params])
+    opt = TrustRegionOptimizer(params, max_kl=0.01, damping=0.1, cg_iters=200, cg_rtol=1e-14)
+    info = opt.step(closure)
+    assert info.accepted and info.step_fraction == 1.0
+    end = torch.cat([p.detach().reshape(-1) for p in params])
+    torch.testing.assert_close(end - start, -beta * s, rtol=1e-7, atol=1e-10)
+    assert info.max_step == pytest.approx(float(beta), rel=1e-8)
+
+
+def test_parameters_outside_the_closure_get_no_step():
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    critic = nn.Linear(3, 1).double()
+    critic_before = [p.detach().clone() for p in critic.parameters()]
+    opt = TrustRegionOptimizer([*policy.parameters(), *critic.parameters()])
+    info = opt.step(policy_problem(policy))
+    assert info.accepted
+    assert info.num_params == sum(p.numel() for p in policy.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(critic_before, critic.parameters()))
+
+
+def test_state_dict_round_trips_and_resumes_identically():
+    torch.manual_seed(0)
+    a = GaussianPolicy()
+    b = copy.deepcopy(a)
+    kw = dict(max_kl=0.02, adaptive=True, warm_start=True)
+    opt_a = TrustRegionOptimizer(a.parameters(), **kw)
+    for seed in range(3):
+        opt_a.step(policy_problem(a, seed=seed))
+    state = copy.deepcopy(opt_a.state_dict())
+    b.load_state_dict(a.state_dict())
+    opt_b = TrustRegionOptimizer(b.parameters(), max_kl=0.5)
+    opt_b.load_state_dict(state)
+    assert opt_b.param_groups[0]["max_kl"] == opt_a.param_groups[0]["max_kl"]
+    assert opt_b.param_groups[0]["warm_start"] and opt_b.param_groups[0]["adaptive"]
+    for p in b.parameters():
+        assert opt_b.state[p]["step"] == 3 and "solution" in opt_b.state[p]
+    ia = opt_a.step(policy_problem(a, seed=9))
+    ib = opt_b.step(policy_problem(b, seed=9))
+    assert ia == ib
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+def test_natural_policy_gradient_mode_takes_the_full_step():
+    torch.manual_seed(0)
+    policy = CategoricalPolicy()
+    opt = TrustRegionOptimizer(policy.parameters(), max_kl=0.005, line_search=False)
+    info = opt.step(policy_problem(policy))
+    assert info.accepted and info.step_fraction == 1.0 and info.line_search_iterations == 0
+    # the quadratic model puts the full step near the boundary of the trust region
+    assert 0.002 < info.kl < 0.02
+
+
+def test_adaptive_trust_region_grows_and_shrinks():
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    opt = TrustRegionOptimizer(policy.parameters(), max_kl=1e-3, adaptive=True, max_kl_bounds=(1e-4, 0.05))
+    info = opt.step(policy_problem(policy))
+    # tiny steps: the linear model is accurate, so the region grows
+    assert info.accepted and info.improvement / info.expected_improvement > 0.75
+    assert opt.param_groups[0]["max_kl"] == pytest.approx(1.5e-3)
+    # an objective that the linear model badly overestimates shrinks it
+    obs = torch.randn(64, 3, dtype=torch.float64)
+    with torch.no_grad():
+        ref = policy(obs).mean.sum()
+
+    def fooled():
+        d = policy(obs)
+        x = d.mean.sum()
+        return -x + 1e3 * (x - ref) ** 2, d
+
+    opt.step(fooled)
+    assert opt.param_groups[0]["max_kl"] < 1.5e-3
+
+
+def test_float32_and_devices():
+    torch.manual_seed(0)
+    policy = GaussianPolicy().float()
+    obs = torch.randn(128, 3)
+    with torch.no_grad():
+        act = policy(obs).sample()
+    adv = torch.randn(128)
+
+    def closure():
+        d = policy(obs)
+        return -(d.log_prob(act).sum(-1) * adv).mean(), d
+
+    info = TrustRegionOptimizer(policy.parameters()).step(closure)
+    assert info.accepted and all(p.dtype == torch.float32 for p in policy.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda():  # pragma: no cover - CPU CI
+    policy = GaussianPolicy().cuda()
+    info = TrustRegionOptimizer(policy.parameters()).step(policy_problem_cuda(policy))
+    assert info.accepted
+
+
+def policy_problem_cuda(policy):
+    obs = torch.randn(64, 3, dtype=torch.float64, device="cuda")
+    with torch.no_grad():
+        act = policy(obs).sample()
+    adv = torch.randn(64, dtype=torch.float64, device="cuda")
+    return lambda: ((d := policy(obs)).log_prob(act).sum(-1).mul(adv).mean().neg(), d)
+
+
+def test_fisher_closure_on_a_subsample():
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    closure = policy_problem(policy)
+    sub = torch.randn(32, 3, dtype=torch.float64)
+    info = TrustRegionOptimizer(policy.parameters()).step(closure, fisher_closure=lambda: policy(sub))
+    assert info.accepted and info.kl <= 0.01
+
+
+# --- bad input -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(max_kl=0.0),
+        dict(max_kl=-1.0),
+        dict(max_kl=float("nan")),
+        dict(damping=-0.1),
+        dict(cg_iters=0),
+        dict(backtrack_coeff=1.0),
+        dict(accept_ratio=-1.0),
+        dict(fvp_method="nope"),
+    ],
+)
+def test_bad_hyperparameters(kw):
+    with pytest.raises(ValueError, match=next(iter(kw))):
+        TrustRegionOptimizer(GaussianPolicy().parameters(), **kw)
+
+
+def test_parameters_that_do_not_require_grad():
+    frozen = nn.Parameter(torch.zeros(3), requires_grad=False)
+    with pytest.raises(ValueError, match="does not require grad"):
+        TrustRegionOptimizer([frozen])
+
+
+@pytest.mark.parametrize(
+    "ret", [lambda lo, d: lo, lambda lo, d: (d, lo), lambda lo, d: (lo, d, 1), lambda lo, d: (lo.expand(2), d)]
+)
+def test_closure_must_return_loss_and_distribution(ret):
+    policy = GaussianPolicy()
+    inner = policy_problem(policy)
+    with pytest.raises(TypeError, match="closure"):
+        TrustRegionOptimizer(policy.parameters()).step(lambda: ret(*inner()))
+    with pytest.raises(TypeError, match="closure"):
+        TrustRegionOptimizer(policy.parameters()).step()
+
+
+@pytest.mark.parametrize("where", ["loss", "grad"])
+def test_non_finite_loss_or_gradient_leaves_parameters_untouched(where):
+    policy = GaussianPolicy()
+    inner = policy_problem(policy)
+    before = [p.detach().clone() for p in policy.parameters()]
+
+    def closure():
+        loss, d = inner()
+        if where == "loss":
+            return loss * float("nan"), d
+        return loss + torch.sqrt(policy.log_std.sum() * 0), d  # d/dx sqrt(0) = inf
+
+    with pytest.raises(NonFiniteError, match=where if where == "loss" else "gradient"):
+        TrustRegionOptimizer(policy.parameters()).step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_loss_without_graph_is_an_error():
+    policy = GaussianPolicy()
+    with pytest.raises(ValueError, match="depend"):
+        TrustRegionOptimizer(policy.parameters()).step(lambda: (torch.tensor(1.0), policy(torch.zeros(2, 3).double())))
+
+
+def test_functional_step_returns_solution():
+    policy = GaussianPolicy()
+    params = list(policy.parameters())
+    info, sol = trust_region_step(params, policy_problem(policy), max_kl=0.01)
+    assert info.accepted and len(sol) == len(params) and all(s.shape == p.shape for s, p in zip(sol, params))
+
+
+def test_jvp_without_model_is_a_clear_error():
+    policy = GaussianPolicy()
+    with pytest.raises(ValueError, match="model="):
+        TrustRegionOptimizer(policy.parameters(), fvp_method="jvp").step(policy_problem(policy))
