@@ -10,7 +10,14 @@ from .cg import CGResult, conjugate_gradient
 from .families import OutputFamily, detach_distribution, family_of, mean_kl
 from .fisher import FisherOperator, fisher_vector_product, graph_fisher_vector_product
 from .tree import tree_flatten, tree_map, tree_unflatten
-from .trust_region import NonFiniteError, StepInfo, TrustRegionOptimizer, swap_parameters, trust_region_step
+from .trust_region import (
+    NonFiniteError,
+    StepInfo,
+    TrustRegionOptimizer,
+    swap_parameters,
+    trust_region_step,
+    trust_region_update,
+)
 
 __version__ = "0.1.0"
 
@@ -34,4 +41,5 @@ __all__ = [
     "tree_map",
     "tree_unflatten",
     "trust_region_step",
+    "trust_region_update",
 ]

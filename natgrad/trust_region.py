@@ -32,7 +32,14 @@ from .families import detach_distribution, family_of, mean_kl
 from .fisher import METHODS, FisherOperator, functional_product, graph_fisher_vector_product
 from .tree import tree_flatten, vdot
 
-__all__ = ["NonFiniteError", "StepInfo", "TrustRegionOptimizer", "swap_parameters", "trust_region_step"]
+__all__ = [
+    "NonFiniteError",
+    "StepInfo",
+    "TrustRegionOptimizer",
+    "swap_parameters",
+    "trust_region_step",
+    "trust_region_update",
+]
 
 Closure = Callable[[], Any]
 
@@ -205,27 +212,98 @@ def trust_region_step(
         raise NonFiniteError(
             f"the gradient is not finite (parameters at positions {bad}); parameters were left untouched"
         )
-    grad_norm = math.sqrt(gg)
-    n_active = sum(p.numel() for p in a_params)
     try:
         old_dist = detach_distribution(dist)
     except TypeError:
         with torch.no_grad():
             old_dist = _call_closure(closure)[1]
 
-    if gg == 0.0:
-        return _rejected(loss_f, max_kl, fvp_method, n_active, 0.0, cg_converged=True), [None] * len(params)
-
     fvp = _build_fisher(a_params, dist, closure, fisher_closure, model, fvp_method, damping)
     x0_active = None
     if x0 is not None and all(x0[i] is not None for i in active):
         x0_active = [x0[i].to(g[k]) for k, i in enumerate(active)]  # type: ignore[union-attr]
-    cg = conjugate_gradient(fvp, g, x0=x0_active, maxiter=cg_iters, rtol=cg_rtol, M=preconditioner)
+    del dist, loss, grads  # the graph now lives only as long as `fvp`
+
+    def evaluate() -> tuple[Tensor, Tensor]:
+        new_loss, new_dist = _call_closure(closure)
+        return new_loss, mean_kl(old_dist, new_dist)
+
+    info, s = trust_region_update(
+        a_params,
+        g,
+        fvp,
+        evaluate,
+        loss_before=loss_f,
+        max_kl=max_kl,
+        cg_iters=cg_iters,
+        cg_rtol=cg_rtol,
+        backtrack_iters=backtrack_iters,
+        backtrack_coeff=backtrack_coeff,
+        accept_ratio=accept_ratio,
+        use_line_search=use_line_search,
+        x0=x0_active,
+        preconditioner=preconditioner,
+    )
+    solution: list[Tensor | None] = [None] * len(params)
+    for k, i in enumerate(active):
+        solution[i] = s[k]
+    return info, solution
+
+
+def trust_region_update(
+    params: Sequence[Tensor],
+    grad: Sequence[Tensor],
+    fvp: Callable[[list[Tensor]], list[Tensor]],
+    evaluate: Callable[[], tuple[Tensor | float, Tensor | float]],
+    *,
+    loss_before: float,
+    max_kl: float = 0.01,
+    cg_iters: int = 10,
+    cg_rtol: float = 1e-10,
+    backtrack_iters: int = 10,
+    backtrack_coeff: float = 0.8,
+    accept_ratio: float = 0.1,
+    use_line_search: bool = True,
+    x0: Sequence[Tensor] | None = None,
+    preconditioner: Callable[[list[Tensor]], list[Tensor]] | None = None,
+) -> tuple[StepInfo, list[Tensor]]:
+    r"""Steps 2–5 of TRPO given the pieces: the building block for chunked or distributed updates.
+
+    Args:
+        params: the parameters to move, in place (one tensor per entry of ``grad``).
+        grad: :math:`g = \nabla L(\theta_0)`, detached.
+        fvp: ``v ↦ (F + λI) v`` on lists shaped like ``params`` (a :class:`~natgrad.FisherOperator`,
+            or any callable, e.g. one that all-reduces across processes).
+        evaluate: ``() -> (loss, mean_kl)`` at the current parameter values, KL measured against
+            the distribution at :math:`\theta_0`; called under ``torch.no_grad``.
+        loss_before: :math:`L(\theta_0)`.
+        x0, preconditioner: CG warm start and preconditioner.
+        Other arguments: as in :class:`TrustRegionOptimizer`.
+
+    Returns:
+        ``(info, s)``: the :class:`StepInfo` and the CG solution :math:`s` (one tensor per parameter).
+    """
+    params = list(params)
+    g = [t.detach() for t in grad]
+    method = getattr(fvp, "method", "custom")
+    n_active = sum(p.numel() for p in params)
+    gg = float(vdot(g, g))
+    if not math.isfinite(gg):
+        raise NonFiniteError("the gradient is not finite; parameters were left untouched")
+    grad_norm = math.sqrt(gg)
+    if gg == 0.0:
+        return _rejected(loss_before, max_kl, method, n_active, 0.0, cg_converged=True), [
+            torch.zeros_like(t) for t in g
+        ]
+    cg = conjugate_gradient(
+        fvp, g, x0=None if x0 is None else list(x0), maxiter=cg_iters, rtol=cg_rtol, M=preconditioner
+    )
     s: list[Tensor] = cg.x  # type: ignore[assignment]
     r: list[Tensor] = cg.residual  # type: ignore[assignment]
+    # sᵀ(F+λI)s = sᵀ(g - r) from the CG residual: no extra product
     shs = float(vdot(s, [gi - ri for gi, ri in zip(g, r)]))
     if not (math.isfinite(shs) and shs > 0):
-        shs = float(vdot(s, fvp(s)))  # type: ignore[arg-type]
+        shs = float(vdot(s, fvp(s)))
     gs = float(vdot(g, s))
     cg_stats = dict(
         cg_iterations=cg.iterations,
@@ -233,28 +311,19 @@ def trust_region_step(
         cg_converged=bool(cg.converged),
         nonpositive_curvature=bool(cg.nonpositive_curvature),
     )
-    solution: list[Tensor | None] = [None] * len(params)
-    for k, i in enumerate(active):
-        solution[i] = s[k]
-    method = fvp.method
-    del fvp, dist, loss, grads  # free the graph before the line search
+    del fvp, cg  # free a graph held by the operator before the line search
     if not (math.isfinite(shs) and shs > 0 and math.isfinite(gs) and gs > 0):
-        return _rejected(loss_f, max_kl, method, n_active, grad_norm, **cg_stats), solution
+        return _rejected(loss_before, max_kl, method, n_active, grad_norm, **cg_stats), s
 
     beta = math.sqrt(2.0 * max_kl / shs)
     direction = [-beta * si for si in s]
     expected = beta * gs
-
-    def evaluate() -> tuple[Tensor, Tensor]:
-        new_loss, new_dist = _call_closure(closure)
-        return new_loss, mean_kl(old_dist, new_dist)
-
     if use_line_search:
         ls = line_search(
-            a_params,
+            params,
             direction,
             evaluate,
-            loss_before=loss_f,
+            loss_before=loss_before,
             expected_improvement=expected,
             max_kl=max_kl,
             max_iters=backtrack_iters,
@@ -265,22 +334,22 @@ def trust_region_step(
         kl, improvement, exp_imp, loss_after = ls.kl, ls.improvement, ls.expected_improvement, ls.loss
     else:
         with torch.no_grad():
-            saved = [p.detach().clone() for p in a_params]
-            for p, d in zip(a_params, direction):
+            saved = [p.detach().clone() for p in params]
+            for p, d in zip(params, direction):
                 p.add_(d)
             new_loss, kl_t = evaluate()
             loss_after, kl = float(new_loss), float(kl_t)
             accepted = math.isfinite(loss_after) and math.isfinite(kl)
             if not accepted:
-                for p, p0 in zip(a_params, saved):
+                for p, p0 in zip(params, saved):
                     p.copy_(p0)
         fraction = 1.0 if accepted else 0.0
-        improvement, exp_imp, ls_iters = loss_f - loss_after, expected, 0
+        improvement, exp_imp, ls_iters = loss_before - loss_after, expected, 0
         if not accepted:
-            loss_after = loss_f
+            loss_after = loss_before
     info = StepInfo(
         accepted=accepted,
-        loss_before=loss_f,
+        loss_before=loss_before,
         loss_after=loss_after,
         improvement=improvement,
         expected_improvement=exp_imp,
@@ -295,7 +364,7 @@ def trust_region_step(
         num_params=n_active,
         **cg_stats,
     )
-    return info, solution
+    return info, s
 
 
 def _build_fisher(
