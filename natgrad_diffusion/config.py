@@ -1,0 +1,208 @@
+r"""Every default of :mod:`natgrad_diffusion` in one place.
+
+Each group is a frozen dataclass whose field defaults *are* the project defaults; the
+CLI (a later issue) builds its arguments from these fields, and every function or class
+that takes one of these options reads its default from here.  Override with
+:func:`dataclasses.replace`, e.g. ``replace(TRUST_REGION, max_kl=0.02)``.
+
+Trust-region and critic values follow the original design: max KL 0.01, damping 0.1,
+10 CG iterations, 10 backtracking steps × 0.8, accept ratio 0.1, critic Adam lr 1e-3,
+:math:`\gamma = 0.99`, :math:`\lambda = 0.95`.
+
+**Log-probability / KL convention (applies to every policy mode).**  A decision's
+log-probability is the exact log-density of its action, *summed* over the action's
+dimensions (for ``LORA_UNET`` the ``C·H·W`` latent dimensions of one denoising step;
+for the per-image modes the few action dimensions).  The KL of a decision is therefore
+also summed over those dimensions, and natgrad's trust region constrains the *mean over
+decisions* (image × denoising step for ``LORA_UNET``, image for the others):
+
+.. math::
+
+    \bar D = \frac{1}{|\mathcal D|} \sum_{(n,t) \in \mathcal D}
+        \mathrm{KL}\big(\pi_{\theta_0}(\cdot \mid s_{n,t}) \,\|\, \pi_\theta(\cdot \mid s_{n,t})\big)
+        \le \delta = \texttt{max\_kl}.
+
+So ``max_kl`` is in nats *per decision*: the KL between whole denoising trajectories is the
+sum over steps (chain rule), i.e. about ``T × max_kl`` for ``T`` denoising steps, and it does
+*not* shrink with the latent size (summing, not averaging, over dimensions; DDPO, Black et
+al. 2023, averages log-probs over dimensions, which equals dividing our log-probs by
+``C·H·W`` and makes a ``max_kl`` of theirs ``C·H·W`` times smaller than ours).  To keep a fixed
+budget per *trajectory* when changing the number of steps, scale ``max_kl ∝ 1/T``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CHUNKS",
+    "CONDITIONING_POLICY",
+    "CRITIC",
+    "LORA",
+    "PPO",
+    "SAMPLING",
+    "SCHEDULER_POLICY",
+    "TRUST_REGION",
+    "ChunkConfig",
+    "ConditioningPolicyConfig",
+    "CriticConfig",
+    "LoRAConfig",
+    "PPOConfig",
+    "SamplingConfig",
+    "SchedulerPolicyConfig",
+    "TrustRegionConfig",
+]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling defaults.
+
+    Attributes:
+        num_inference_steps: DDIM denoising steps ``T``.
+        guidance_scale: classifier-free guidance weight :math:`w` (``ε = ε_u + w(ε_c − ε_u)``); 1 disables CFG.
+        eta: DDIM :math:`\\eta` (0 deterministic DDIM, 1 DDPM-style ancestral sampling). Must be > 0 for
+            the per-step Gaussian policy of ``LORA_UNET``.
+        images_per_prompt: images drawn per prompt in one batch.
+        height, width: image size in pixels; ``None`` uses ``unet.config.sample_size × vae scale factor``.
+        negative_prompt: the unconditional prompt of classifier-free guidance.
+        storage_dtype: dtype of latents / embeddings kept in a trajectory (``"float32"`` or ``"float16"``).
+        seed: base seed; image ``i`` of a batch uses ``seed + i``.
+    """
+
+    num_inference_steps: int = 20
+    guidance_scale: float = 5.0
+    eta: float = 1.0
+    images_per_prompt: int = 4
+    height: int | None = None
+    width: int | None = None
+    negative_prompt: str = ""
+    storage_dtype: str = "float32"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrustRegionConfig:
+    """TRPO defaults (the arguments of :class:`natgrad.TrustRegionOptimizer`)."""
+
+    max_kl: float = 0.01
+    damping: float = 0.1
+    cg_iters: int = 10
+    backtrack_iters: int = 10
+    backtrack_coeff: float = 0.8
+    accept_ratio: float = 0.1
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """Memory bounds of the ``LORA_UNET`` update.
+
+    Attributes:
+        grad_chunk: decisions (image × step) per forward/backward when accumulating the gradient.
+        fvp_chunk: decisions per chunk of a Fisher-vector product (``torch.func`` jvp + vjp).
+        eval_chunk: decisions per no-grad forward in the line search / KL evaluation.
+        fvp_subsample: fraction (float in (0, 1]) or count (int) of decisions used for the
+            Fisher-vector products (drawn once per update, over images and steps jointly).
+    """
+
+    grad_chunk: int = 8
+    fvp_chunk: int = 8
+    eval_chunk: int = 16
+    fvp_subsample: float | int = 0.25
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """LoRA adapters on the UNet (Hu et al., 2021): ``W x + (α/r) B A x``, ``B`` initialised to zero."""
+
+    rank: int = 4
+    alpha: float = 4.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    init_lora_weights: str = "gaussian"
+
+
+@dataclass(frozen=True)
+class SchedulerPolicyConfig:
+    """``SCHEDULER_POLICY``: Gaussian action ``a ∈ R³`` squashed into sampling parameters.
+
+    ``guidance = g_lo + (g_hi − g_lo)·sigmoid(a₀)``, ``eta = η_lo + (η_hi − η_lo)·sigmoid(a₁)``,
+    ``ρ = ρ_lo·(ρ_hi/ρ_lo)^{sigmoid(a₂)}`` (timestep-spacing exponent, log-uniform; ρ = 1 is the
+    scheduler's own spacing, ρ > 1 spends more steps at low noise).
+
+    Attributes:
+        hidden: hidden width of the mean network (pooled prompt embedding → 3 means).
+        init_log_std: initial state-independent log standard deviation of ``a``.
+    """
+
+    guidance_range: tuple[float, float] = (1.0, 12.0)
+    eta_range: tuple[float, float] = (0.0, 1.0)
+    spacing_range: tuple[float, float] = (0.5, 2.0)
+    hidden: int = 64
+    init_log_std: float = -0.5
+
+
+@dataclass(frozen=True)
+class ConditioningPolicyConfig:
+    """``DIVERSITY_POLICY``: Gaussian action over a low-rank offset of the conditioning and the initial noise.
+
+    ``c' = c + s_c · (a_c B_c)`` added to every token embedding (``B_c``: ``rank_c × D`` orthonormal rows),
+    ``x_T' = x_T + s_x · reshape(a_x B_x)`` (``B_x``: ``rank_x × (C·H·W)`` orthonormal rows).  Both bases are
+    fixed random draws (seeded) saved with the policy.
+    """
+
+    conditioning_rank: int = 4
+    noise_rank: int = 4
+    conditioning_scale: float = 1.0
+    noise_scale: float = 1.0
+    hidden: int = 64
+    init_log_std: float = 0.0
+    basis_seed: int = 0
+
+
+@dataclass(frozen=True)
+class CriticConfig:
+    """Critic and advantage estimation.
+
+    Attributes:
+        lr: Adam learning rate.
+        hidden: hidden width of the value MLP.
+        epochs, minibatch: critic passes and minibatch size per update.
+        gamma, lam: GAE discount :math:`\\gamma` and :math:`\\lambda` over denoising steps.
+        stat_buffer, stat_min_count: per-prompt stat tracker: history length per prompt, and the
+            count below which the batch-wide statistics are used instead.
+    """
+
+    lr: float = 1e-3
+    hidden: int = 256
+    epochs: int = 4
+    minibatch: int = 64
+    gamma: float = 0.99
+    lam: float = 0.95
+    stat_buffer: int = 32
+    stat_min_count: int = 4
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO (Schulman et al., 2017) defaults: clipped surrogate on summed per-decision log-probs, Adam.
+
+    ``clip_range`` is the usual 0.2: our ratios use log-probs summed over dimensions (DDPO's 1e-4
+    is for log-probs averaged over the latent dimensions, see the module docstring).
+    """
+
+    lr: float = 3e-4
+    clip_range: float = 0.2
+    epochs: int = 1
+    minibatch: int = 8
+    max_grad_norm: float = 1.0
+    adv_clip: float = 5.0
+
+
+SAMPLING = SamplingConfig()
+TRUST_REGION = TrustRegionConfig()
+CHUNKS = ChunkConfig()
+LORA = LoRAConfig()
+SCHEDULER_POLICY = SchedulerPolicyConfig()
+CONDITIONING_POLICY = ConditioningPolicyConfig()
+CRITIC = CriticConfig()
+PPO = PPOConfig()
