@@ -30,7 +30,7 @@ from .fid import FIDReward, frechet_distance, frechet_distance_features, gaussia
 from .kernels import cosine_kernel, median_heuristic_bandwidth, rbf_kernel
 from .mi import MIReward, mutual_information_knn, mutual_information_knn_leave_one_out
 from .mmd import MMDReward, mmd2_unbiased, mmd2_unbiased_from_kernels, mmd2_unbiased_leave_one_out
-from .prdc import prdc
+from .prdc import precision_recall_density_coverage
 from .registry import available_rewards, get_reward, register_reward
 from .vendi import VendiReward, vendi_score, vendi_score_from_kernel, within_prompt_vendi_score
 
@@ -62,7 +62,7 @@ __all__ = [
     "mutual_information_knn_leave_one_out",
     "pairwise_distances",
     "pairwise_squared_distances",
-    "prdc",
+    "precision_recall_density_coverage",
     "rbf_kernel",
     "register_reward",
     "sqrtm_psd",

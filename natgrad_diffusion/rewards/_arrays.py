@@ -15,7 +15,7 @@ import torch
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
 
-__all__ = ["ArrayLike", "as_features", "as_prompt_codes", "group_indices"]
+__all__ = ["ArrayLike", "as_features", "as_prompt_codes", "group_indices", "rows_per_chunk"]
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
@@ -62,3 +62,8 @@ def group_indices(codes: np.ndarray) -> list[np.ndarray]:
     order = np.argsort(codes, kind="stable")
     bounds = np.flatnonzero(np.diff(codes[order])) + 1
     return np.split(order, bounds)
+
+
+def rows_per_chunk(width: int, budget: int = 1 << 22) -> int:
+    """Rows of a ``(rows, width)`` float64 block that keep it near ``budget`` entries (32 MiB by default)."""
+    return max(1, budget // max(1, width))

@@ -13,11 +13,9 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from ._arrays import ArrayLike, as_features
+from ._arrays import ArrayLike, as_features, rows_per_chunk
 
 __all__ = ["knn_radii", "pairwise_distances", "pairwise_squared_distances"]
-
-_CHUNK = 2048
 
 
 def pairwise_squared_distances(x: ArrayLike, y: ArrayLike | None = None) -> np.ndarray:
@@ -55,8 +53,9 @@ def knn_radii(x: ArrayLike, k: int) -> np.ndarray:
     if not 1 <= k < n:
         raise ValueError(f"knn_radii needs 1 <= k < n; got k={k}, n={n}")
     out = np.empty(n)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
+    chunk = rows_per_chunk(n)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         d = cdist(xa[start:stop], xa)
         d[np.arange(stop - start), np.arange(start, stop)] = np.inf  # exclude self
         out[start:stop] = np.partition(d, k - 1, axis=1)[:, k - 1]

@@ -12,7 +12,7 @@ from .fid import frechet_distance_features
 from .kernels import median_heuristic_bandwidth
 from .mi import mutual_information_knn
 from .mmd import mmd2_unbiased
-from .prdc import prdc
+from .prdc import precision_recall_density_coverage
 from .vendi import KernelName, vendi_score, within_prompt_vendi_score
 
 __all__ = ["evaluate_metrics", "mean_pairwise_distance_within_prompt"]
@@ -85,7 +85,7 @@ def evaluate_metrics(
         "mi": math.nan if codes is None else mutual_information_knn(x, codes, k=mi_k),
     }
     if n > k and ref.shape[0] > k:
-        out.update(prdc(ref, x, k=k))
+        out.update(precision_recall_density_coverage(ref, x, k=k))
     else:
         out.update(dict.fromkeys(("precision", "recall", "density", "coverage"), math.nan))
     return out

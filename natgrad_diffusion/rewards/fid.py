@@ -129,10 +129,16 @@ class FIDReward(Reward):
 
     def metric(self, features: np.ndarray, prompt_ids: np.ndarray | None = None) -> float:
         self._check_dim(features)
+        n, d = features.shape
         mu, sigma = gaussian_fit(features, shrinkage=self.shrinkage)
-        r = self.sqrt_sigma_ref
         diff = mu - self.mu_ref
-        return float(diff @ diff + np.trace(sigma) + self.trace_ref - 2.0 * _trace_sqrt(r @ sigma @ r))
+        if self.shrinkage == 0.0 and n - 1 <= d:  # n × n Gram route, no d × d eigendecomposition
+            xc = features - mu
+            trace_sqrt = _trace_sqrt(xc @ self.sigma_ref @ xc.T / (n - 1))
+        else:
+            r = self.sqrt_sigma_ref
+            trace_sqrt = _trace_sqrt(r @ sigma @ r)
+        return float(diff @ diff + np.trace(sigma) + self.trace_ref - 2.0 * trace_sqrt)
 
     def leave_one_out(self, features: np.ndarray, prompt_ids: np.ndarray | None = None) -> np.ndarray:
         self._check_dim(features)

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features
+from ._arrays import ArrayLike, as_features, rows_per_chunk
 from .base import Reward
 from .kernels import median_heuristic_bandwidth, rbf_kernel
 
@@ -32,15 +32,14 @@ __all__ = [
     "mmd2_unbiased_leave_one_out",
 ]
 
-_CHUNK = 2048
-
 
 def _offdiag_mean_rbf(y: np.ndarray, bandwidth: float) -> float:
     """``1/(m(m−1)) Σ_{i≠j} k(y_i, y_j)`` in row chunks (the reference term, computed once)."""
     m = y.shape[0]
     total = 0.0
-    for start in range(0, m, _CHUNK):
-        total += float(rbf_kernel(y[start : start + _CHUNK], y, bandwidth=bandwidth).sum())
+    chunk = rows_per_chunk(m)
+    for start in range(0, m, chunk):
+        total += float(rbf_kernel(y[start : start + chunk], y, bandwidth=bandwidth).sum())
     return (total - m) / (m * (m - 1))  # the diagonal of an RBF kernel is exactly 1
 
 

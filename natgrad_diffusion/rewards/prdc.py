@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features
+from ._arrays import ArrayLike, as_features, rows_per_chunk
 from .distances import knn_radii, pairwise_distances
 
-__all__ = ["prdc"]
-
-_CHUNK = 1024
+__all__ = ["precision_recall_density_coverage"]
 
 
-def prdc(real_features: ArrayLike, fake_features: ArrayLike, *, k: int = 5) -> dict[str, float]:
+def precision_recall_density_coverage(
+    real_features: ArrayLike, fake_features: ArrayLike, *, k: int = 5
+) -> dict[str, float]:
     """Precision, recall, density and coverage of ``fake_features`` ``(N, d)`` against ``real_features`` ``(M, d)``.
 
     Both sets need more than ``k`` rows.  Returns ``{"precision", "recall", "density", "coverage"}``.
@@ -48,8 +48,9 @@ def prdc(real_features: ArrayLike, fake_features: ArrayLike, *, k: int = 5) -> d
     in_real_ball_count = np.zeros(n, dtype=np.int64)  # per fake: number of real balls containing it
     real_covered = np.zeros(m, dtype=bool)  # per real: some fake within its own radius
     real_recalled = np.zeros(m, dtype=bool)  # per real: within some fake's radius
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
+    chunk = rows_per_chunk(m)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
         d = pairwise_distances(fake[start:stop], real)  # (chunk, M)
         inside_real = d < real_radii[None, :]
         in_real_ball_count[start:stop] = inside_real.sum(axis=1)

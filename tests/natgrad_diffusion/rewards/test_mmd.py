@@ -6,6 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import natgrad_diffusion.rewards.mmd as mmd_module
 from natgrad_diffusion.rewards import (
     MMDReward,
     leave_one_out_credit,
@@ -92,3 +93,10 @@ def test_mmd_reward_rejects_bad_input():
         reward(np.zeros((2, 2)))
     with pytest.raises(ValueError, match="dimension"):
         reward(np.zeros((4, 3)))
+
+
+def test_chunked_reference_term_matches_single_block(monkeypatch):
+    ref = np.random.default_rng(5).normal(size=(25, 2))
+    expected = MMDReward(ref).yy_term
+    monkeypatch.setattr(mmd_module, "rows_per_chunk", lambda width: 4)
+    assert MMDReward(ref).yy_term == pytest.approx(expected, abs=1e-14)

@@ -1,7 +1,9 @@
+import importlib
+
 import numpy as np
 import pytest
 
-from natgrad_diffusion.rewards import prdc
+from natgrad_diffusion.rewards import precision_recall_density_coverage as prdc
 
 
 def test_identical_sets_give_ones():
@@ -37,3 +39,12 @@ def test_validation():
         prdc(np.zeros((3, 2)), np.ones((10, 2)), k=5)
     with pytest.raises(ValueError, match="dimensions"):
         prdc(np.zeros((10, 2)), np.ones((10, 3)))
+
+
+def test_chunked_computation_matches_single_block(monkeypatch):
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(40, 3)), rng.normal(size=(30, 3)) + 0.3
+    expected = prdc(real, fake, k=3)
+    for module in ("natgrad_diffusion.rewards.prdc", "natgrad_diffusion.rewards.distances"):
+        monkeypatch.setattr(importlib.import_module(module), "rows_per_chunk", lambda width: 7)
+    assert prdc(real, fake, k=3) == expected
