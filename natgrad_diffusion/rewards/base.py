@@ -29,7 +29,7 @@ from .credit import credit_from_leave_one_out, leave_one_out_values
 __all__ = ["Reward", "RewardResult"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RewardResult:
     """Output of a :class:`Reward`.
 
@@ -58,9 +58,9 @@ class Reward(abc.ABC):
 
     name: ClassVar[str]
     higher_is_better: ClassVar[bool]
-    requires_reference: ClassVar[bool] = False
-    requires_prompt_ids: ClassVar[bool] = False
-    min_batch: ClassVar[int] = 2
+    requires_reference: ClassVar[bool] = False  #: the constructor needs reference features
+    requires_prompt_ids: bool = False  #: ``__call__`` needs prompt ids (may be set per instance)
+    min_batch: ClassVar[int] = 2  #: smallest batch ``__call__`` accepts
 
     @abc.abstractmethod
     def metric(self, features: np.ndarray, prompt_ids: np.ndarray | None = None) -> float:

@@ -62,7 +62,7 @@ class MMDMIReward(Reward):
     name: ClassVar[str] = "MMD_MI"
     higher_is_better: ClassVar[bool] = True
     requires_reference: ClassVar[bool] = True
-    requires_prompt_ids: ClassVar[bool] = True
+    requires_prompt_ids: bool = True
     min_batch: ClassVar[int] = 3
 
     def __init__(

@@ -183,7 +183,7 @@ class MIReward(Reward):
 
     name: ClassVar[str] = "MI"
     higher_is_better: ClassVar[bool] = True
-    requires_prompt_ids: ClassVar[bool] = True
+    requires_prompt_ids: bool = True
 
     def __init__(self, reference_features: ArrayLike | None = None, *, k: int = 3) -> None:
         self.k = _check_k(k)

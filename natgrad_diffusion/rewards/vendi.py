@@ -152,10 +152,7 @@ class VendiReward(Reward):
         self.bandwidth = None if bandwidth is None else float(bandwidth)
         self.q = _check_q(q)
         self.within_prompt = bool(within_prompt)
-
-    @property
-    def requires_prompt_ids(self) -> bool:  # type: ignore[override]
-        return self.within_prompt
+        self.requires_prompt_ids = self.within_prompt
 
     def metric(self, features: np.ndarray, prompt_ids: np.ndarray | None = None) -> float:
         k = _kernel(features, self.kernel, self.bandwidth)
