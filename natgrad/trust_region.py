@@ -36,6 +36,7 @@ __all__ = [
     "NonFiniteError",
     "StepInfo",
     "TrustRegionOptimizer",
+    "choose_fvp_method",
     "swap_parameters",
     "trust_region_step",
     "trust_region_update",
@@ -162,6 +163,7 @@ def trust_region_step(
     damping: float = 0.1,
     cg_iters: int = 10,
     cg_rtol: float = 1e-10,
+    cg_atol: float = 0.0,
     backtrack_iters: int = 10,
     backtrack_coeff: float = 0.8,
     accept_ratio: float = 0.1,
@@ -237,6 +239,7 @@ def trust_region_step(
         max_kl=max_kl,
         cg_iters=cg_iters,
         cg_rtol=cg_rtol,
+        cg_atol=cg_atol,
         backtrack_iters=backtrack_iters,
         backtrack_coeff=backtrack_coeff,
         accept_ratio=accept_ratio,
@@ -260,6 +263,7 @@ def trust_region_update(
     max_kl: float = 0.01,
     cg_iters: int = 10,
     cg_rtol: float = 1e-10,
+    cg_atol: float = 0.0,
     backtrack_iters: int = 10,
     backtrack_coeff: float = 0.8,
     accept_ratio: float = 0.1,
@@ -296,7 +300,7 @@ def trust_region_update(
             torch.zeros_like(t) for t in g
         ]
     cg = conjugate_gradient(
-        fvp, g, x0=None if x0 is None else list(x0), maxiter=cg_iters, rtol=cg_rtol, M=preconditioner
+        fvp, g, x0=None if x0 is None else list(x0), maxiter=cg_iters, rtol=cg_rtol, atol=cg_atol, M=preconditioner
     )
     s: list[Tensor] = cg.x  # type: ignore[assignment]
     r: list[Tensor] = cg.residual  # type: ignore[assignment]
@@ -410,6 +414,46 @@ def _build_fisher(
     return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
 
 
+def choose_fvp_method(
+    params: Sequence[Tensor],
+    closure: Closure,
+    model: nn.Module,
+    *,
+    damping: float = 0.1,
+    cg_iters: int = 10,
+    candidates: Sequence[str] = ("reverse", "jvp"),
+    repeats: int = 2,
+) -> str:
+    """Time the Fisher-vector product methods on this model and batch; return the cheapest.
+
+    The cost of a method is its setup plus ``cg_iters`` products (median of ``repeats``
+    after one warm-up).  ``reverse`` differentiates the closure's graph twice and wins on
+    small MLPs; ``jvp`` (forward mode) wins on convolutional networks, whose double
+    backward is expensive.  ``linearize`` is not a default candidate: it traces the
+    model and crashes on some attention kernels.
+    """
+    import time
+
+    params = list(params)
+    costs: dict[str, float] = {}
+    for method in candidates:
+        with torch.enable_grad():
+            _, dist = _call_closure(closure)
+        start = time.perf_counter()
+        op = _build_fisher(params, dist, closure, None, model, method, damping)
+        setup = time.perf_counter() - start
+        v = [torch.randn_like(p) for p in params]
+        op(v)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            op(v)
+            times.append(time.perf_counter() - start)
+        costs[method] = setup + cg_iters * sorted(times)[len(times) // 2]
+        del op, dist
+    return min(costs, key=costs.__getitem__)
+
+
 _HYPERPARAMETERS = (
     "max_kl",
     "damping",
@@ -418,6 +462,7 @@ _HYPERPARAMETERS = (
     "backtrack_coeff",
     "accept_ratio",
     "cg_rtol",
+    "cg_atol",
     "line_search",
     "adaptive",
     "max_kl_bounds",
@@ -458,15 +503,19 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         backtrack_iters: line-search candidates at most.
         backtrack_coeff: line-search shrink factor :math:`c \in (0, 1)`.
         accept_ratio: minimal actual / expected improvement :math:`\rho \ge 0`.
-        cg_rtol: CG relative residual tolerance.
+        cg_rtol, cg_atol: CG stops when ``‖r‖ ≤ max(cg_rtol·‖g‖, cg_atol)``
+            (sb3-contrib's ``residual_tol=1e-10`` on ``‖r‖²`` is ``cg_atol=1e-5``).
         line_search: ``False`` gives natural policy gradient: the full step, no search.
         adaptive: adapt ``max_kl`` after each step: multiply by ``grow`` when the improvement
             ratio exceeds ``grow_above`` at the full step, by ``shrink`` when the step is
             rejected or the ratio is below ``shrink_below``; clamped to ``max_kl_bounds``.
-        fvp_method: ``"auto"`` (``"reverse"`` on the closure's graph for Normal / Categorical /
-            Bernoulli, ``"kl_hvp"`` otherwise), ``"reverse"``, ``"kl_hvp"``, or the torch.func
-            paths ``"jvp"`` / ``"linearize"`` (these need ``model``).
-        model: the policy module, for the torch.func paths.
+        fvp_method: ``"auto"``: ``"reverse"`` on the closure's graph for Normal / Categorical /
+            Bernoulli, ``"kl_hvp"`` otherwise; with ``model`` given, the first step times
+            ``"reverse"`` against ``"jvp"`` on the actual model and batch and keeps the cheaper
+            (:func:`choose_fvp_method`; the choice is in ``tuned_fvp_method``).  Or one of
+            ``"reverse"``, ``"kl_hvp"``, and the torch.func paths ``"jvp"`` / ``"linearize"``
+            (these need ``model``).
+        model: the policy module, for the torch.func paths and the automatic choice.
         warm_start: start CG from the previous step's solution.
     """
 
@@ -481,6 +530,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         accept_ratio: float = 0.1,
         *,
         cg_rtol: float = 1e-10,
+        cg_atol: float = 0.0,
         line_search: bool = True,
         adaptive: bool = False,
         max_kl_bounds: tuple[float, float] = (1e-4, 0.1),
@@ -500,6 +550,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             backtrack_coeff=backtrack_coeff,
             accept_ratio=accept_ratio,
             cg_rtol=cg_rtol,
+            cg_atol=cg_atol,
             line_search=line_search,
             adaptive=adaptive,
             max_kl_bounds=tuple(max_kl_bounds),
@@ -513,6 +564,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         _validate(defaults)
         super().__init__(params, defaults)
         self.model = model
+        self.tuned_fvp_method: str | None = None
         for group in self.param_groups:
             for p in group["params"]:
                 if not p.requires_grad:
@@ -539,6 +591,14 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             raise TypeError("TrustRegionOptimizer.step needs a closure returning (loss, distribution)")
         h = self._hyper()
         params = [p for group in self.param_groups for p in group["params"]]
+        method = h["fvp_method"]
+        if method == "auto" and self.model is not None and fisher_closure is None:
+            if self.tuned_fvp_method is None:
+                active = [p for p in params if p.requires_grad]
+                self.tuned_fvp_method = choose_fvp_method(
+                    active, closure, self.model, damping=h["damping"], cg_iters=h["cg_iters"]
+                )
+            method = self.tuned_fvp_method
         x0 = None
         if h["warm_start"]:
             x0 = [self.state[p].get("solution") for p in params]
@@ -549,11 +609,12 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             damping=h["damping"],
             cg_iters=h["cg_iters"],
             cg_rtol=h["cg_rtol"],
+            cg_atol=h["cg_atol"],
             backtrack_iters=h["backtrack_iters"],
             backtrack_coeff=h["backtrack_coeff"],
             accept_ratio=h["accept_ratio"],
             use_line_search=h["line_search"],
-            fvp_method=h["fvp_method"],
+            fvp_method=method,
             model=self.model,
             fisher_closure=fisher_closure,
             x0=x0,

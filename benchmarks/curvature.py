@@ -1,0 +1,434 @@
+"""Speed of the second-order machinery: natgrad vs sb3-contrib's TRPO vs curvlinops.
+
+    python benchmarks/curvature.py                 # full run, writes benchmarks/results/curvature.md
+    python benchmarks/curvature.py --quick         # fewer repeats (smoke test)
+
+All timings of one table are taken in one process, interleaved round-robin, as the
+median over repeats; ratios are natgrad / peer (below 1 means natgrad is faster).
+Every method works on the *same* sb3-contrib policy object and the same batch:
+
+* Fisher-vector product per CG iteration (setup excluded, reported separately):
+  natgrad's products (``reverse`` = default, ``jvp``, ``linearize``, ``kl_hvp``), sb3-contrib's
+  ``TRPO.hessian_vector_product`` on the first-derivative graph built by its own
+  ``_compute_actor_grad`` (double backprop of the mean KL), and curvlinops'
+  ``GGNLinearOperator`` matvec (mean / logits network with ``MSELoss`` / ``CrossEntropyLoss``,
+  which is the same Jᵀ F_out J up to a constant; it has no log-std parameter).
+* A whole policy update (gradient + 15 CG iterations + line search) against
+  ``TRPO.train()`` on the same filled rollout buffer, critic epochs off on both sides.
+* Peak memory: increase of the peak resident set size of a fresh worker process
+  that runs the setup and 20 products (or 3 updates) after building the same model and batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+import natgrad
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# ----------------------------------------------------------------------------- problems
+class SpacesEnv(gym.Env):
+    """A do-nothing environment that only carries observation / action spaces (and random data)."""
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space):
+        self.observation_space, self.action_space = observation_space, action_space
+
+    def reset(self, *, seed: int | None = None, options: Any = None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), float(self.np_random.standard_normal()), False, False, {}
+
+
+CASES: dict[str, dict[str, Any]] = {
+    "gaussian_mlp": dict(
+        title="Gaussian MLP 17-64-64-6, batch 2048",
+        obs=gym.spaces.Box(-np.inf, np.inf, (17,), np.float32),
+        act=gym.spaces.Box(-1, 1, (6,), np.float32),
+        batch=2048,
+        policy="MlpPolicy",
+    ),
+    "categorical_mlp": dict(
+        title="Categorical MLP 4-64-64-2, batch 2048",
+        obs=gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+        act=gym.spaces.Discrete(2),
+        batch=2048,
+        policy="MlpPolicy",
+    ),
+    "cnn": dict(
+        title="CNN (sb3 NatureCNN) over 84×84 images, 6 actions, batch 256",
+        obs=gym.spaces.Box(0, 255, (1, 84, 84), np.uint8),
+        act=gym.spaces.Discrete(6),
+        batch=256,
+        policy="CnnPolicy",
+    ),
+}
+
+DAMPING, MAX_KL, CG_ITERS = 0.1, 0.01, 15
+
+
+@dataclass
+class Problem:
+    model: Any  # sb3_contrib.TRPO with a filled rollout buffer
+    obs: torch.Tensor
+    actions: torch.Tensor
+    old_log_prob: torch.Tensor
+    advantages: torch.Tensor
+    actor_params: list[nn.Parameter]
+    discrete: bool
+
+
+def make_problem(case: str, seed: int = 0) -> Problem:
+    from sb3_contrib import TRPO
+
+    spec = CASES[case]
+    torch.manual_seed(seed)
+    env = SpacesEnv(spec["obs"], spec["act"])
+    model = TRPO(
+        spec["policy"],
+        env,
+        n_steps=spec["batch"],
+        batch_size=spec["batch"],
+        n_critic_updates=0,
+        cg_max_steps=CG_ITERS,
+        cg_damping=DAMPING,
+        target_kl=MAX_KL,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    model.learn(total_timesteps=spec["batch"])  # fills the rollout buffer (and takes one update)
+    data = next(model.rollout_buffer.get(batch_size=None))
+    discrete = isinstance(spec["act"], gym.spaces.Discrete)
+    actions = data.actions.long().flatten() if discrete else data.actions
+    adv = data.advantages
+    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    actor = [p for n, p in model.policy.named_parameters() if "value" not in n]
+    return Problem(model, data.observations, actions, data.old_log_prob, adv, actor, discrete)
+
+
+def distribution(problem: Problem) -> torch.distributions.Distribution:
+    return problem.model.policy.get_distribution(problem.obs).distribution
+
+
+def log_prob(problem: Problem, dist: torch.distributions.Distribution) -> torch.Tensor:
+    lp = dist.log_prob(problem.actions)
+    return lp if problem.discrete else lp.sum(-1)
+
+
+def closure_for(problem: Problem) -> Callable[[], tuple[torch.Tensor, torch.distributions.Distribution]]:
+    def closure():
+        dist = distribution(problem)
+        ratio = torch.exp(log_prob(problem, dist) - problem.old_log_prob)
+        return -(ratio * problem.advantages).mean(), dist
+
+    return closure
+
+
+# ----------------------------------------------------------------------------- products
+def natgrad_graph(problem: Problem, method: str) -> Callable[[], Callable[[list[torch.Tensor]], Any]]:
+    def setup():
+        op = natgrad.graph_fisher_vector_product(
+            distribution(problem), problem.actor_params, damping=DAMPING, method=method
+        )
+        return op
+
+    return setup
+
+
+def natgrad_functional(problem: Problem, method: str) -> Callable[[], Callable[[list[torch.Tensor]], Any]]:
+    policy = problem.model.policy
+    names = {id(p): n for n, p in policy.named_parameters()}
+    keys = [names[id(p)] for p in problem.actor_params]
+
+    def model_fn(params: dict[str, torch.Tensor], obs: torch.Tensor):
+        with natgrad.swap_parameters(policy, params):
+            return policy.get_distribution(obs).distribution
+
+    def setup():
+        params = {k: p.detach() for k, p in zip(keys, problem.actor_params)}
+        op = natgrad.fisher_vector_product(model_fn, params, problem.obs, damping=DAMPING, method=method)
+        return lambda v: op(dict(zip(keys, v)))
+
+    return setup
+
+
+def sb3_hvp(problem: Problem) -> Callable[[], Callable[[list[torch.Tensor]], Any]]:
+    from stable_baselines3.common.distributions import kl_divergence
+
+    model = problem.model
+
+    def setup():
+        with torch.no_grad():
+            old = copy.copy(model.policy.get_distribution(problem.obs))
+        dist = model.policy.get_distribution(problem.obs)
+        ratio = torch.exp(dist.log_prob(problem.actions) - problem.old_log_prob)
+        objective = (problem.advantages * ratio).mean()
+        kl = kl_divergence(dist, old).mean()
+        params, _, grad_kl, _ = model._compute_actor_grad(kl, objective)
+        hvp = partial(model.hessian_vector_product, params, grad_kl)
+        return lambda v: hvp(torch.cat([t.reshape(-1) for t in v]))
+
+    return setup
+
+
+class _MeanNet(nn.Module):
+    """The sb3 policy's mean / logits path as a plain module (what curvlinops needs)."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        p = self.policy
+        feats = p.extract_features(obs, p.pi_features_extractor)
+        return p.action_net(p.mlp_extractor.forward_actor(feats))
+
+
+def curvlinops_ggn(problem: Problem) -> tuple[Callable[[], Callable[[list[torch.Tensor]], Any]], list[nn.Parameter]]:
+    from curvlinops import GGNLinearOperator
+
+    # curvlinops rewires the parameters of the module it is given; hand it a copy of the policy
+    net = _MeanNet(copy.deepcopy(problem.model.policy))
+    params = [p for n, p in net.policy.named_parameters() if "value" not in n and n != "log_std"]
+    loss = nn.CrossEntropyLoss() if problem.discrete else nn.MSELoss()
+    target = problem.actions
+
+    def setup():
+        op = GGNLinearOperator(net, loss, params, [(problem.obs, target)], check_deterministic=False)
+        return lambda v: op @ torch.cat([t.reshape(-1) for t in v])
+
+    return setup, params
+
+
+# ----------------------------------------------------------------------------- timing helpers
+def median_ms(samples: list[float]) -> float:
+    return 1e3 * statistics.median(samples)
+
+
+def time_products(
+    setups: dict[str, tuple[Callable, list[torch.Tensor]]], repeats: int, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Round-robin timing so that machine noise hits every method alike."""
+    ops, vecs = {}, {}
+    setup_times: dict[str, list[float]] = {k: [] for k in setups}
+    for name, (setup, like) in setups.items():
+        for _ in range(3):
+            t = time.perf_counter()
+            ops[name] = setup()
+            setup_times[name].append(time.perf_counter() - t)
+        g = torch.Generator().manual_seed(1)
+        vecs[name] = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in like]
+        for _ in range(warmup):
+            ops[name](vecs[name])
+    prod_times: dict[str, list[float]] = {k: [] for k in setups}
+    for _ in range(repeats):
+        for name in setups:
+            t = time.perf_counter()
+            ops[name](vecs[name])
+            prod_times[name].append(time.perf_counter() - t)
+    return {k: {"product_ms": median_ms(prod_times[k]), "setup_ms": median_ms(setup_times[k])} for k in setups}
+
+
+def product_methods(problem: Problem) -> dict[str, tuple[Callable, list[torch.Tensor]]]:
+    like = [p.detach() for p in problem.actor_params]
+    cl_setup, cl_params = curvlinops_ggn(problem)
+    methods = {
+        "natgrad reverse (default)": (natgrad_graph(problem, "reverse"), like),
+        "natgrad jvp": (natgrad_functional(problem, "jvp"), like),
+        "natgrad linearize": (natgrad_functional(problem, "linearize"), like),
+        "natgrad kl_hvp": (natgrad_graph(problem, "kl_hvp"), like),
+        "sb3-contrib hvp": (sb3_hvp(problem), like),
+        "curvlinops GGN": (cl_setup, [p.detach() for p in cl_params]),
+    }
+    return methods
+
+
+# ----------------------------------------------------------------------------- whole update
+def time_updates(problem: Problem, repeats: int) -> dict[str, dict[str, float]]:
+    model = problem.model
+    snapshot = copy.deepcopy(model.policy.state_dict())
+    # same stopping rule as sb3-contrib (‖r‖² < 1e-10) and its acceptance test (any improvement)
+    opt = natgrad.TrustRegionOptimizer(
+        problem.actor_params,
+        max_kl=MAX_KL,
+        damping=DAMPING,
+        cg_iters=CG_ITERS,
+        cg_atol=1e-5,
+        accept_ratio=0.0,
+        model=model.policy,
+    )
+    closure = closure_for(problem)
+    times: dict[str, list[float]] = {"natgrad TrustRegionOptimizer.step": [], "sb3-contrib TRPO.train()": []}
+    cg_iters: list[int] = []
+    for r in range(repeats + 1):
+        model.policy.load_state_dict(snapshot)
+        t = time.perf_counter()
+        info = opt.step(closure)
+        dt_n = time.perf_counter() - t
+        model.policy.load_state_dict(snapshot)
+        t = time.perf_counter()
+        model.train()
+        dt_s = time.perf_counter() - t
+        if r:  # first round is warm-up
+            times["natgrad TrustRegionOptimizer.step"].append(dt_n)
+            times["sb3-contrib TRPO.train()"].append(dt_s)
+            cg_iters.append(info.cg_iterations)
+    model.policy.load_state_dict(snapshot)
+    out = {k: {"update_ms": median_ms(v)} for k, v in times.items()}
+    out["natgrad TrustRegionOptimizer.step"]["fvp_method"] = opt.tuned_fvp_method or "reverse"
+    out["natgrad TrustRegionOptimizer.step"]["cg_iterations"] = statistics.median(cg_iters)
+    return out
+
+
+# ----------------------------------------------------------------------------- memory workers
+def worker(case: str, method: str) -> dict[str, float]:
+    """Runs in a fresh process: peak-RSS increase of `method` over the shared setup."""
+    torch.set_num_threads(THREADS)
+    problem = make_problem(case)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if method.startswith("update:"):
+        which = method.split(":", 1)[1]
+        if which == "natgrad":
+            opt = natgrad.TrustRegionOptimizer(
+                problem.actor_params,
+                max_kl=MAX_KL,
+                damping=DAMPING,
+                cg_iters=CG_ITERS,
+                cg_atol=1e-5,
+                accept_ratio=0.0,
+                model=problem.model.policy,
+            )
+            for _ in range(3):
+                opt.step(closure_for(problem))
+        else:
+            for _ in range(3):
+                problem.model.train()
+    else:
+        setup, like = product_methods(problem)[method]
+        op = setup()
+        v = [torch.randn_like(p) for p in like]
+        for _ in range(20):
+            op(v)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_increase_mb": (peak - base) / 1024.0}
+
+
+def memory(case: str, method: str) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", case, method, "--threads", str(THREADS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_increase_mb"]
+
+
+# ----------------------------------------------------------------------------- main
+THREADS = 2
+
+
+def main() -> None:
+    global THREADS
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="few repeats, no memory workers")
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the CI machine has 2 cores)")
+    parser.add_argument("--out", default=str(RESULTS / "curvature.md"))
+    parser.add_argument("--worker", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    THREADS = args.threads
+    torch.set_num_threads(THREADS)
+    if args.worker:
+        print(json.dumps(worker(*args.worker)))
+        return
+    repeats = 5 if args.quick else 30
+    lines = [
+        "# Curvature benchmark: natgrad vs sb3-contrib vs curvlinops",
+        "",
+        f"`python benchmarks/curvature.py` — {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, {THREADS} threads, float32, damping {DAMPING}, "
+        f"{'quick run' if args.quick else f'median of {repeats} repeats'}.  Ratios are natgrad / peer "
+        "(< 1: natgrad faster).",
+        "",
+    ]
+    summary: dict[str, Any] = {}
+    for case in args.cases:
+        problem = make_problem(case)
+        n_params = sum(p.numel() for p in problem.actor_params)
+        prod = time_products(product_methods(problem), repeats)
+        upd = time_updates(problem, max(3, repeats // 3))
+        mem: dict[str, float] = {}
+        if not args.quick:
+            for method in list(prod) + ["update:natgrad", "update:sb3"]:
+                mem[method] = memory(case, method)
+        ours = prod["natgrad reverse (default)"]["product_ms"]
+        lines += [
+            f"## {CASES[case]['title']} ({n_params} policy parameters)",
+            "",
+            "| Fisher-vector product | per product (ms) | ratio natgrad / this | setup (ms) | peak RSS increase (MB) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in prod.items():
+            m = f"{mem[name]:.1f}" if name in mem else "—"
+            lines.append(
+                f"| {name} | {r['product_ms']:.3f} | {ours / r['product_ms']:.2f} | {r['setup_ms']:.2f} | {m} |"
+            )
+        n_upd = upd["natgrad TrustRegionOptimizer.step"]["update_ms"]
+        s_upd = upd["sb3-contrib TRPO.train()"]["update_ms"]
+        lines += [
+            "",
+            "| whole policy update (15 CG iterations + line search) | time (ms) | peak RSS increase (MB) |",
+            "|---|---|---|",
+            f"| natgrad `TrustRegionOptimizer.step(model=policy)` (chose "
+            f"`{upd['natgrad TrustRegionOptimizer.step']['fvp_method']}`) | {n_upd:.1f} | "
+            f"{mem.get('update:natgrad', float('nan')):.1f} |",
+            f"| sb3-contrib `TRPO.train()` (n_critic_updates=0) | {s_upd:.1f} | "
+            f"{mem.get('update:sb3', float('nan')):.1f} |",
+            f"| **ratio natgrad / sb3-contrib** | **{n_upd / s_upd:.2f}** | |",
+            "",
+        ]
+        summary[case] = {
+            "products": prod,
+            "updates": upd,
+            "memory_mb": mem,
+            "ratio_product_vs_sb3": ours / prod["sb3-contrib hvp"]["product_ms"],
+            "ratio_product_vs_curvlinops": ours / prod["curvlinops GGN"]["product_ms"],
+            "ratio_update_vs_sb3": n_upd / s_upd,
+        }
+        print(
+            f"{case}: product {ours:.3f} ms = {summary[case]['ratio_product_vs_sb3']:.2f}× sb3, "
+            f"{summary[case]['ratio_product_vs_curvlinops']:.2f}× curvlinops; update {n_upd:.1f} ms = "
+            f"{summary[case]['ratio_update_vs_sb3']:.2f}× sb3",
+            flush=True,
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
