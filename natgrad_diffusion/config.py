@@ -130,6 +130,7 @@ class SchedulerPolicyConfig:
     scheduler's own spacing, ρ > 1 spends more steps at low noise).
 
     Attributes:
+        init_guidance, init_eta, init_spacing: the squashed values of the initial mean action.
         hidden: hidden width of the mean network (pooled prompt embedding → 3 means).
         init_log_std: initial state-independent log standard deviation of ``a``.
     """
@@ -137,6 +138,9 @@ class SchedulerPolicyConfig:
     guidance_range: tuple[float, float] = (1.0, 12.0)
     eta_range: tuple[float, float] = (0.0, 1.0)
     spacing_range: tuple[float, float] = (0.5, 2.0)
+    init_guidance: float = 5.0
+    init_eta: float = 0.8
+    init_spacing: float = 1.0
     hidden: int = 64
     init_log_std: float = -0.5
 
