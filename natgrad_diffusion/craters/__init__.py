@@ -9,31 +9,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from natgrad_diffusion._compat import hide_broken_torchvision
 
-
-def guard_broken_torchvision() -> bool:
-    """Hide an installed-but-broken ``torchvision`` from ``transformers``/``diffusers``.
-
-    A torchvision wheel built against another torch fails on import (``operator torchvision::nms does not
-    exist``); ``transformers`` sees the package on disk, imports it for its image utilities, and then every
-    ``from diffusers import UNet2DConditionModel`` fails. Nothing here needs torchvision, so when its import
-    fails the half-imported modules are dropped and ``sys.modules["torchvision"] = None`` makes
-    ``importlib.util.find_spec`` report it as absent. Returns True when torchvision was hidden.
-    """
-    if "torchvision" in sys.modules:
-        return sys.modules["torchvision"] is None
-    if importlib.util.find_spec("torchvision") is None:
-        return False
-    try:
-        import torchvision  # noqa: F401
-    except Exception:
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        sys.modules["torchvision"] = None  # type: ignore[assignment]
-        return True
-    return False
-
-
-guard_broken_torchvision()
+# transformers/diffusers import torchvision when it is installed; a broken wheel would take them down
+hide_broken_torchvision()

@@ -414,7 +414,8 @@ def render(scene: Scene, size: int = 64, rgb: bool = False, supersample: int = 2
 
 
 def _pick(rng: np.random.Generator, values: tuple[str, ...], base: str | None, diversity: float) -> str:
-    if base is not None and rng.random() >= diversity:
+    """A uniformly random value, or ``base`` with probability ``1 - diversity²``."""
+    if base is not None and rng.random() >= diversity**2:
         return base
     return values[int(rng.integers(len(values)))]
 
@@ -438,11 +439,11 @@ def sample_scene(
     Args:
         rng: numpy generator (the only source of randomness).
         diversity: 1 = every attribute and continuous parameter drawn from its full range; smaller values
-            keep each caption attribute at its ``base`` value with probability ``1 - diversity`` and pull
+            keep each caption attribute at its ``base`` value with probability ``1 - diversity²`` and pull
             every continuous parameter towards the middle of its range (0 = near-identical scenes that
             differ only in texture noise).
         base: caption attributes (keys of :data:`ATTRIBUTES`) used when ``diversity < 1``; missing keys
-            take the first value with ``diversity < 1`` is ``{"count": "a", "freshness": "fresh",
+            take these defaults: ``{"count": "a", "freshness": "fresh",
             "size": "medium", "morphology": "central peak", "direction": "west", "elevation": "low"}``.
         seed: seed of the texture noise (default: drawn from ``rng``).
     """
