@@ -381,7 +381,7 @@ def main() -> None:
         upd = time_updates(problem, max(3, repeats // 3))
         mem: dict[str, float] = {}
         if not args.quick:
-            for method in list(prod) + ["update:natgrad", "update:sb3"]:
+            for method in [*prod, "update:natgrad", "update:sb3"]:
                 mem[method] = memory(case, method)
         ours = prod["natgrad reverse (default)"]["product_ms"]
         lines += [

@@ -273,3 +273,25 @@ def test_jvp_without_model_is_a_clear_error():
     policy = GaussianPolicy()
     with pytest.raises(ValueError, match="model="):
         TrustRegionOptimizer(policy.parameters(), fvp_method="jvp").step(policy_problem(policy))
+
+
+def test_choose_fvp_method_picks_a_valid_method_and_is_used():
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    closure = policy_problem(policy)
+    method = natgrad.choose_fvp_method(list(policy.parameters()), closure, policy, cg_iters=10)
+    assert method in ("reverse", "jvp")
+    opt = TrustRegionOptimizer(policy.parameters(), model=policy)
+    info = opt.step(closure)
+    assert opt.tuned_fvp_method in ("reverse", "jvp") and info.fvp_method == opt.tuned_fvp_method
+    assert info.accepted
+
+
+def test_cg_atol_stops_early():
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    tight = TrustRegionOptimizer(policy.parameters(), cg_iters=50).step(policy_problem(policy))
+    policy2 = GaussianPolicy()
+    loose = TrustRegionOptimizer(policy2.parameters(), cg_iters=50, cg_atol=1e-2).step(policy_problem(policy2))
+    assert loose.cg_iterations < tight.cg_iterations
+    assert loose.cg_residual <= 1e-2

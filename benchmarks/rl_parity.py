@@ -1,0 +1,236 @@
+"""Learning parity and wall time: natgrad's Gymnasium TRPO agent vs sb3-contrib's TRPO.
+
+    python benchmarks/rl_parity.py                       # all tasks, 3 seeds → benchmarks/results/rl_parity.md
+    python benchmarks/rl_parity.py --tasks CartPole-v1 --seeds 0 1 2
+
+Both agents get the same hyperparameters (rl-baselines3-zoo's TRPO settings, see
+``examples/gym_trpo.py``'s ``PRESETS``), the same budget and the same seeds, and are
+evaluated by the same function: mean return of 10 deterministic episodes on fixed
+evaluation seeds, with observation normalisation frozen.  Each run is a fresh
+process with one torch thread; the two libraries' runs for a (task, seed) pair are
+launched side by side on the two cores, so they share whatever interference there is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "examples"))
+
+import gym_trpo  # noqa: E402  (the example is the agent under test)
+
+TASKS: dict[str, int] = {
+    "CartPole-v1": 100_000,
+    "Pendulum-v1": 100_000,
+    "HalfCheetah-v5": 300_000,
+    "Hopper-v5": 300_000,
+}
+EVAL_EPISODES = 10
+
+
+def eval_seed(seed: int, i: int) -> int:
+    return 10_000 + seed * 1000 + i
+
+
+def run_natgrad(task: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
+    cfg = gym_trpo.config_for(
+        task,
+        timesteps=steps,
+        seed=seed,
+        threads=1,
+        progress=False,
+        eval_episodes=EVAL_EPISODES,
+        out=str(out / f"natgrad_{task}_{seed}"),
+    )
+    result = gym_trpo.train(cfg)
+    return {
+        "eval_returns": result["eval_returns"],
+        "wall_s": result["train_time_s"],
+        "time_per_update_s": result["time_per_update_s"],
+        "updates": result["updates"],
+        "timesteps": result["timesteps"],
+    }
+
+
+def run_sb3(task: str, seed: int, steps: int) -> dict[str, Any]:
+    import gymnasium as gym
+    import torch
+    from sb3_contrib import TRPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    cfg = gym_trpo.config_for(task, timesteps=steps, seed=seed)
+    env = make_vec_env(task, n_envs=cfg.n_envs, seed=seed)
+    if cfg.normalize_obs or cfg.normalize_reward:
+        env = VecNormalize(env, norm_obs=cfg.normalize_obs, norm_reward=cfg.normalize_reward, gamma=cfg.gamma)
+    model = TRPO(
+        "MlpPolicy",
+        env,
+        learning_rate=cfg.learning_rate,
+        n_steps=cfg.n_steps,
+        batch_size=cfg.batch_size,
+        gamma=cfg.gamma,
+        cg_max_steps=cfg.cg_max_steps,
+        cg_damping=cfg.cg_damping,
+        line_search_shrinking_factor=cfg.line_search_shrinking_factor,
+        line_search_max_iter=cfg.line_search_max_iter,
+        n_critic_updates=cfg.n_critic_updates,
+        gae_lambda=cfg.gae_lambda,
+        normalize_advantage=cfg.normalize_advantage,
+        target_kl=cfg.target_kl,
+        sub_sampling_factor=cfg.sub_sampling_factor,
+        policy_kwargs=dict(net_arch=dict(pi=cfg.net_arch, vf=cfg.net_arch), log_std_init=cfg.log_std_init),
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+    update_times: list[float] = []
+    train = model.train
+
+    def timed_train() -> None:
+        t = time.perf_counter()
+        train()
+        update_times.append(time.perf_counter() - t)
+
+    model.train = timed_train  # type: ignore[method-assign]
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    wall = time.perf_counter() - start
+
+    eval_env = gym.make(task)
+    returns = []
+    for i in range(EVAL_EPISODES):
+        obs, _ = eval_env.reset(seed=eval_seed(seed, i))
+        total, done = 0.0, False
+        while not done:
+            o = np.asarray(obs, dtype=np.float32).reshape(1, -1)
+            if isinstance(env, VecNormalize):
+                o = env.normalize_obs(o)
+            action, _ = model.predict(o, deterministic=True)
+            a = action[0]
+            if isinstance(eval_env.action_space, gym.spaces.Box):
+                a = np.clip(a, eval_env.action_space.low, eval_env.action_space.high)
+            obs, r, term, trunc, _ = eval_env.step(a)
+            total += float(r)
+            done = term or trunc
+        returns.append(total)
+    return {
+        "eval_returns": returns,
+        "wall_s": wall,
+        "time_per_update_s": float(np.mean(update_times)),
+        "updates": len(update_times),
+        "timesteps": int(model.num_timesteps),
+    }
+
+
+def launch(lib: str, task: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--run", lib, task, str(seed), str(steps), "--out-dir", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **_env()})
+    if proc.returncode != 0:
+        raise RuntimeError(f"{lib} {task} seed {seed} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result.update(lib=lib, task=task, seed=seed)
+    print(
+        f"{lib:8s} {task:15s} seed {seed}: eval {np.mean(result['eval_returns']):8.1f}  "
+        f"wall {result['wall_s']:6.0f} s  per update {result['time_per_update_s'] * 1e3:6.0f} ms",
+        flush=True,
+    )
+    return result
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def table(results: list[dict[str, Any]], tasks: dict[str, int], seeds: list[int]) -> str:
+    lines = [
+        "# RL parity: natgrad vs sb3-contrib TRPO",
+        "",
+        f"`python benchmarks/rl_parity.py` — {platform.machine()}, 2 cores, one torch thread per run, the two "
+        f"libraries' runs of a (task, seed) side by side; seeds {seeds}; final evaluation = mean return of "
+        f"{EVAL_EPISODES} deterministic episodes (fixed evaluation seeds); mean ± std over seeds.  Same "
+        "hyperparameters on both sides (rl-baselines3-zoo TRPO settings; Pendulum as in the issue).",
+        "",
+        "| task | steps | natgrad return | sb3-contrib return | natgrad wall (s) | sb3-contrib wall (s) | "
+        "wall ratio | natgrad ms / update | sb3-contrib ms / update | update ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for task, steps in tasks.items():
+        row: dict[str, Any] = {}
+        for lib in ("natgrad", "sb3"):
+            rs = [r for r in results if r["lib"] == lib and r["task"] == task]
+            if not rs:
+                continue
+            ret = [float(np.mean(r["eval_returns"])) for r in rs]
+            row[lib] = dict(
+                ret=f"{np.mean(ret):.1f} ± {np.std(ret):.1f}",
+                wall=statistics.mean(r["wall_s"] for r in rs),
+                upd=1e3 * statistics.mean(r["time_per_update_s"] for r in rs),
+            )
+        if len(row) < 2:
+            continue
+        n, s = row["natgrad"], row["sb3"]
+        lines.append(
+            f"| {task} | {steps:,} | {n['ret']} | {s['ret']} | {n['wall']:.0f} | {s['wall']:.0f} | "
+            f"{n['wall'] / s['wall']:.2f} | {n['upd']:.0f} | {s['upd']:.0f} | {n['upd'] / s['upd']:.2f} |"
+        )
+    lines += ["", "Per-seed results are in `rl_parity.json`.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--mujoco-steps", type=int, default=None, help="override the MuJoCo budget")
+    parser.add_argument("--steps", type=int, default=None, help="override every budget (smoke tests)")
+    parser.add_argument("--out", default=str(RESULTS / "rl_parity.md"))
+    parser.add_argument("--out-dir", default=str(ROOT / "runs" / "rl_parity"))
+    parser.add_argument("--run", nargs=4, metavar=("LIB", "TASK", "SEED", "STEPS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    out_dir = Path(args.out_dir)
+    if args.run:
+        lib, task, seed, steps = args.run[0], args.run[1], int(args.run[2]), int(args.run[3])
+        import torch
+
+        torch.set_num_threads(1)
+        res = run_natgrad(task, seed, steps, out_dir) if lib == "natgrad" else run_sb3(task, seed, steps)
+        print(json.dumps(res))
+        return
+    tasks = {t: TASKS[t] for t in args.tasks}
+    if args.mujoco_steps:
+        tasks.update({t: args.mujoco_steps for t in tasks if "-v5" in t})
+    if args.steps:
+        tasks = {t: args.steps for t in tasks}
+    jobs = [
+        (lib, task, seed, steps) for task, steps in tasks.items() for seed in args.seeds for lib in ("natgrad", "sb3")
+    ]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda j: launch(*j, out_dir), jobs))
+    print(f"total {time.perf_counter() - start:.0f} s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table(results, tasks, args.seeds))
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
