@@ -214,7 +214,7 @@ def save_image_grid(
         plt.imsave(path, big, cmap="gray" if big.ndim == 2 else None, vmin=0, vmax=255)
         return path
     h, w = grid.shape[:2]
-    label_w = 0.0 if not row_labels else 3.6
+    label_w = 0.0 if not row_labels else 0.055 * max(len(s) for s in row_labels)
     fig_w = w / 40.0 * scale + label_w
     fig, ax = plt.subplots(figsize=(fig_w, h / 40.0 * scale + (0.4 if title else 0.1)))
     ax.imshow(grid, cmap="gray" if grid.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refresh", type=int, default=4, help="pool images replaced by fresh renders per step")
     p.add_argument("--caption-dropout", type=float, default=0.1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--work-dir", type=Path, default=None, help="checkpoints (default: OUT/../.crater-train-work)")
+    p.add_argument("--work-dir", type=Path, default=Path("runs/crater-train"), help="checkpoints, loss curve")
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/train_state.pt")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
     p.add_argument("--no-progress", action="store_true")
@@ -102,7 +102,7 @@ def train(args: argparse.Namespace) -> CraterModel:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
-    work = args.work_dir or (args.out.parent / ".crater-train-work")
+    work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
 
     model = build_crater_model(CraterModelConfig(), seed=args.seed)
