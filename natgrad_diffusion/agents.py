@@ -89,6 +89,13 @@ class Rollout:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+def _ratio(dist: Any, chunk: Decisions) -> Tensor:
+    """``π_θ(a|s) / π_old(a|s)`` of the chunk's recorded actions, ``(m,)``."""
+    mean = dist.mean
+    logp = dist.log_prob(chunk.actions.to(mean.device, mean.dtype))
+    return torch.exp(logp - chunk.log_probs.to(logp.device, logp.dtype))
+
+
 def _as_rewards(out: Any, n: int) -> Tensor:
     if hasattr(out, "per_image"):
         out = out.per_image
@@ -254,9 +261,8 @@ class DiffusionAgent:
     # ------------------------------------------------------------------ shared helpers
     def _surrogate_terms(self, params: dict[str, Tensor], chunk: Decisions, adv: Tensor) -> tuple[Tensor, Any]:
         dist = self.policy.distribution(params, chunk)
-        logp = dist.log_prob(chunk.actions.to(dist.mean.device).float())
-        ratio = torch.exp(logp - chunk.log_probs.to(logp.device).float())
-        return ratio * adv.to(logp.device), dist
+        ratio = _ratio(dist, chunk)
+        return ratio * adv.to(ratio), dist
 
     @torch.no_grad()
     def mean_kl(self, old_params: dict[str, Tensor], decisions: Decisions, chunk: int = CHUNKS.eval_chunk) -> float:
@@ -326,7 +332,7 @@ class TRPOAgent(DiffusionAgent):
         if sub is None:
             return None
         k = round(sub * m) if isinstance(sub, float) else int(sub)
-        k = max(1, min(m, k))
+        k = max(1, self.chunks.fvp_min_decisions, k)
         return None if k >= m else k
 
     def _chunked_update(self, d: Decisions, adv: Tensor) -> natgrad.StepInfo:
@@ -346,16 +352,15 @@ class TRPOAgent(DiffusionAgent):
             with torch.enable_grad():
                 mean, std = policy.step_mean_std(params, chunk)  # type: ignore[attr-defined]
                 dist = step_distribution(mean, std)
-                logp = dist.log_prob(chunk.actions.to(mean.device).float())
-                ratio = torch.exp(logp - chunk.log_probs.to(logp.device).float())
-                loss = -(ratio * adv[sl].to(logp.device)).sum() / m
+                ratio = _ratio(dist, chunk)
+                loss = -(ratio * adv[sl].to(ratio)).sum() / m
                 g = torch.autograd.grad(loss, leaves, allow_unused=True)
             for acc, gi in zip(grads, g):
                 if gi is not None:
                     acc.add_(gi)
             loss_before += float(loss.detach())
             old.append((sl, mean.detach().cpu(), std.detach().reshape(-1).cpu()))
-            del mean, std, dist, logp, ratio, loss, g
+            del mean, std, dist, ratio, loss, g
         if not math.isfinite(loss_before):
             raise natgrad.NonFiniteError(f"the surrogate loss is {loss_before}")
 
@@ -392,9 +397,8 @@ class TRPOAgent(DiffusionAgent):
                     chunk = d.select(sub)
                     mean, std = policy.step_mean_std(current, chunk)  # type: ignore[attr-defined]
                     new = step_distribution(mean, std)
-                    logp = new.log_prob(chunk.actions.to(mean.device).float())
-                    ratio = torch.exp(logp - chunk.log_probs.to(logp.device).float())
-                    loss_total += float(-(ratio * adv[sub].to(logp.device)).sum()) / m
+                    ratio = _ratio(new, chunk)
+                    loss_total += float(-(ratio * adv[sub].to(ratio)).sum()) / m
                     rel = slice(sub.start - sl.start, sub.stop - sl.start)
                     ref = step_distribution(
                         old_mean[rel].to(mean.device), old_std[rel].to(mean.device).reshape(-1, 1, 1, 1)
@@ -455,10 +459,8 @@ class PPOAgent(DiffusionAgent):
             for start in range(0, m, cfg.minibatch):
                 idx = order[start : start + cfg.minibatch]
                 chunk, a = d.select(idx), adv[idx]
-                dist = self.policy.distribution(params, chunk)
-                logp = dist.log_prob(chunk.actions.to(dist.mean.device).float())
-                ratio = torch.exp(logp - chunk.log_probs.to(logp.device).float())
-                a = a.to(logp.device)
+                ratio = _ratio(self.policy.distribution(params, chunk), chunk)
+                a = a.to(ratio)
                 clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
                 loss = -torch.minimum(ratio * a, clipped * a).mean()
                 self.optimizer.zero_grad(set_to_none=True)

@@ -103,22 +103,29 @@ class ChunkConfig:
         eval_chunk: decisions per no-grad forward in the line search / KL evaluation.
         fvp_subsample: fraction (float in (0, 1]) or count (int) of decisions used for the
             Fisher-vector products (drawn once per update, over images and steps jointly).
+        fvp_min_decisions: never sub-sample below this many decisions (a Fisher from a handful of
+            decisions misses most directions, and the line search then has to backtrack far).
     """
 
     grad_chunk: int = 8
     fvp_chunk: int = 8
     eval_chunk: int = 16
     fvp_subsample: float | int = 0.25
+    fvp_min_decisions: int = 64
 
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    """LoRA adapters on the UNet (Hu et al., 2021): ``W x + (α/r) B A x``, ``B`` initialised to zero."""
+    """LoRA adapters on the UNet (Hu et al., 2021): ``W x + (α/r) B A x``, ``B`` initialised to zero.
+
+    ``init_seed`` seeds the draw of ``A`` (``None``: the global RNG) so that a policy is reproducible.
+    """
 
     rank: int = 4
     alpha: float = 4.0
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     init_lora_weights: str = "gaussian"
+    init_seed: int | None = 0
 
 
 @dataclass(frozen=True)

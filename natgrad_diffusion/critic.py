@@ -116,7 +116,7 @@ class Critic(nn.Module):
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * idx.numel()
+                total += float(loss.detach()) * idx.numel()
             last = total / m
         return last
 

@@ -140,16 +140,18 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor | float) -> Tensor:
 
     ``(N, ...)`` → ``(N,)``.  The same expression as :func:`step_distribution`'s ``log_prob``.
     """
-    return step_distribution(mean, std).log_prob(x.float())
+    dist = step_distribution(mean, std)
+    return dist.log_prob(x.to(dist.mean.dtype))
 
 
 def step_distribution(mean: Tensor, std: Tensor | float) -> Independent:
-    """``Independent(Normal(mean, std), mean.dim() - 1)`` in float32, std broadcast to the mean's shape.
+    """``Independent(Normal(mean, std), mean.dim() - 1)`` in float32 (float64 kept), std broadcast to the mean.
 
     The first dimension indexes decisions (natgrad's sample convention); the others are summed.
     """
-    mean = mean.float()
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=mean.device).expand_as(mean)
+    if mean.dtype not in (torch.float32, torch.float64):
+        mean = mean.float()
+    std_t = torch.as_tensor(std, device=mean.device).to(mean.dtype).expand_as(mean)
     return Independent(Normal(mean, std_t, validate_args=False), mean.dim() - 1)
 
 

@@ -130,7 +130,8 @@ class DiffusionPolicy(nn.Module, abc.ABC):
 
     def log_prob(self, params: dict[str, Tensor], decisions: Decisions) -> Tensor:
         """``(M,)`` log-probabilities of the recorded actions under ``params``."""
-        return self.distribution(params, decisions).log_prob(decisions.actions.float())
+        dist = self.distribution(params, decisions)
+        return dist.log_prob(decisions.actions.to(dist.mean.device, dist.mean.dtype))
 
     @abc.abstractmethod
     def prepare(self, batch: SamplingBatch) -> SamplingControls:

@@ -61,6 +61,7 @@ class LoRAPolicy(DiffusionPolicy):
         alpha: float = LORA.alpha,
         target_modules: tuple[str, ...] | list[str] = LORA.target_modules,
         init_lora_weights: str | bool = LORA.init_lora_weights,
+        init_seed: int | None = LORA.init_seed,
         adapter_name: str = "default",
         inject: bool = True,
     ) -> None:
@@ -71,20 +72,22 @@ class LoRAPolicy(DiffusionPolicy):
         self.rank, self.alpha = int(rank), float(alpha)
         self.target_modules = tuple(target_modules)
         self.init_lora_weights = init_lora_weights
+        self.init_seed = init_seed
         self.adapter_name = adapter_name
         unet = components.unet
         if inject:
             from peft import LoraConfig
 
-            unet.add_adapter(
-                LoraConfig(
-                    r=self.rank,
-                    lora_alpha=self.alpha,
-                    target_modules=list(self.target_modules),
-                    init_lora_weights=init_lora_weights,
-                ),
-                adapter_name=adapter_name,
+            config = LoraConfig(
+                r=self.rank,
+                lora_alpha=self.alpha,
+                target_modules=list(self.target_modules),
+                init_lora_weights=init_lora_weights,
             )
+            with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+                if init_seed is not None:
+                    torch.manual_seed(init_seed)
+                unet.add_adapter(config, adapter_name=adapter_name)
         unet.requires_grad_(False)
         marker = f".{adapter_name}."
         self._names = [n for n, _ in unet.named_parameters() if "lora_" in n and marker in n]
@@ -174,6 +177,7 @@ class LoRAPolicy(DiffusionPolicy):
             "alpha": self.alpha,
             "target_modules": list(self.target_modules),
             "init_lora_weights": self.init_lora_weights,
+            "init_seed": self.init_seed,
             "adapter_name": self.adapter_name,
         }
 
