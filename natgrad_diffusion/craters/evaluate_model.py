@@ -10,7 +10,8 @@ Protocol (all seeded):
    seed 0) and a second fresh set ``R'`` (seed 20 000) whose captions are the prompts.
 2. One sample per prompt from the trained model and from the *same architecture with random weights*
    (:func:`~natgrad_diffusion.craters.model.build_crater_model`), DDIM ``--steps`` steps, guidance ``--guidance``.
-3. Features: ResNet-18 (:mod:`natgrad_diffusion.features`, whatever weights are available, recorded) and raw
+3. Features: ResNet-18 (:mod:`natgrad_diffusion.features`, whatever weights are available, recorded), the same
+   L2-normalised (without pretrained weights the feature norm dominates and mostly tracks contrast), and raw
    pixels (the 32 × 32 image as a 1024-vector in [0, 1]).
 4. Against ``R``: unbiased MMD² with an RBF kernel whose bandwidth is the median pairwise distance of ``R``'s
    features, and FID (Fréchet distance of Gaussian fits). ``R'`` vs ``R`` gives the real-vs-real floor.
@@ -211,8 +212,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
     pix.update({k: v.reshape(len(v), -1) / 255.0 for k, v in samples.items()})
     names = ("fresh_renders", "trained", "random_weights")
+    unit = {k: v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for k, v in feats.items()}
     results = {
         "resnet18": _metrics(feats["reference"], {k: feats[k] for k in names}),
+        "resnet18_l2": _metrics(unit["reference"], {k: unit[k] for k in names}),
         "pixels": _metrics(pix["reference"], {k: pix[k] for k in names}),
     }
     stats = {k: {"mean": round(float(v.mean()), 2), "std": round(float(v.std()), 2)} for k, v in samples.items()}
@@ -316,8 +319,9 @@ def _markdown(r: dict, grid_path: Path) -> str:
         "- MMD²: unbiased, RBF kernel, bandwidth = median pairwise distance of the reference features; "
         "FID: Fréchet distance of Gaussian fits (eigh-based matrix square root). Lower is better.",
         "",
-        "| compared with the reference set | MMD² (ResNet-18) | FID (ResNet-18) | MMD² (pixels) | FID (pixels) |",
-        "| --- | --- | --- | --- | --- |",
+        "| compared with the reference set | MMD² (ResNet-18) | FID (ResNet-18) | MMD² (ResNet-18, L2-normalised) "
+        "| FID (ResNet-18, L2-normalised) | MMD² (pixels) | FID (pixels) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     labels = {
         "fresh_renders": "fresh renders (real-vs-real floor)",
@@ -325,8 +329,11 @@ def _markdown(r: dict, grid_path: Path) -> str:
         "random_weights": "same architecture, random weights",
     }
     for k, lab in labels.items():
-        a, b = r["metrics"]["resnet18"][k], r["metrics"]["pixels"][k]
-        lines.append(f"| {lab} | {a['mmd2']:.4f} | {a['fid']:.2f} | {b['mmd2']:.4f} | {b['fid']:.2f} |")
+        a, u, b = r["metrics"]["resnet18"][k], r["metrics"]["resnet18_l2"][k], r["metrics"]["pixels"][k]
+        lines.append(
+            f"| {lab} | {a['mmd2']:.4f} | {a['fid']:.2f} | {u['mmd2']:.4f} | {u['fid']:.4f} "
+            f"| {b['mmd2']:.4f} | {b['fid']:.2f} |"
+        )
     cf = r["caption_following"]
     if cf:
         lines += [
