@@ -70,7 +70,7 @@ def jacobi_preconditioner(diagonal: Tree, damping: float) -> Callable[[Any], Any
     r"""``r ↦ r / (diag + λ)``, the inverse of the damped diagonal, laid out like ``diagonal``."""
     if not damping > 0:
         raise ValueError(f"the Jacobi preconditioner needs damping > 0, got {damping}")
-    leaves, spec = tree_flatten(diagonal)
+    leaves, _ = tree_flatten(diagonal)
     inv = [1.0 / (d.clamp_min(0) + damping) for d in leaves]
 
     def apply(r: Any) -> Any:
