@@ -34,7 +34,6 @@ def diagonal_fisher(
     inputs: Tensor,
     *,
     samples: int = 1,
-    generator: torch.Generator | None = None,
 ) -> Tree:
     """Monte-Carlo estimate of the Fisher diagonal, laid out like ``params``.
 
@@ -42,9 +41,7 @@ def diagonal_fisher(
         model_fn: ``model_fn(params, inputs) -> Distribution`` over a batch (first batch dim = samples).
         params: the parameters (a dict of tensors, or any pytree).
         inputs: the batch, ``(N, ...)``.
-        samples: actions drawn per state.
-        generator: unused by ``Distribution.sample`` (which draws from the global RNG); pass
-            ``torch.manual_seed`` beforehand for reproducibility.
+        samples: actions drawn per state (from the global RNG: seed it for reproducibility).
     """
     leaves, spec = tree_flatten(params)
     leaves = [t.detach() for t in leaves]
