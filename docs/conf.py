@@ -1,0 +1,38 @@
+"""Sphinx configuration for the natgrad documentation."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(".."))
+
+project = "natgrad"
+author = "natgrad developers"
+copyright = "2026, natgrad developers"
+release = "0.1.0"
+
+extensions = [
+    "sphinx.ext.autodoc",
+    "sphinx.ext.autosummary",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.mathjax",
+    "sphinx.ext.viewcode",
+    "sphinx.ext.doctest",
+    "myst_parser",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+myst_enable_extensions = ["dollarmath", "amsmath"]
+myst_heading_anchors = 3
+autosummary_generate = False
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": False}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_rtype = False
+nitpicky = False
+suppress_warnings = ["autodoc.import_object"]
+
+html_theme = "furo"
+html_title = "natgrad"
+html_static_path: list[str] = []
+exclude_patterns = ["_build"]
