@@ -28,7 +28,14 @@ from torch.distributions import Distribution
 
 from .backtracking import line_search
 from .cg import conjugate_gradient
-from .families import detach_distribution, family_of, mean_kl
+from .distributed import (
+    all_reduce_weighted_mean,
+    broadcast_parameters,
+    check_parameters_in_sync,
+    distributed_operator,
+    is_distributed,
+)
+from .families import detach_distribution, family_of, mean_kl, num_samples
 from .fisher import METHODS, FisherOperator, functional_product, graph_fisher_vector_product
 from .tree import tree_flatten, vdot
 
@@ -173,6 +180,8 @@ def trust_region_step(
     fisher_closure: Callable[[], Any] | None = None,
     x0: Sequence[Tensor] | None = None,
     preconditioner: Callable[[list[Tensor]], list[Tensor]] | None = None,
+    distributed: bool = False,
+    process_group: Any = None,
 ) -> tuple[StepInfo, list[Tensor | None]]:
     """One TRPO (or NPG) step on ``params`` in place; the functional core of :class:`TrustRegionOptimizer`.
 
@@ -186,6 +195,9 @@ def trust_region_step(
             which re-run the closure with the parameters swapped for functional tensors.
         x0: warm start for CG, one tensor (or None) per parameter.
         preconditioner: ``M`` for CG on lists of tensors (one per *active* parameter).
+        distributed: data-parallel step over ``process_group`` (see :mod:`natgrad.distributed`):
+            each rank's closure sees its share of the batch; loss, gradient, products and
+            line-search values are sample-weighted means over ranks.
         Other arguments: as in :class:`TrustRegionOptimizer`.
 
     Returns:
@@ -197,9 +209,6 @@ def trust_region_step(
     params = list(params)
     with torch.enable_grad():
         loss, dist = _call_closure(closure)
-    loss_f = float(loss.detach())
-    if not math.isfinite(loss_f):
-        raise NonFiniteError(f"the loss is {loss_f}; parameters were left untouched")
     if not loss.requires_grad:
         raise ValueError("the loss does not depend on the optimizer's parameters (it has no autograd graph)")
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
@@ -208,6 +217,15 @@ def trust_region_step(
         raise ValueError("the loss does not depend on any of the optimizer's parameters")
     a_params = [params[i] for i in active]
     g = [grads[i].detach() for i in active]  # type: ignore[union-attr]
+    n_local = num_samples(dist)
+    if distributed:
+        # one collective for the loss and the whole gradient
+        reduced = all_reduce_weighted_mean([loss.detach().reshape(1), *g], n_local, process_group)
+        loss_f, g = float(reduced[0]), reduced[1:]
+    else:
+        loss_f = float(loss.detach())
+    if not math.isfinite(loss_f):
+        raise NonFiniteError(f"the loss is {loss_f}; parameters were left untouched")
     gg = float(vdot(g, g))
     if not math.isfinite(gg):
         bad = [i for i, gi in zip(active, g) if not bool(torch.isfinite(gi).all())]
@@ -220,7 +238,11 @@ def trust_region_step(
         with torch.no_grad():
             old_dist = _call_closure(closure)[1]
 
-    fvp = _build_fisher(a_params, dist, closure, fisher_closure, model, fvp_method, damping)
+    fvp: Callable[[list[Tensor]], list[Tensor]] = _build_fisher(
+        a_params, dist, closure, fisher_closure, model, fvp_method, damping
+    )
+    if distributed:
+        fvp = distributed_operator(fvp, fvp.num_samples, process_group)  # type: ignore[attr-defined]
     x0_active = None
     if x0 is not None and all(x0[i] is not None for i in active):
         x0_active = [x0[i].to(g[k]) for k, i in enumerate(active)]  # type: ignore[union-attr]
@@ -228,7 +250,10 @@ def trust_region_step(
 
     def evaluate() -> tuple[Tensor, Tensor]:
         new_loss, new_dist = _call_closure(closure)
-        return new_loss, mean_kl(old_dist, new_dist)
+        kl = mean_kl(old_dist, new_dist)
+        if distributed:
+            new_loss, kl = all_reduce_weighted_mean([new_loss.reshape(()), kl.reshape(())], n_local, process_group)
+        return new_loss, kl
 
     info, s = trust_region_update(
         a_params,
@@ -517,6 +542,10 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             (these need ``model``).
         model: the policy module, for the torch.func paths and the automatic choice.
         warm_start: start CG from the previous step's solution.
+        distributed: data-parallel over ``process_group`` (default: the world): each rank's closure
+            sees its share of the batch; parameters are broadcast from rank 0 here, and every
+            ``sync_check_every`` steps a checksum verifies that all ranks still agree
+            (:class:`~natgrad.distributed.ParametersOutOfSyncError` otherwise).
     """
 
     def __init__(
@@ -541,6 +570,9 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         fvp_method: str = "auto",
         model: nn.Module | None = None,
         warm_start: bool = False,
+        distributed: bool = False,
+        process_group: Any = None,
+        sync_check_every: int = 10,
     ) -> None:
         defaults = dict(
             max_kl=max_kl,
@@ -565,12 +597,22 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.model = model
         self.tuned_fvp_method: str | None = None
+        self.distributed = distributed
+        self.process_group = process_group
+        self.sync_check_every = int(sync_check_every)
         for group in self.param_groups:
             for p in group["params"]:
                 if not p.requires_grad:
                     raise ValueError(
                         f"a parameter of shape {tuple(p.shape)} does not require grad; pass only trainable parameters"
                     )
+        if distributed:
+            if not is_distributed(process_group):
+                raise RuntimeError(
+                    "distributed=True needs torch.distributed initialised with more than one rank "
+                    "(torch.distributed.init_process_group)"
+                )
+            broadcast_parameters([p for g in self.param_groups for p in g["params"]], group=process_group)
 
     def _hyper(self) -> dict[str, Any]:
         first = self.param_groups[0]
@@ -618,12 +660,17 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             model=self.model,
             fisher_closure=fisher_closure,
             x0=x0,
+            distributed=self.distributed,
+            process_group=self.process_group,
         )
         for p, s in zip(params, solution):
             st = self.state[p]
             st["step"] = st.get("step", 0) + 1
             if h["warm_start"] and s is not None:
                 st["solution"] = s.detach().clone()
+        n_steps = self.state[params[0]]["step"]
+        if self.distributed and self.sync_check_every > 0 and n_steps % self.sync_check_every == 0:
+            check_parameters_in_sync(params, self.process_group)
         if h["adaptive"]:
             new_kl = _adapt(info, h)
             for group in self.param_groups:
