@@ -27,6 +27,13 @@ mean per-decision KL, see :mod:`natgrad_diffusion.config` for its scale):
 :class:`PPOAgent` minimises the clipped surrogate
 :math:`-\frac1M\sum_m \min(r_m \hat A_m, \mathrm{clip}(r_m, 1-\epsilon, 1+\epsilon)\hat A_m)` with Adam over
 minibatches of decisions (Schulman et al., 2017), for comparison.
+
+**Data parallel** (``distributed=True``, ``torch.distributed`` initialised): every rank samples its own
+batch (same size on every rank) and the updates average over ranks, so the parameters stay identical —
+per-image TRPO through :class:`natgrad.TrustRegionOptimizer` ``(distributed=True)``; chunked LoRA TRPO by
+all-reducing the gradient, each Fisher-vector product (:func:`natgrad.distributed.distributed_operator`) and
+each line-search evaluation; PPO and the critic by averaging every minibatch's gradients.  Advantages are
+normalised per rank.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import torch
 from torch import Tensor
 
 import natgrad
+import natgrad.distributed
 
 from .components import DiffusionComponents, math_attention
 from .config import (
@@ -55,7 +63,7 @@ from .config import (
     SamplingConfig,
     TrustRegionConfig,
 )
-from .critic import Critic, CriticStates, FeatureFn, PerPromptStatTracker, gae
+from .critic import Critic, CriticStates, FeatureFn, PerPromptStatTracker, average_gradients, gae
 from .policies.base import Decisions, DiffusionPolicy, PolicyMode
 from .sampling import sample, step_distribution
 from .trajectory import Trajectory
@@ -126,6 +134,8 @@ class DiffusionAgent:
         critic: a critic to use (built on the first batch otherwise).
         stat_tracker: the per-prompt normaliser (a fresh one by default).
         feature_chunk: images per VAE-decode + feature call when computing critic states.
+        distributed, process_group: data-parallel updates over ``process_group`` (module docstring); the
+            policy's and critic's parameters are broadcast from rank 0 at construction.
     """
 
     def __init__(
@@ -140,8 +150,17 @@ class DiffusionAgent:
         critic: Critic | None = None,
         stat_tracker: PerPromptStatTracker | None = None,
         feature_chunk: int = 16,
+        distributed: bool = False,
+        process_group: Any = None,
     ) -> None:
         self.components, self.policy, self.reward_fn = components, policy, reward_fn
+        self.distributed, self.process_group = bool(distributed), process_group
+        if self.distributed:
+            if not natgrad.distributed.is_distributed(process_group):
+                raise RuntimeError("distributed=True needs torch.distributed initialised with more than one rank")
+            natgrad.distributed.broadcast_parameters(list(policy.trainable_parameters().values()), group=process_group)
+            if critic is not None:
+                natgrad.distributed.broadcast_parameters(list(critic.parameters()), group=process_group)
         self.feature_fn = feature_fn
         self.sampling, self.critic_config = sampling, critic_config
         self.critic = critic
@@ -221,6 +240,8 @@ class DiffusionAgent:
             states = self.critic_states(traj)
             if self.critic is None:
                 self.critic = Critic(states.features.shape[-1], states.pooled.shape[-1], self.critic_config.hidden)
+                if self.distributed:
+                    natgrad.distributed.broadcast_parameters(list(self.critic.parameters()), group=self.process_group)
                 self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=self.critic_config.lr)
             values = self.critic.values(states)
             raw, returns = gae(rewards, values, gamma=self.critic_config.gamma, lam=self.critic_config.lam)
@@ -240,6 +261,8 @@ class DiffusionAgent:
             self.critic_optimizer,
             epochs=self.critic_config.epochs,
             minibatch=self.critic_config.minibatch,
+            distributed=self.distributed,
+            process_group=self.process_group,
         )
 
     def update_policy(self, rollout: Rollout) -> dict[str, Any]:
@@ -311,6 +334,8 @@ class TRPOAgent(DiffusionAgent):
                 backtrack_iters=tr.backtrack_iters,
                 backtrack_coeff=tr.backtrack_coeff,
                 accept_ratio=tr.accept_ratio,
+                distributed=self.distributed,
+                process_group=self.process_group,
             )
 
     def update_policy(self, rollout: Rollout) -> dict[str, Any]:
@@ -361,6 +386,13 @@ class TRPOAgent(DiffusionAgent):
             loss_before += float(loss.detach())
             old.append((sl, mean.detach().cpu(), std.detach().reshape(-1).cpu()))
             del mean, std, dist, ratio, loss, g
+        if self.distributed:  # sample-weighted means over ranks: one all-reduce for loss and gradient
+            reduced = natgrad.distributed.all_reduce_weighted_mean(
+                [torch.tensor([loss_before], dtype=grads[0].dtype, device=grads[0].device), *grads],
+                m,
+                self.process_group,
+            )
+            loss_before, grads = float(reduced[0]), reduced[1:]
         if not math.isfinite(loss_before):
             raise natgrad.NonFiniteError(f"the surrogate loss is {loss_before}")
 
@@ -368,6 +400,7 @@ class TRPOAgent(DiffusionAgent):
         def model_fn(p_list: list[Tensor], *tensors: Tensor) -> Any:
             return policy.distribution(dict(zip(names, p_list)), d.from_tensors(tensors))
 
+        subsample = self._fisher_subsample(m)
         with math_attention():
             op = natgrad.fisher_vector_product(
                 model_fn,
@@ -375,7 +408,7 @@ class TRPOAgent(DiffusionAgent):
                 *d.tensors(),
                 damping=tr.damping,
                 method="jvp",
-                subsample=self._fisher_subsample(m),
+                subsample=subsample,
                 chunk_size=ch.fvp_chunk,
                 generator=self.fisher_generator,
             )
@@ -386,6 +419,10 @@ class TRPOAgent(DiffusionAgent):
             def __call__(self, v: list[Tensor]) -> list[Tensor]:
                 with math_attention():
                     return op(v)
+
+        fvp: Any = _FVP()
+        if self.distributed:
+            fvp = natgrad.distributed.distributed_operator(fvp, subsample or m, self.process_group)
 
         # 3. no-grad evaluation of loss and KL for the line search, chunk by chunk
         def evaluate() -> tuple[float, float]:
@@ -404,12 +441,17 @@ class TRPOAgent(DiffusionAgent):
                         old_mean[rel].to(mean.device), old_std[rel].to(mean.device).reshape(-1, 1, 1, 1)
                     )
                     kl_total += float(natgrad.mean_kl(ref, new)) * (sub.stop - sub.start) / m
+            if self.distributed:
+                both = natgrad.distributed.all_reduce_weighted_mean(
+                    [torch.tensor([loss_total, kl_total], dtype=torch.float64)], m, self.process_group
+                )[0]
+                loss_total, kl_total = float(both[0]), float(both[1])
             return loss_total, kl_total
 
         info, _ = natgrad.trust_region_update(
             leaves,
             grads,
-            _FVP(),
+            fvp,
             evaluate,
             loss_before=loss_before,
             max_kl=tr.max_kl,
@@ -465,6 +507,8 @@ class PPOAgent(DiffusionAgent):
                 loss = -torch.minimum(ratio * a, clipped * a).mean()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if self.distributed:
+                    average_gradients(leaves, idx.numel(), self.process_group)
                 if cfg.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(leaves, cfg.max_grad_norm)
                 self.optimizer.step()

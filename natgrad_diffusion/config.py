@@ -32,7 +32,8 @@ budget per *trajectory* when changing the number of steps, scale ``max_kl ∝ 1/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "CHUNKS",
@@ -42,6 +43,8 @@ __all__ = [
     "PPO",
     "SAMPLING",
     "SCHEDULER_POLICY",
+    "TEST_MODE",
+    "TRAINING",
     "TRUST_REGION",
     "ChunkConfig",
     "ConditioningPolicyConfig",
@@ -50,6 +53,7 @@ __all__ = [
     "PPOConfig",
     "SamplingConfig",
     "SchedulerPolicyConfig",
+    "TrainingConfig",
     "TrustRegionConfig",
 ]
 
@@ -209,6 +213,99 @@ class PPOConfig:
     adv_clip: float = 5.0
 
 
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The crater fine-tuning job (:func:`natgrad_diffusion.training.train`, ``natgrad-diffusion train``).
+
+    Every CLI flag of ``train`` is a field here (``--batch-size`` is ``batch_size``, ...); a config file
+    (JSON or TOML) sets fields by name, flags override the file, and these values fill the rest.
+
+    Attributes:
+        mode: policy mode, a :class:`~natgrad_diffusion.policies.PolicyMode` name or value
+            (``DIVERSITY_POLICY`` / ``diversity``, ``SCHEDULER_POLICY`` / ``scheduler``, ``LORA_UNET`` / ``lora``).
+        algorithm: ``"trpo"`` or ``"ppo"``.
+        reward: reward name of :func:`natgrad_diffusion.rewards.get_reward` (``MMD``, ``MI``, ``FID``, ``MMD_MI``,
+            ``VENDI``); ``reward_options`` are its keyword arguments.
+        episodes: policy updates; each samples ``batch_size`` images *per process* (``batch_size /
+            images_per_prompt`` prompts, taken in order from ``prompts``, cycling).
+        batch_size, images_per_prompt: images per episode per process, and per prompt (``batch_size`` must be a
+            multiple of it, and within-prompt rewards need at least 2).
+        steps, guidance_scale, eta: DDIM denoising steps, classifier-free guidance and eta while training
+            and evaluating.
+        seed: seeds the policy / critic initialisation and every sampling seed (episode ``e`` of rank ``r`` draws
+            images from seeds ``seed·10⁷ + (e·world + r)·batch_size + i``).
+        model: diffusers-layout directory or hub id; ``None`` is the embedded crater model
+            (``natgrad_diffusion/assets/crater-ddim-32``).
+        out: run directory (CSV, metadata, checkpoints, grids, plots).
+        prompts, eval_prompts: prompt files (one per line); ``None`` are the embedded crater train / test prompts.
+        reference: a reference-set ``.npz`` (``build-reference``) or a features ``.npz`` (``build-features``);
+            ``None`` renders ``reference_n`` procedural craters (seed ``reference_seed``, diversity
+            ``reference_diversity``) at the model's image size.
+        features, feature_image_size, feature_weights: the image feature extractor of rewards and metrics
+            (:func:`natgrad_diffusion.features.get_feature_extractor`), the size images are resized to, and its
+            weights (``None``: ``$NATGRAD_RESNET18`` or the local hub cache, else a seeded random init with a
+            warning; which one was used is in the run metadata).
+        critic: fit a value critic (GAE baseline); ``False`` uses per-prompt normalised rewards (DDPO).
+        max_kl: TRPO trust region; ``ppo_lr``: PPO learning rate (``None``: :data:`TRUST_REGION` / :data:`PPO`).
+        checkpoint_every, grid_every: write a checkpoint / an image grid every this many episodes (and at the end).
+        evaluate: sample the eval prompts with the pretrained model before training and with the policy after
+            it, and write ``evaluation.md`` / ``evaluation.json`` (MMD², FID, Vendi, coverage, ...).
+        eval_images_per_prompt, eval_seed, eval_max_prompts: images per eval prompt, their base seed, and how
+            many eval prompts to use (``None``: all).
+        threads: ``torch.set_num_threads`` (``None`` leaves torch's default).
+        test_mode: a smoke run of seconds (overrides with :data:`TEST_MODE`).
+    """
+
+    mode: str = "DIVERSITY_POLICY"
+    algorithm: str = "trpo"
+    reward: str = "MMD"
+    reward_options: dict[str, Any] = field(default_factory=dict)
+    episodes: int = 40
+    batch_size: int = 32
+    images_per_prompt: int = 4
+    steps: int = 10
+    guidance_scale: float = 2.0
+    eta: float = 1.0
+    seed: int = 0
+    model: str | None = None
+    out: str = "runs/crater"
+    prompts: str | None = None
+    eval_prompts: str | None = None
+    reference: str | None = None
+    reference_n: int = 512
+    reference_seed: int = 0
+    reference_diversity: str = "broad"
+    features: str = "resnet18"
+    feature_image_size: int = 64
+    feature_weights: str | None = None
+    critic: bool = True
+    max_kl: float | None = None
+    ppo_lr: float | None = None
+    checkpoint_every: int = 5
+    grid_every: int = 10
+    evaluate: bool = True
+    eval_images_per_prompt: int = 4
+    eval_seed: int = 10_000
+    eval_max_prompts: int | None = None
+    threads: int | None = None
+    test_mode: bool = False
+
+
+#: what ``--test-mode`` changes: a run of seconds on the embedded model (flags given explicitly still win)
+TEST_MODE: dict[str, Any] = {
+    "episodes": 2,
+    "batch_size": 4,
+    "images_per_prompt": 2,
+    "steps": 2,
+    "reference_n": 16,
+    "feature_image_size": 32,
+    "checkpoint_every": 1,
+    "grid_every": 1,
+    "eval_images_per_prompt": 2,
+    "eval_max_prompts": 2,
+}
+
+
 SAMPLING = SamplingConfig()
 TRUST_REGION = TrustRegionConfig()
 CHUNKS = ChunkConfig()
@@ -217,3 +314,4 @@ SCHEDULER_POLICY = SchedulerPolicyConfig()
 CONDITIONING_POLICY = ConditioningPolicyConfig()
 CRITIC = CriticConfig()
 PPO = PPOConfig()
+TRAINING = TrainingConfig()

@@ -31,14 +31,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .config import CRITIC
 
-__all__ = ["Critic", "CriticStates", "FeatureFn", "PerPromptStatTracker", "gae"]
+__all__ = ["Critic", "CriticStates", "FeatureFn", "PerPromptStatTracker", "average_gradients", "gae"]
 
 FeatureFn = Callable[[Tensor], Tensor]
 """``images (B, 3, H, W) float in [0, 1] -> features (B, F)``."""
@@ -101,8 +101,15 @@ class Critic(nn.Module):
         epochs: int = CRITIC.epochs,
         minibatch: int = CRITIC.minibatch,
         generator: torch.Generator | None = None,
+        distributed: bool = False,
+        process_group: Any = None,
     ) -> float:
-        """Regress ``targets (N, K)`` with MSE; returns the mean loss of the last epoch."""
+        """Regress ``targets (N, K)`` with MSE; returns the mean loss of the last epoch.
+
+        ``distributed=True``: data-parallel over ``process_group`` (every rank must hold the same number of
+        states): each minibatch's gradients are averaged over the ranks before the optimizer step, so the
+        critics stay identical.  The returned loss is this rank's.
+        """
         feats, pooled, level = states.flat()
         y = targets.reshape(-1).float()
         m = y.numel()
@@ -115,10 +122,24 @@ class Critic(nn.Module):
                 loss = (self(feats[idx], pooled[idx], level[idx]) - y[idx]).square().mean()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if distributed:
+                    average_gradients(list(self.parameters()), idx.numel(), process_group)
                 optimizer.step()
                 total += float(loss.detach()) * idx.numel()
             last = total / m
         return last
+
+
+def average_gradients(params: list[Tensor], weight: float, process_group: Any = None) -> None:
+    """Replace each parameter's gradient by the ``weight``-weighted mean over ranks (one all-reduce)."""
+    from natgrad.distributed import all_reduce_weighted_mean
+
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    reduced = all_reduce_weighted_mean([p.grad for p in with_grad], weight, process_group)
+    for p, g in zip(with_grad, reduced):
+        p.grad.copy_(g)
 
 
 def gae(
