@@ -97,6 +97,7 @@ class Problem:
     advantages: torch.Tensor
     actor_params: list[nn.Parameter]
     discrete: bool
+    kl_scale: int  # sb3-contrib averages a Gaussian's KL over the A action dimensions: natgrad gets A·max_kl, A·damping
 
 
 def make_problem(case: str, seed: int = 0) -> Problem:
@@ -125,7 +126,8 @@ def make_problem(case: str, seed: int = 0) -> Problem:
     adv = data.advantages
     adv = (adv - adv.mean()) / (adv.std() + 1e-8)
     actor = [p for n, p in model.policy.named_parameters() if "value" not in n]
-    return Problem(model, data.observations, actions, data.old_log_prob, adv, actor, discrete)
+    kl_scale = 1 if discrete else int(np.prod(spec["act"].shape))
+    return Problem(model, data.observations, actions, data.old_log_prob, adv, actor, discrete, kl_scale)
 
 
 def distribution(problem: Problem) -> torch.distributions.Distribution:
@@ -266,19 +268,25 @@ def product_methods(problem: Problem) -> dict[str, tuple[Callable, list[torch.Te
 
 
 # ----------------------------------------------------------------------------- whole update
+def natgrad_optimizer(problem: Problem) -> natgrad.TrustRegionOptimizer:
+    """natgrad set up to solve sb3-contrib's system: its CG stopping rule (‖r‖² < 1e-10), its acceptance
+    test (any improvement), and its per-action-dimension KL for Gaussians (``kl_scale``)."""
+    return natgrad.TrustRegionOptimizer(
+        problem.actor_params,
+        max_kl=problem.kl_scale * MAX_KL,
+        damping=problem.kl_scale * DAMPING,
+        cg_iters=CG_ITERS,
+        cg_atol=1e-5,
+        accept_ratio=0.0,
+        model=problem.model.policy,
+    )
+
+
 def time_updates(problem: Problem, repeats: int) -> dict[str, dict[str, float]]:
     model = problem.model
     snapshot = copy.deepcopy(model.policy.state_dict())
     # same stopping rule as sb3-contrib (‖r‖² < 1e-10) and its acceptance test (any improvement)
-    opt = natgrad.TrustRegionOptimizer(
-        problem.actor_params,
-        max_kl=MAX_KL,
-        damping=DAMPING,
-        cg_iters=CG_ITERS,
-        cg_atol=1e-5,
-        accept_ratio=0.0,
-        model=model.policy,
-    )
+    opt = natgrad_optimizer(problem)
     closure = closure_for(problem)
     times: dict[str, list[float]] = {"natgrad TrustRegionOptimizer.step": [], "sb3-contrib TRPO.train()": []}
     cg_iters: list[int] = []
@@ -311,15 +319,7 @@ def worker(case: str, method: str) -> dict[str, float]:
     if method.startswith("update:"):
         which = method.split(":", 1)[1]
         if which == "natgrad":
-            opt = natgrad.TrustRegionOptimizer(
-                problem.actor_params,
-                max_kl=MAX_KL,
-                damping=DAMPING,
-                cg_iters=CG_ITERS,
-                cg_atol=1e-5,
-                accept_ratio=0.0,
-                model=problem.model.policy,
-            )
+            opt = natgrad_optimizer(problem)
             for _ in range(3):
                 opt.step(closure_for(problem))
         else:

@@ -59,12 +59,16 @@ def gaussian_problem(seed: int = 0, n: int = 2048):
 
 
 def subsampling(repeats: int) -> list[str]:
-    lines = ["## Sub-sampled Fisher-vector products", "",
-             "Gaussian MLP 17-64-64-6, batch 2048, 10 CG iterations, damping 0.1.  The gradient always uses the "
-             "full batch; only the curvature products use every k-th sample.", "",
-             "| products on | ms / product | cosine to full-batch step | KL of accepted step | accepted |",
-             "|---|---|---|---|---|"]
-    net, log_std, params, policy, obs, closure = gaussian_problem()
+    lines = [
+        "## Sub-sampled Fisher-vector products",
+        "",
+        "Gaussian MLP 17-64-64-6, batch 2048, 10 CG iterations, damping 0.1.  The gradient always uses the "
+        "full batch; only the curvature products use every k-th sample.",
+        "",
+        "| products on | ms / product | cosine to full-batch step | KL of accepted step | accepted |",
+        "|---|---|---|---|---|",
+    ]
+    _, _, params, policy, obs, closure = gaussian_problem()
     snapshot = [p.detach().clone() for p in params]
     ref_step = None
     for k in (1, 2, 4, 8):
@@ -88,13 +92,15 @@ def subsampling(repeats: int) -> list[str]:
         if ref_step is None:
             ref_step = step
         cos = float(step @ ref_step / (step.norm() * ref_step.norm() + 1e-30))
-        lines.append(f"| {2048 // k} samples (k={k}) | {1e3 * statistics.median(ts):.3f} | {cos:.3f} | "
-                     f"{info.kl:.4f} | {info.accepted} |")
+        lines.append(
+            f"| {2048 // k} samples (k={k}) | {1e3 * statistics.median(ts):.3f} | {cos:.3f} | "
+            f"{info.kl:.4f} | {info.accepted} |"
+        )
     return [*lines, ""]
 
 
 def preconditioning() -> list[str]:
-    net, log_std, params, policy, obs, closure = gaussian_problem()
+    net, log_std, _, _, obs, _ = gaussian_problem()
     pdict = {**{k: v.detach() for k, v in net.named_parameters()}, "log_std": log_std.detach()}
 
     def model_fn(p, x):
@@ -117,21 +123,32 @@ def preconditioning() -> list[str]:
         a = natgrad.conjugate_gradient(op, g, maxiter=it)
         b = natgrad.conjugate_gradient(op, g, maxiter=it, M=m_inv)
         rows.append(f"| {it} | {float(a.residual_norm):.3g} | {float(b.residual_norm):.3g} |")
-    return ["## Jacobi preconditioning", "",
-            f"Same network.  Condition number of F + 0.1·I: {cond(dense):.1f}; after Jacobi scaling with the "
-            f"Monte-Carlo diagonal (one sampled action per state, {1e3 * t_diag:.0f} ms): "
-            f"{cond(scale @ dense @ scale):.1f}.", "",
-            "| CG iterations | residual ‖g − As‖, plain | residual, Jacobi-preconditioned |", "|---|---|---|",
-            *rows, ""]
+    return [
+        "## Jacobi preconditioning",
+        "",
+        f"Same network.  Condition number of F + 0.1·I: {cond(dense):.1f}; after Jacobi scaling with the "
+        f"Monte-Carlo diagonal (one sampled action per state, {1e3 * t_diag:.0f} ms): "
+        f"{cond(scale @ dense @ scale):.1f}.",
+        "",
+        "| CG iterations | residual ‖g − As‖, plain | residual, Jacobi-preconditioned |",
+        "|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def warm_start(updates: int, seeds: list[int]) -> list[str]:
     import gym_trpo
 
-    lines = ["## Warm-starting CG from the previous solution", "",
-             f"Example agent on Pendulum-v1 (rl-zoo settings), {updates} updates × 2048 steps, seeds {seeds}; "
-             "mean over updates of the CG residual after the fixed 15 iterations.", "",
-             "| CG start | mean CG residual | mean CG iterations | final mean training return |", "|---|---|---|---|"]
+    lines = [
+        "## Warm-starting CG from the previous solution",
+        "",
+        f"Example agent on Pendulum-v1 (rl-zoo settings), {updates} updates × 2048 steps, seeds {seeds}; "
+        "mean over updates of the CG residual after the fixed 15 iterations.",
+        "",
+        "| CG start | mean CG residual | mean CG iterations | final mean training return |",
+        "|---|---|---|---|",
+    ]
     for ws in (False, True):
         res, its, rets = [], [], []
         for seed in seeds:
@@ -139,15 +156,24 @@ def warm_start(updates: int, seeds: list[int]) -> list[str]:
             import tempfile
 
             with tempfile.TemporaryDirectory() as tmp:
-                cfg = gym_trpo.config_for("Pendulum-v1", timesteps=updates * 2048, seed=seed, progress=False,
-                                          eval_episodes=1, warm_start=ws, out=tmp)
+                cfg = gym_trpo.config_for(
+                    "Pendulum-v1",
+                    timesteps=updates * 2048,
+                    seed=seed,
+                    progress=False,
+                    eval_episodes=1,
+                    warm_start=ws,
+                    out=tmp,
+                )
                 gym_trpo.train(cfg)
                 rows = list(csv.DictReader(open(Path(tmp) / "progress.csv")))
             res += [float(r["cg_residual"]) for r in rows]
             its += [float(r["cg_iterations"]) for r in rows]
             rets.append(float(rows[-1]["mean_return_100"]))
-        lines.append(f"| {'previous solution' if ws else 'zero'} | {statistics.mean(res):.3g} | "
-                     f"{statistics.mean(its):.1f} | {statistics.mean(rets):.0f} |")
+        lines.append(
+            f"| {'previous solution' if ws else 'zero'} | {statistics.mean(res):.3g} | "
+            f"{statistics.mean(its):.1f} | {statistics.mean(rets):.0f} |"
+        )
     return [*lines, ""]
 
 
@@ -157,8 +183,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "techniques.md"))
     args = parser.parse_args()
     torch.set_num_threads(2)
-    lines = ["# What each technique buys", "", f"`python benchmarks/techniques.py` — torch {torch.__version__}, "
-             "2 threads, float32.", ""]
+    lines = [
+        "# What each technique buys",
+        "",
+        f"`python benchmarks/techniques.py` — torch {torch.__version__}, 2 threads, float32.",
+        "",
+    ]
     lines += subsampling(5 if args.quick else 30)
     lines += preconditioning()
     lines += warm_start(5 if args.quick else 30, [0] if args.quick else [0, 1, 2])

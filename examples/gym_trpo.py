@@ -16,6 +16,14 @@ Hyperparameters carry sb3-contrib's names where the meaning is the same
 ``sub_sampling_factor``); per-environment presets follow rl-baselines3-zoo.
 
 The policy update is natgrad's ``TrustRegionOptimizer``; everything else is plain PyTorch.
+
+One convention differs between the libraries and is translated here: sb3-contrib's KL for a
+Box action space is averaged over the action dimensions (``kl_divergence(...).mean()`` over
+an ``(N, A)`` tensor), while natgrad's ``max_kl`` bounds the KL of the whole action
+distribution (summed over dimensions, averaged over samples).  So that ``target_kl`` and
+``cg_damping`` mean what they mean in sb3-contrib (and rl-zoo's tuned values carry over), the
+optimizer gets ``max_kl = A·target_kl`` and ``damping = A·cg_damping`` for ``A`` action
+dimensions: it then solves sb3-contrib's CG system ``(F/A + cg_damping·I)`` up to the factor ``A``.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ class Config:
     gae_lambda: float = 0.95
     n_critic_updates: int = 10  # critic epochs over the rollout per update
     learning_rate: float = 1e-3  # critic (Adam)
-    target_kl: float = 0.01  # trust-region radius (natgrad's max_kl)
+    target_kl: float = 0.01  # trust-region radius, per action dimension for Box spaces (as sb3-contrib)
     cg_max_steps: int = 15
     cg_damping: float = 0.1
     line_search_shrinking_factor: float = 0.8
@@ -254,11 +262,13 @@ class TRPOAgent:
             raise ValueError(f"{cfg.env}: only Discrete and Box action spaces are supported, got {act_space}")
         obs_dim = int(np.prod(obs_space.shape))
         self.actor = Actor(obs_dim, act_space, cfg.net_arch, cfg.log_std_init)
+        # sb3-contrib averages the Gaussian KL over action dimensions; see the module docstring
+        kl_scale = 1 if isinstance(act_space, gym.spaces.Discrete) else int(np.prod(act_space.shape))
         self.critic = Critic(obs_dim, cfg.net_arch)
         self.policy_opt = natgrad.TrustRegionOptimizer(
             self.actor.parameters(),
-            max_kl=cfg.target_kl,
-            damping=cfg.cg_damping,
+            max_kl=kl_scale * cfg.target_kl,
+            damping=kl_scale * cfg.cg_damping,
             cg_iters=cfg.cg_max_steps,
             backtrack_iters=cfg.line_search_max_iter,
             backtrack_coeff=cfg.line_search_shrinking_factor,
