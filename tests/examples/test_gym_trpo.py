@@ -82,8 +82,8 @@ def test_agent_runs_a_few_updates(env, tmp_path):
     assert len(rows) == 3
     for row in rows:
         assert int(row["line_search_accepted"]) in (0, 1)
-        # natgrad's KL is over the whole action; sb3-contrib's target_kl is per action dimension
-        assert 0 <= float(row["kl"]) <= cfg.target_kl * (1 if env == "CartPole-v1" else 1)
+        # the logged KL is over the whole action (target_kl is per dimension; both envs have one)
+        assert 0 <= float(row["kl"]) <= cfg.target_kl
         assert int(row["cg_iterations"]) >= 1
         assert np.isfinite(float(row["critic_loss"]))
     assert (tmp_path / "learning_curve.png").stat().st_size > 1000
