@@ -12,7 +12,11 @@ Diffusion (UNet + CLIP text encoder + tokenizer + scheduler) applies unchanged, 
   :func:`build_tokenizer` from the renderer's caption vocabulary (every caption word is one token; any other
   text still tokenizes, byte by byte).
 * ``scheduler``: :class:`diffusers.DDIMScheduler` (1000 training steps, cosine ``squaredcos_cap_v2``
-  schedule, ``ε`` prediction, ``x0`` clipped to ``[-1, 1]``).
+  schedule, ``x0`` clipped to ``[-1, 1]``) with **v-prediction** (Salimans & Ho 2022): the UNet predicts
+  ``v = √ᾱ_t ε - √(1-ᾱ_t) x_0``. With the cosine schedule ``ᾱ_t → 0`` at ``t = T``, where an ``ε``-prediction
+  model's ``x̂_0 = (x_t - √(1-ᾱ_t) ε̂)/√ᾱ_t`` amplifies any error ~150-fold (a first try of this model with ``ε``
+  prediction gave salt-and-pepper samples); ``x̂_0 = √ᾱ_t x_t - √(1-ᾱ_t) v̂`` is well conditioned everywhere.
+  The scheduler config records the prediction type, so any diffusers-style sampler handles it.
 
 The embedded default model lives in ``natgrad_diffusion/assets/crater-ddim-32`` in the diffusers
 ``save_pretrained`` layout (``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, safetensors);
@@ -25,7 +29,7 @@ import itertools
 import json
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +69,7 @@ class CraterModelConfig:
     max_length: int = 32
     num_train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "v_prediction"
     extra: dict = field(default_factory=dict)
 
 
@@ -209,7 +214,8 @@ class CraterModel:
         """Sample one image per prompt.
 
         DDIM (Song et al. 2021) with ``eta`` (0 = deterministic given the initial noise) and classifier-free
-        guidance ``ε = ε_u + w (ε_c - ε_u)`` (Ho & Salimans 2022), ``w = guidance_scale`` (1 = no guidance).
+        guidance ``o = o_u + w (o_c - o_u)`` on the UNet output ``o`` (``ε`` or ``v``; Ho & Salimans 2022),
+        ``w = guidance_scale`` (1 = no guidance).
         Returns uint8 ``(N, H, W)`` or, with ``output="tensor"``, float ``(N, 1, H, W)`` in ``[-1, 1]``.
         """
         from diffusers import DDIMScheduler
@@ -307,7 +313,7 @@ def build_crater_model(config: CraterModelConfig | None = None, seed: int = 0) -
     scheduler = DDIMScheduler(
         num_train_timesteps=cfg.num_train_timesteps,
         beta_schedule=cfg.beta_schedule,
-        prediction_type="epsilon",
+        prediction_type=cfg.prediction_type,
         clip_sample=True,
         clip_sample_range=1.0,
         set_alpha_to_one=True,
@@ -338,6 +344,8 @@ def load_crater_model(path: str | os.PathLike | None = None, device: str | torch
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder")
     tokenizer = CLIPTokenizer.from_pretrained(str(path / "tokenizer"))
     scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+    if cfg.prediction_type != scheduler.config.prediction_type:  # the scheduler config is authoritative
+        cfg = replace(cfg, prediction_type=scheduler.config.prediction_type)
     unet.eval()
     text_encoder.eval()
     model = CraterModel(unet, text_encoder, tokenizer, scheduler, cfg, metadata=info.get("metadata", {}))

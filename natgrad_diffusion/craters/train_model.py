@@ -10,8 +10,9 @@ What it does
 * Data: a pool of ``--pool`` freshly rendered 32 × 32 grayscale crater images with their captions
   (:func:`~natgrad_diffusion.craters.render.render_batch`); every step replaces ``--refresh`` pool entries by
   new renders, so the model keeps seeing new images (≈ 30k distinct images in a 36-minute run).
-* Loss: the standard ε-prediction objective ``E ||ε - ε_θ(√ᾱ_t x_0 + √(1-ᾱ_t) ε, t, c)||²`` with ``t``
-  uniform over the 1000 training steps; the caption is replaced by ``""`` with probability
+* Loss: ``E ||v - v_θ(x_t, t, c)||²`` with ``x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε`` and the v-prediction target
+  ``v = √ᾱ_t ε - √(1-ᾱ_t) x_0`` (Salimans & Ho 2022; ``--prediction-type epsilon`` for the classic ε target),
+  ``t`` uniform over the 1000 training steps; the caption is replaced by ``""`` with probability
   ``--caption-dropout`` (10 %) so that classifier-free guidance works.
 * AdamW, linear warm-up then cosine decay to 10 % of ``--lr`` over the time (or step) budget; an EMA of the
   weights (decay 0.999) is what gets saved.
@@ -58,7 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool", type=int, default=4096, help="number of rendered images kept in memory")
     p.add_argument("--refresh", type=int, default=4, help="pool images replaced by fresh renders per step")
     p.add_argument("--caption-dropout", type=float, default=0.1)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--prediction-type", default="v_prediction", choices=["v_prediction", "epsilon"])
+    p.add_argument("--threads", type=int, default=2, help="torch threads (use 1 on a busy machine)")
     p.add_argument("--work-dir", type=Path, default=Path("runs/crater-train"), help="checkpoints, loss curve")
     p.add_argument("--resume", action="store_true", help="continue from WORK_DIR/train_state.pt")
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
@@ -88,7 +90,7 @@ def _plot_loss(history: list[tuple[int, float]], path: Path) -> None:
         ax.plot(steps[k - 1 :], smooth, lw=1.5, label="moving average")
     ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("ε-prediction MSE")
+    ax.set_ylabel("training MSE (v or ε target)")
     ax.set_title("crater-ddim-32 training loss")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -105,7 +107,7 @@ def train(args: argparse.Namespace) -> CraterModel:
     work = args.work_dir
     work.mkdir(parents=True, exist_ok=True)
 
-    model = build_crater_model(CraterModelConfig(), seed=args.seed)
+    model = build_crater_model(CraterModelConfig(prediction_type=args.prediction_type), seed=args.seed)
     params = list(model.unet.parameters()) + list(model.text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     ema_unet, ema_text = copy.deepcopy(model.unet).eval(), copy.deepcopy(model.text_encoder).eval()
@@ -178,7 +180,11 @@ def train(args: argparse.Namespace) -> CraterModel:
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         cond = model.text_encoder(model.tokenize(caps))[0]
         pred = model.unet(xt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
+        if model.config.prediction_type == "v_prediction":
+            target = a.sqrt() * noise - (1 - a).sqrt() * x0
+        else:
+            target = noise
+        loss = F.mse_loss(pred, target)
         for g in opt.param_groups:
             g["lr"] = args.lr * _lr_factor(progress(), step, args.warmup)
         opt.zero_grad(set_to_none=True)
@@ -231,6 +237,7 @@ def train(args: argparse.Namespace) -> CraterModel:
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
         "weights": "EMA",
+        "prediction_type": model.config.prediction_type,
     }
     info.pop("final_loss_ema_weights_not_evaluated")
     final.save(args.out, metadata=info)
