@@ -81,6 +81,17 @@ def line_search(
         coeff: :math:`c \in (0, 1)`.
         accept_ratio: :math:`\rho \ge 0`.
 
+    Example:
+        Minimise :math:`L(\theta) = -\theta` with "KL" :math:`\theta^2` and radius 0.5: the full step
+        (1.0) is too long, :math:`0.8^2 = 0.64` is inside.
+
+        >>> import torch, natgrad
+        >>> theta = torch.zeros(1)
+        >>> res = natgrad.line_search([theta], [torch.ones(1)], lambda: (-theta.sum(), (theta**2).sum()),
+        ...                           loss_before=0.0, expected_improvement=1.0, max_kl=0.5)
+        >>> res.accepted, round(res.step_fraction, 2), res.iterations
+        (True, 0.64, 3)
+
     Returns:
         A :class:`LineSearchResult`.  On acceptance ``params`` hold the accepted values;
         otherwise they equal their values on entry bit-for-bit.

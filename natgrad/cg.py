@@ -103,6 +103,21 @@ def conjugate_gradient(
     Returns:
         A :class:`CGResult`; ``x`` has the layout of ``b``.
 
+    Example:
+        >>> import torch, natgrad
+        >>> A = torch.tensor([[4.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+        >>> res = natgrad.conjugate_gradient(lambda v: A @ v, torch.tensor([1.0, 2.0], dtype=torch.float64))
+        >>> res.converged, res.iterations
+        (True, 2)
+        >>> torch.allclose(A @ res.x, torch.tensor([1.0, 2.0], dtype=torch.float64))
+        True
+
+        Parameter dicts work the same way (the result has the layout of ``b``):
+
+        >>> b = {"w": torch.ones(2, 2), "b": torch.ones(2)}
+        >>> natgrad.conjugate_gradient(lambda v: {k: 2 * t for k, t in v.items()}, b).x["b"]
+        tensor([0.5000, 0.5000])
+
     Raises:
         ValueError: ``b`` or ``x0`` non-finite or of the wrong structure, ``matvec`` or
             ``M`` returning a different shape, or ``maxiter < 0``.

@@ -353,6 +353,21 @@ def fisher_vector_product(
             between products (memory bounded by one chunk; the forward is recomputed per product).
         generator: random generator for ``subsample``.
 
+    Example:
+        >>> import torch, natgrad
+        >>> from torch.distributions import Categorical
+        >>> net = torch.nn.Linear(3, 4)
+        >>> params = dict(net.named_parameters())
+        >>> def model_fn(p, obs):
+        ...     return Categorical(logits=torch.func.functional_call(net, p, (obs,)))
+        >>> F = natgrad.fisher_vector_product(model_fn, params, torch.randn(32, 3), damping=0.1)
+        >>> v = {k: torch.randn_like(t) for k, t in params.items()}
+        >>> Fv = F @ v
+        >>> sorted(Fv) == sorted(params), F.method
+        (True, 'reverse')
+        >>> float(sum((Fv[k] * v[k]).sum() for k in v)) > 0   # positive definite with damping
+        True
+
     Returns:
         A :class:`FisherOperator` acting on pytrees shaped like ``params``.
     """

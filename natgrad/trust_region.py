@@ -503,16 +503,24 @@ _HYPERPARAMETERS = (
 class TrustRegionOptimizer(torch.optim.Optimizer):
     r"""TRPO as a ``torch.optim`` optimizer: natural-gradient steps inside a KL trust region.
 
-    Usage::
-
-        opt = natgrad.TrustRegionOptimizer(policy.parameters(), max_kl=0.01)
-
-        def closure():
-            dist = policy(obs)                      # a Distribution over the batch
-            loss = -(torch.exp(dist.log_prob(act) - old_logp) * adv).mean()
-            return loss, dist
-
-        info = opt.step(closure)                    # a StepInfo
+    Example:
+        >>> import torch, natgrad
+        >>> from torch.distributions import Categorical
+        >>> _ = torch.manual_seed(0)
+        >>> policy = torch.nn.Linear(4, 2)
+        >>> obs, adv = torch.randn(256, 4), torch.randn(256)
+        >>> with torch.no_grad():
+        ...     d0 = Categorical(logits=policy(obs))
+        ...     act = d0.sample()
+        ...     old_logp = d0.log_prob(act)
+        >>> opt = natgrad.TrustRegionOptimizer(policy.parameters(), max_kl=0.01)
+        >>> def closure():
+        ...     dist = Categorical(logits=policy(obs))          # a Distribution over the batch
+        ...     loss = -(torch.exp(dist.log_prob(act) - old_logp) * adv).mean()
+        ...     return loss, dist
+        >>> info = opt.step(closure)                              # a StepInfo
+        >>> info.accepted, info.kl <= 0.01, info.improvement > 0
+        (True, True, True)
 
     ``step`` calls the closure once with grad (loss, gradient, curvature graph), then
     again under ``torch.no_grad`` for each line-search candidate.  Parameters the loss
