@@ -232,14 +232,10 @@ def trust_region_step(
         raise NonFiniteError(
             f"the gradient is not finite (parameters at positions {bad}); parameters were left untouched"
         )
-    try:
-        old_dist = detach_distribution(dist)
-    except TypeError:
-        with torch.no_grad():
-            old_dist = _call_closure(closure)[1]
+    old_dist = _reference_distribution(dist, lambda: _call_closure(closure)[1])
 
     fvp: Callable[[list[Tensor]], list[Tensor]] = _build_fisher(
-        a_params, dist, closure, fisher_closure, model, fvp_method, damping
+        a_params, dist, closure, fisher_closure, model, fvp_method, damping, old_dist=old_dist
     )
     if distributed:
         fvp = distributed_operator(fvp, fvp.num_samples, process_group)  # type: ignore[attr-defined]
@@ -396,6 +392,25 @@ def trust_region_update(
     return info, s
 
 
+def _reference_distribution(dist: Distribution, recompute: Callable[[], Distribution]) -> Distribution:
+    """``dist`` detached from its graph, or (for distributions that cannot be rebuilt) recomputed without grad."""
+    try:
+        return detach_distribution(dist)
+    except TypeError:
+        with torch.no_grad():
+            return recompute()
+
+
+def _fisher_distribution(fisher_closure: Callable[[], Any]) -> Distribution:
+    out = fisher_closure()
+    dist = out[1] if isinstance(out, (tuple, list)) else out
+    if not isinstance(dist, Distribution):
+        raise TypeError(
+            f"fisher_closure must return a Distribution (or (loss, Distribution)), got {type(out).__name__}"
+        )
+    return dist
+
+
 def _build_fisher(
     params: list[Tensor],
     dist: Distribution,
@@ -404,19 +419,18 @@ def _build_fisher(
     model: nn.Module | None,
     method: str,
     damping: float,
+    old_dist: Distribution | None = None,
 ) -> FisherOperator:
     if fisher_closure is not None:
-        with torch.enable_grad():
-            out = fisher_closure()
-        dist = out[1] if isinstance(out, (tuple, list)) else out
-        if not isinstance(dist, Distribution):
-            raise TypeError(
-                f"fisher_closure must return a Distribution (or (loss, Distribution)), got {type(out).__name__}"
-            )
         if method in ("jvp", "linearize"):
             raise ValueError("fisher_closure works with fvp_method 'auto', 'reverse' or 'kl_hvp'")
+        with torch.enable_grad():
+            dist = _fisher_distribution(fisher_closure)
+        old_dist = None
+        if family_of(dist) is None or method == "kl_hvp":
+            old_dist = _reference_distribution(dist, lambda: _fisher_distribution(fisher_closure))
     if method not in ("jvp", "linearize"):
-        return graph_fisher_vector_product(dist, params, damping=damping, method=method)
+        return graph_fisher_vector_product(dist, params, damping=damping, method=method, old_dist=old_dist)
     if model is None:
         raise ValueError(f"fvp_method={method!r} needs the module: TrustRegionOptimizer(..., model=policy)")
     family = family_of(dist)

@@ -295,3 +295,34 @@ def test_cg_atol_stops_early():
     loose = TrustRegionOptimizer(policy2.parameters(), cg_iters=50, cg_atol=1e-2).step(policy_problem(policy2))
     assert loose.cg_iterations < tight.cg_iterations
     assert loose.cg_residual <= 1e-2
+
+
+def test_squashed_gaussian_uses_the_kl_fallback():
+    """A tanh-squashed Gaussian (TransformedDistribution) has no analytic family and cannot be rebuilt
+    from its arguments; the step falls back to the KL Hessian with a recomputed reference."""
+    from torch.distributions import TransformedDistribution
+    from torch.distributions.transforms import TanhTransform
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    obs = torch.randn(128, 3, dtype=torch.float64)
+
+    def dist_of(o):
+        base = policy(o)
+        return TransformedDistribution(base, [TanhTransform(cache_size=1)])
+
+    with torch.no_grad():
+        act = dist_of(obs).sample().clamp(-0.999, 0.999)
+        old = dist_of(obs).log_prob(act).sum(-1)
+    adv = torch.randn(128, dtype=torch.float64)
+
+    def closure():
+        d = dist_of(obs)
+        return -(torch.exp(d.log_prob(act).sum(-1) - old) * adv).mean(), d
+
+    opt = TrustRegionOptimizer(policy.parameters(), max_kl=0.01)
+    info = opt.step(closure)
+    assert info.fvp_method == "kl_hvp"
+    assert info.accepted and info.kl <= 0.01
+    info2 = opt.step(closure, fisher_closure=lambda: dist_of(obs[::2]))
+    assert info2.fvp_method == "kl_hvp" and info2.kl <= 0.01
