@@ -1,0 +1,206 @@
+"""The crater trainer on a tiny model: exact resume, kill safety, run directory, evaluation, errors."""
+
+import json
+import warnings
+from dataclasses import replace
+
+import pytest
+import torch
+
+from natgrad_diffusion.components import build_tiny_components
+from natgrad_diffusion.config import TEST_MODE, TRAINING
+from natgrad_diffusion.logs import read_csv
+from natgrad_diffusion.training import (
+    CSV_COLUMNS,
+    FeatureReward,
+    TrainingError,
+    apply_test_mode,
+    format_metrics_table,
+    load_prompts,
+    parse_mode,
+    train,
+    validate_config,
+)
+
+TIMING = {c for c in CSV_COLUMNS if c.startswith("time_") or c == "wall_s"}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny pixel-space text-to-image model (8×8 RGB) in the diffusers layout, and a prompt file."""
+    root = tmp_path_factory.mktemp("tiny")
+    comps = build_tiny_components(pixel_space=True, tokenizer_dir=root / "tok")
+    for name in ("unet", "scheduler", "text_encoder", "tokenizer"):
+        getattr(comps, name).save_pretrained(root / "model" / name)
+    (root / "prompts.txt").write_text("a crater\ntwo craters\n\nthree small craters\n")
+    return root
+
+
+def config_for(tiny_model, out, **kw):
+    base = dict(
+        model=str(tiny_model / "model"),
+        prompts=str(tiny_model / "prompts.txt"),
+        eval_prompts=str(tiny_model / "prompts.txt"),
+        out=str(out),
+        episodes=4,
+        batch_size=4,
+        images_per_prompt=2,
+        steps=2,
+        reference_n=12,
+        feature_image_size=32,
+        checkpoint_every=2,
+        grid_every=2,
+        evaluate=False,
+        eval_images_per_prompt=2,
+    )
+    base.update(kw)
+    return replace(TRAINING, **base)
+
+
+def run(config, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-init feature extractor warning
+        return train(config, progress=False, log=None, **kw)
+
+
+def without_timings(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def weights(run_dir):
+    payload = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    return payload["policy"], payload["critic"]
+
+
+def assert_same_run(a, b):
+    rows_a, rows_b = read_csv(a / "train.csv"), read_csv(b / "train.csv")
+    assert len(rows_a) == len(rows_b) == 4
+    assert without_timings(rows_a) == without_timings(rows_b)
+    (pa, ca), (pb, cb) = weights(a), weights(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), k
+    if ca is not None:
+        for k in ca:
+            assert torch.equal(ca[k], cb[k]), k
+
+
+@pytest.mark.parametrize(
+    ("mode", "algorithm"), [("DIVERSITY_POLICY", "trpo"), ("LORA_UNET", "ppo"), ("SCHEDULER_POLICY", "trpo")]
+)
+def test_resume_is_exact(tiny_model, tmp_path, mode, algorithm):
+    """4 episodes in one go == 2 episodes, then --resume to 4: same CSV rows (timings aside) and weights."""
+    straight = run(config_for(tiny_model, tmp_path / "straight", mode=mode, algorithm=algorithm))
+    assert straight.episodes == 4
+    run(config_for(tiny_model, tmp_path / "split", mode=mode, algorithm=algorithm, episodes=2))
+    assert len(read_csv(tmp_path / "split" / "train.csv")) == 2
+    resumed = run(config_for(tiny_model, tmp_path / "split", mode=mode, algorithm=algorithm), resume=True)
+    assert resumed.episodes == 4
+    assert_same_run(tmp_path / "straight", tmp_path / "split")
+    rows = read_csv(tmp_path / "straight" / "train.csv")
+    assert [int(r["samples"]) for r in rows] == [4, 8, 12, 16]
+    if algorithm == "trpo":
+        assert all(0 < float(r["kl"]) <= 0.01 * (1 + 1e-3) for r in rows if r["accepted"] == "1")
+        assert all(int(r["cg_iterations"]) >= 1 for r in rows)
+    else:
+        assert all(r["ppo_loss"] != "" and r["cg_iterations"] == "" for r in rows)
+    meta = json.loads((tmp_path / "split" / "run.json").read_text())
+    assert meta["resumes"][0]["resumed_at_episode"] == 2 and meta["config"]["mode"] == mode
+    assert meta["feature_extractor"]["name"] == "resnet18" and "pretrained" in meta["feature_extractor"]
+
+
+def test_killed_run_keeps_a_readable_csv_and_resumes_exactly(tiny_model, tmp_path, monkeypatch):
+    """A crash in episode 4 (checkpoint at 2) leaves rows 1-3 readable; the resume redoes 3-4 identically."""
+    run(config_for(tiny_model, tmp_path / "straight"))
+    calls = {"n": 0}
+    original = FeatureReward.__call__
+
+    def dying(self, images, prompts):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # as a kill in the middle of episode 4
+        return original(self, images, prompts)
+
+    monkeypatch.setattr(FeatureReward, "__call__", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(config_for(tiny_model, tmp_path / "killed"))
+    rows = read_csv(tmp_path / "killed" / "train.csv")
+    assert [r["episode"] for r in rows] == ["1", "2", "3"]
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["episode"] == 2
+    assert not [p for p in (tmp_path / "killed").iterdir() if p.name.startswith(".")]  # no temp files left
+    monkeypatch.setattr(FeatureReward, "__call__", original)
+    run(config_for(tiny_model, tmp_path / "killed"), resume=True)
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_run_directory_and_evaluation(tiny_model, tmp_path):
+    cfg = config_for(
+        tiny_model, tmp_path / "run", mode="LORA_UNET", algorithm="ppo", episodes=2, evaluate=True, eval_max_prompts=2
+    )
+    result = run(cfg)
+    out = tmp_path / "run"
+    for name in ("run.json", "train.csv", "checkpoint.pt", "evaluation.json", "evaluation.md"):
+        assert (out / name).is_file(), name
+    assert (out / "policy" / "natgrad_policy.json").is_file()
+    assert (out / "grids" / "episode_00002.png").is_file() and (out / "plots" / "training_curves.png").is_file()
+    assert set(result.evaluation) == {"pretrained", "initial policy", "fine-tuned"}
+    ev = result.evaluation
+    assert ev["pretrained"]["n"] == 4 and ev["pretrained"]["n_prompts"] == 2
+    # LoRA starts at B = 0: the initial policy is the pretrained model, image for image
+    assert ev["initial policy"]["mmd2"] == ev["pretrained"]["mmd2"]
+    assert ev["fine-tuned"]["mmd2"] != ev["pretrained"]["mmd2"]
+    table = (out / "evaluation.md").read_text()
+    assert "| fine-tuned |" in table and "MMD²" in table and "coverage" in table
+    # an existing run is not overwritten by accident, and a resume may not change the experiment
+    with pytest.raises(TrainingError, match="--resume"):
+        run(cfg)
+    with pytest.raises(TrainingError, match="batch_size"):
+        run(replace(cfg, batch_size=6, episodes=3), resume=True)
+    # resuming a finished run to the same number of episodes trains nothing more
+    again = run(cfg, resume=True)
+    assert again.episodes == 2 and len(read_csv(out / "train.csv")) == 2
+
+
+def test_format_metrics_table_with_std():
+    rows = {"a": {"mmd2": 0.0123, "fid": 4.5, "vendi": 1.2}, "b": {"mmd2": 1.5e-5, "fid": 3.0, "vendi": 2.0}}
+    table = format_metrics_table(rows, std={"a": {"mmd2": 0.001, "fid": 0.5, "vendi": 0.01}})
+    lines = table.splitlines()
+    assert len(lines) == 4 and lines[2].startswith("| a | 0.0123 ± 0.001 | 4.5 ± 0.5 | 1.2 ± 0.01 |")
+    assert "1.50e-05" in lines[3] and "nan" in lines[3]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"mode": "BOGUS"}, "unknown mode"),
+        ({"algorithm": "sgd"}, "unknown algorithm"),
+        ({"reward": "CLIPSCORE"}, "unknown reward"),
+        ({"episodes": -1}, "episodes must be a non-negative"),
+        ({"batch_size": 6, "images_per_prompt": 4}, "multiple"),
+        ({"batch_size": 2, "images_per_prompt": 1}, ">= 3"),
+        ({"steps": 0}, "steps must be a positive"),
+        ({"mode": "LORA_UNET", "eta": 0.0}, "eta"),
+        ({"model": "/no/such/model"}, "not found"),
+        ({"model": "./relative/missing"}, "not found"),
+        ({"prompts": "/no/such/prompts.txt"}, "not found"),
+        ({"reference": "/no/such/ref.npz"}, "not found"),
+    ],
+)
+def test_bad_configurations_fail_with_one_line(change, message):
+    with pytest.raises(TrainingError, match=message) as info:
+        validate_config(replace(TRAINING, **change))
+    assert "\n" not in str(info.value)
+
+
+def test_empty_prompt_file_and_mode_names(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(TrainingError, match="empty"):
+        load_prompts(tmp_path / "empty.txt")
+    assert parse_mode("diversity") is parse_mode("DIVERSITY_POLICY") is parse_mode(" diversity_policy ")
+    assert parse_mode("lora").name == "LORA_UNET"
+
+
+def test_test_mode_keeps_explicit_values():
+    cfg = apply_test_mode(replace(TRAINING, episodes=3), explicit=["episodes"])
+    assert cfg.test_mode and cfg.episodes == 3 and cfg.batch_size == TEST_MODE["batch_size"]
+    validate_config(cfg)
