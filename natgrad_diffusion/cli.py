@@ -40,7 +40,7 @@ _HELP = {
     "mode": "policy mode: DIVERSITY_POLICY (conditioning + noise offsets), SCHEDULER_POLICY (guidance, eta, spacing)"
     " or LORA_UNET (LoRA on the UNet)",
     "algorithm": "trpo or ppo",
-    "reward": "MMD, MI, FID, MMD_MI or VENDI",
+    "reward": "MMD, MI, FID, MMD_MI, VENDI or MMD_VENDI (MMD to the reference + within-prompt Vendi)",
     "reward_options": "reward keyword arguments as JSON, e.g. '{\"w_mi\": 0.5}'",
     "episodes": "policy updates (each samples --batch-size images per process)",
     "batch_size": "images per episode per process (a multiple of --images-per-prompt)",
@@ -60,6 +60,7 @@ _HELP = {
     "features": "feature extractor: resnet18 or clip",
     "feature_image_size": "images are resized to this size for the feature extractor",
     "feature_weights": "feature-extractor weights (hub id or directory; default $NATGRAD_RESNET18 / local cache)",
+    "vendi_kernel": "kernel of the logged / evaluated Vendi scores: rbf or cosine",
     "critic": "fit a value critic (--no-critic: per-prompt normalised rewards)",
     "max_kl": "TRPO trust-region radius (mean KL per decision)",
     "ppo_lr": "PPO learning rate",

@@ -245,6 +245,9 @@ class TrainingConfig:
             (:func:`natgrad_diffusion.features.get_feature_extractor`), the size images are resized to, and its
             weights (``None``: ``$NATGRAD_RESNET18`` or the local hub cache, else a seeded random init with a
             warning; which one was used is in the run metadata).
+        vendi_kernel: kernel of the Vendi scores in the logs and the evaluation: ``"rbf"`` (bandwidth: the reference's
+            median heuristic; sensitive with any features) or ``"cosine"`` (the usual choice with pretrained features;
+            nearly constant with a randomly initialised extractor).
         critic: fit a value critic (GAE baseline); ``False`` uses per-prompt normalised rewards (DDPO).
         max_kl: TRPO trust region; ``ppo_lr``: PPO learning rate (``None``: :data:`TRUST_REGION` / :data:`PPO`).
         checkpoint_every, grid_every: write a checkpoint / an image grid every this many episodes (and at the end).
@@ -278,6 +281,7 @@ class TrainingConfig:
     features: str = "resnet18"
     feature_image_size: int = 64
     feature_weights: str | None = None
+    vendi_kernel: str = "rbf"
     critic: bool = True
     max_kl: float | None = None
     ppo_lr: float | None = None

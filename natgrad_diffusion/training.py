@@ -67,7 +67,18 @@ from .logs import (
     write_metadata,
 )
 from .policies import DiffusionPolicy, PolicyMode, load_policy, make_policy
-from .rewards import Reward, available_rewards, evaluate_metrics, get_reward, median_heuristic_bandwidth
+from .rewards import (
+    MMDReward,
+    Reward,
+    RewardResult,
+    VendiReward,
+    available_rewards,
+    evaluate_metrics,
+    get_reward,
+    median_heuristic_bandwidth,
+    register_reward,
+    standardize,
+)
 from .sampling import sample
 
 __all__ = [
@@ -79,6 +90,7 @@ __all__ = [
     "DEFAULT_TRAIN_PROMPTS",
     "EVAL_METRICS",
     "FeatureReward",
+    "MMDVendiReward",
     "TrainResult",
     "TrainingError",
     "apply_test_mode",
@@ -238,6 +250,8 @@ def validate_config(config: TrainingConfig) -> None:
         raise TrainingError(f"threads must be >= 1, got {c.threads}")
     if c.eval_max_prompts is not None and c.eval_max_prompts < 1:
         raise TrainingError(f"eval_max_prompts must be >= 1, got {c.eval_max_prompts}")
+    if c.vendi_kernel not in ("rbf", "cosine"):
+        raise TrainingError(f"vendi_kernel must be rbf or cosine, got {c.vendi_kernel!r}")
     if not isinstance(c.reward_options, dict):
         raise TrainingError(f"reward_options must be a mapping, got {type(c.reward_options).__name__}")
     for name in ("prompts", "eval_prompts"):
@@ -468,6 +482,60 @@ class FeatureReward:
         return mine
 
 
+@register_reward("MMD_VENDI")
+class MMDVendiReward(Reward):
+    """Stay close to the reference (MMD²) while varying the images of each prompt (within-prompt Vendi score).
+
+    ``value = w_vendi · VS_within(batch) − w_mmd · MMD²(batch, reference)`` (higher is better);
+    ``per_image = w_mmd · z(r_MMD) + w_vendi · z(r_Vendi)`` with the leave-one-out credits of the two parts,
+    each z-scored over the batch (as :class:`~natgrad_diffusion.rewards.MMDMIReward` does for MMD and MI).
+
+    The Vendi kernel is the RBF kernel with the reference's median-heuristic bandwidth by default: with a randomly
+    initialised feature extractor every pair of images has a cosine similarity near 1, and a cosine Vendi score
+    hardly moves.
+
+    Args:
+        reference_features: ``(m, d)``.
+        w_mmd, w_vendi: non-negative weights.
+        kernel: ``"rbf"`` or ``"cosine"`` for the Vendi part.
+        bandwidth: RBF bandwidth of both parts (``None``: median heuristic on the reference).
+        q: Vendi order.
+    """
+
+    name = "MMD_VENDI"
+    higher_is_better = True
+    requires_reference = True
+    requires_prompt_ids = True
+    min_batch = 3
+
+    def __init__(
+        self,
+        reference_features: Any,
+        *,
+        w_mmd: float = 1.0,
+        w_vendi: float = 1.0,
+        kernel: str = "rbf",
+        bandwidth: float | None = None,
+        q: float = 1.0,
+    ) -> None:
+        if not (w_mmd >= 0 and w_vendi >= 0 and math.isfinite(w_mmd) and math.isfinite(w_vendi)):
+            raise ValueError(f"weights must be finite and non-negative; got w_mmd={w_mmd}, w_vendi={w_vendi}")
+        self.w_mmd, self.w_vendi = float(w_mmd), float(w_vendi)
+        self.mmd = MMDReward(reference_features, bandwidth=bandwidth)
+        vendi_bandwidth = self.mmd.bandwidth if kernel == "rbf" else None
+        self.vendi = VendiReward(kernel=kernel, bandwidth=vendi_bandwidth, q=q, within_prompt=True)  # type: ignore[arg-type]
+
+    def metric(self, features: np.ndarray, prompt_ids: np.ndarray | None = None) -> float:
+        return self.w_vendi * self.vendi.metric(features, prompt_ids) - self.w_mmd * self.mmd.metric(features)
+
+    def __call__(self, features: Any, prompt_ids: Any = None) -> RewardResult:
+        x, codes = self._check(features, prompt_ids)
+        mmd, vendi = self.mmd(x), self.vendi(x, codes)
+        per_image = self.w_mmd * standardize(mmd.per_image) + self.w_vendi * standardize(vendi.per_image)
+        value = self.w_vendi * vendi.value - self.w_mmd * mmd.value
+        return RewardResult(self.name, value, per_image, True, {"MMD": mmd, "VENDI": vendi})
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # sampling and evaluation
 # ----------------------------------------------------------------------------------------------------------------------
@@ -552,7 +620,12 @@ def evaluate_policy(
             eta=config.eta,
             seed=config.eval_seed,
         )
-    metrics = evaluate_metrics(extractor(images), reference_features, np.asarray(image_prompts))
+    metrics = evaluate_metrics(
+        extractor(images),
+        reference_features,
+        np.asarray(image_prompts),
+        vendi_kernel=config.vendi_kernel,  # type: ignore[arg-type]
+    )
     return metrics, images
 
 
@@ -819,7 +892,9 @@ def _row(episode: int, samples: int, stats: dict, reward_fn: FeatureReward, d: _
     return row
 
 
-def _batch_metrics(feats: np.ndarray, prompts: list[str], reference: np.ndarray, bandwidth: float) -> dict[str, Any]:
+def _batch_metrics(
+    feats: np.ndarray, prompts: list[str], reference: np.ndarray, bandwidth: float, kernel: Any
+) -> dict[str, Any]:
     """Cheap metrics of the episode's (gathered) batch; FID is left to the evaluation (a 512-d matrix square root
     per episode costs seconds on a CPU and means little at batch sizes of tens)."""
     from .rewards import (
@@ -834,8 +909,8 @@ def _batch_metrics(feats: np.ndarray, prompts: list[str], reference: np.ndarray,
     n = feats.shape[0]
     return {
         "mmd2": mmd2_unbiased(feats, reference, bandwidth=bandwidth),
-        "vendi": vendi_score(feats),
-        "vendi_within_prompt": within_prompt_vendi_score(feats, codes),
+        "vendi": vendi_score(feats, kernel=kernel, bandwidth=bandwidth),
+        "vendi_within_prompt": within_prompt_vendi_score(feats, codes, kernel=kernel, bandwidth=bandwidth),
         "pairwise_distance_within_prompt": mean_pairwise_distance_within_prompt(feats, codes),
         "coverage": precision_recall_density_coverage(reference, feats, k=5)["coverage"] if n > 5 else None,
     }
@@ -1021,7 +1096,9 @@ def _train(
                 reward_fn,
                 d,
                 policy_std=_policy_std(agent.policy),
-                **_batch_metrics(reward_fn.last["features"], reward_fn.last["prompts"], reference, bandwidth),
+                **_batch_metrics(
+                    reward_fn.last["features"], reward_fn.last["prompts"], reference, bandwidth, config.vendi_kernel
+                ),
                 time_sample_s=t1 - t0 - reward_fn.last["seconds"],
                 time_reward_s=reward_fn.last["seconds"],
                 time_update_s=t2 - t1,

@@ -1,0 +1,132 @@
+"""``natgrad-diffusion``: one-line errors, config files and their precedence, and every subcommand end to end."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+
+from natgrad_diffusion.cli import build_parser, load_config_file, main, training_config
+from natgrad_diffusion.config import TRAINING
+from natgrad_diffusion.logs import CSVLogger, read_csv
+from natgrad_diffusion.training import CSV_COLUMNS
+
+from .test_training import tiny_model  # noqa: F401  (the fixture)
+
+
+def fail(capsys, argv):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2
+    assert err.startswith("natgrad-diffusion: error: ") and "\n" not in err, err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--mode", "SIDEWAYS"], "unknown mode 'SIDEWAYS'"),
+        (["train", "--episodes", "-2"], "episodes must be a non-negative integer"),
+        (["train", "--episodes", "two"], "invalid int value"),
+        (["train", "--algorithm", "sgd"], "unknown algorithm"),
+        (["train", "--reward", "NOPE"], "unknown reward"),
+        (["train", "--model", "/no/such/model/dir"], "model directory /no/such/model/dir not found"),
+        (["train", "--batch-size", "6", "--images-per-prompt", "4"], "multiple of images_per_prompt"),
+        (["train", "--reward-options", "{not json"], "not valid JSON"),
+        (["train", "--config", "/no/such/config.toml"], "config file /no/such/config.toml not found"),
+        (["train", "--vendi-kernel", "linear"], "vendi_kernel"),
+        (["evaluate", "--run", "/no/such/run"], "not a natgrad-diffusion run directory"),
+        (["plot", "--run", "/no/such/run"], "has no rows to plot"),
+        (["build-features", "/no/such/ref.npz", "/tmp/out.npz"], "not found"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_input_gives_one_line_errors(capsys, argv, message):
+    assert message in fail(capsys, argv)
+
+
+def test_empty_prompt_file(capsys, tmp_path):
+    (tmp_path / "prompts.txt").write_text("\n\n")
+    assert "is empty" in fail(capsys, ["train", "--prompts", str(tmp_path / "prompts.txt")])
+
+
+def test_config_files_and_flag_precedence(tmp_path):
+    (tmp_path / "c.json").write_text(json.dumps({"episodes": 7, "batch_size": 8, "reward": "MMD_MI"}))
+    (tmp_path / "c.toml").write_text('[train]\nepisodes = 5\nmode = "LORA_UNET"\nreward_options = { w_mi = 0.5 }\n')
+    parser = build_parser()
+    cfg = training_config(parser.parse_args(["train", "--config", str(tmp_path / "c.json"), "--episodes", "3"]))
+    assert (cfg.episodes, cfg.batch_size, cfg.reward) == (3, 8, "MMD_MI")  # the flag wins over the file
+    assert cfg.steps == TRAINING.steps  # the default fills the rest
+    cfg = training_config(parser.parse_args(["train", "--config", str(tmp_path / "c.toml")]))
+    assert (cfg.episodes, cfg.mode, cfg.reward_options) == (5, "LORA_UNET", {"w_mi": 0.5})
+    (tmp_path / "bad.json").write_text(json.dumps({"episodez": 3}))
+    with pytest.raises(ValueError, match="unknown field"):
+        load_config_file(tmp_path / "bad.json")
+    cfg = training_config(parser.parse_args(["train", "--no-critic", "--test-mode", "--max-kl", "0.02"]))
+    assert cfg.critic is False and cfg.test_mode and cfg.max_kl == 0.02
+
+
+def test_resume_reads_the_saved_configuration(tmp_path):
+    saved = {**TRAINING.__dict__, "batch_size": 12, "images_per_prompt": 3, "episodes": 2, "out": str(tmp_path)}
+    (tmp_path / "run.json").write_text(json.dumps({"config": saved}))
+    args = build_parser().parse_args(["train", "--resume", "--out", str(tmp_path), "--episodes", "6"])
+    cfg = training_config(args)
+    assert (cfg.batch_size, cfg.images_per_prompt, cfg.episodes) == (12, 3, 6)
+
+
+def test_build_reference_features_and_plot(tmp_path, capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(["build-reference", str(tmp_path / "ref.npz"), "--n", "6", "--size", "16", "--diversity", "0.5"])
+        main(["build-features", str(tmp_path / "ref.npz"), str(tmp_path / "feat.npz"), "--image-size", "32"])
+    with np.load(tmp_path / "ref.npz") as z:
+        assert z["images"].shape == (6, 16, 16)
+    with np.load(tmp_path / "feat.npz") as z:
+        assert z["features"].shape == (6, 512)
+    assert "wrote 6 crater images" in capsys.readouterr().out
+    with CSVLogger(tmp_path / "run" / "train.csv", CSV_COLUMNS) as log:
+        for e in range(1, 4):
+            log.log({"episode": e, "reward_value": e * 0.1, "kl": 0.005, "mmd2": 0.1 / e})
+    main(["plot", "--run", str(tmp_path / "run")])
+    assert (tmp_path / "run" / "plots" / "training_curves.png").stat().st_size > 1000
+
+
+def test_train_sample_evaluate_end_to_end(tiny_model, tmp_path, capsys):  # noqa: F811
+    run_dir = tmp_path / "run"
+    flags = ["--model", str(tiny_model / "model"), "--prompts", str(tiny_model / "prompts.txt")]
+    flags += ["--eval-prompts", str(tiny_model / "prompts.txt"), "--out", str(run_dir), "--no-progress"]
+    flags += ["--feature-image-size", "32", "--reference-n", "12", "--eval-max-prompts", "2", "--episodes", "2"]
+    flags += ["--reward", "MMD_VENDI", "--steps", "2", "--batch-size", "4", "--images-per-prompt", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(["train", *flags])
+        out = capsys.readouterr().out
+        assert "| fine-tuned |" in out and "| pretrained |" in out
+        assert len(read_csv(run_dir / "train.csv")) == 2
+        main(["train", *flags, "--resume", "--episodes", "3", "--no-evaluate"])
+        assert [r["episode"] for r in read_csv(run_dir / "train.csv")] == ["1", "2", "3"]
+        main(
+            [
+                "sample",
+                "--run",
+                str(run_dir),
+                "--prompt",
+                "a",
+                "--images-per-prompt",
+                "3",
+                "--out",
+                str(tmp_path / "3.png"),
+            ]
+        )
+        main(["sample", "--run", str(run_dir), "--prompt", "a crater", "--out", str(tmp_path / "s.png")])
+        main(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "table.md")])
+    with np.load(tmp_path / "3.npz") as z:
+        assert z["images"].shape[0] == 3 and (tmp_path / "3.png").is_file()
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["images"].shape[0] == TRAINING.eval_images_per_prompt and list(z["prompts"]) == ["a crater"] * 4
+    table = (tmp_path / "table.md").read_text()
+    assert "| pretrained |" in table and "| fine-tuned |" in table
+    capsys.readouterr()
+    assert "already holds a run" in fail(capsys, ["train", *flags])
