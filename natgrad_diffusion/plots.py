@@ -240,7 +240,7 @@ def save_image_grid(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.05)  # keeps long row labels inside
     plt.close(fig)
     return path
 
