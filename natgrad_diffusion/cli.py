@@ -42,6 +42,7 @@ _HELP = {
     "algorithm": "trpo or ppo",
     "reward": "MMD, MI, FID, MMD_MI, VENDI or MMD_VENDI (MMD to the reference + within-prompt Vendi)",
     "reward_options": "reward keyword arguments as JSON, e.g. '{\"w_mi\": 0.5}'",
+    "policy_options": "policy keyword arguments as JSON, e.g. '{\"noise_scale\": 10}'",
     "episodes": "policy updates (each samples --batch-size images per process)",
     "batch_size": "images per episode per process (a multiple of --images-per-prompt)",
     "images_per_prompt": "images per prompt in a batch",
@@ -130,7 +131,7 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             else:
                 p.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, **kw)
             continue
-        if f.name == "reward_options":
+        if f.name in ("reward_options", "policy_options"):
             p.add_argument(_flag(f.name), type=_json_dict, metavar="JSON", **kw)
             continue
         base = annotation.split("|")[0].strip()

@@ -226,6 +226,9 @@ class TrainingConfig:
         algorithm: ``"trpo"`` or ``"ppo"``.
         reward: reward name of :func:`natgrad_diffusion.rewards.get_reward` (``MMD``, ``MI``, ``FID``, ``MMD_MI``,
             ``VENDI``); ``reward_options`` are its keyword arguments.
+        policy_options: keyword arguments of the policy (:func:`natgrad_diffusion.policies.make_policy`), e.g.
+            ``{"noise_scale": 10.0}`` for ``DIVERSITY_POLICY`` or ``{"rank": 8}`` for ``LORA_UNET``; the rest come
+            from :data:`CONDITIONING_POLICY`, :data:`SCHEDULER_POLICY` and :data:`LORA`.
         episodes: policy updates; each samples ``batch_size`` images *per process* (``batch_size /
             images_per_prompt`` prompts, taken in order from ``prompts``, cycling).
         batch_size, images_per_prompt: images per episode per process, and per prompt (``batch_size`` must be a
@@ -263,6 +266,7 @@ class TrainingConfig:
     algorithm: str = "trpo"
     reward: str = "MMD"
     reward_options: dict[str, Any] = field(default_factory=dict)
+    policy_options: dict[str, Any] = field(default_factory=dict)
     episodes: int = 40
     batch_size: int = 32
     images_per_prompt: int = 4

@@ -139,6 +139,8 @@ CSV_COLUMNS = (
     "ppo_loss",
     "critic_loss",
     "policy_std",
+    "guidance_mean",
+    "eta_mean",
     "mmd2",
     "vendi",
     "vendi_within_prompt",
@@ -167,6 +169,7 @@ IDENTITY_FIELDS = (
     "algorithm",
     "reward",
     "reward_options",
+    "policy_options",
     "batch_size",
     "images_per_prompt",
     "steps",
@@ -252,8 +255,9 @@ def validate_config(config: TrainingConfig) -> None:
         raise TrainingError(f"eval_max_prompts must be >= 1, got {c.eval_max_prompts}")
     if c.vendi_kernel not in ("rbf", "cosine"):
         raise TrainingError(f"vendi_kernel must be rbf or cosine, got {c.vendi_kernel!r}")
-    if not isinstance(c.reward_options, dict):
-        raise TrainingError(f"reward_options must be a mapping, got {type(c.reward_options).__name__}")
+    for name in ("reward_options", "policy_options"):
+        if not isinstance(getattr(c, name), dict):
+            raise TrainingError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
     for name in ("prompts", "eval_prompts"):
         load_prompts(getattr(c, name), default=DEFAULT_TRAIN_PROMPTS if name == "prompts" else DEFAULT_EVAL_PROMPTS)
     if c.reference is not None and not Path(c.reference).is_file():
@@ -922,6 +926,18 @@ def _save_grid(images: np.ndarray, path: Path, ncols: int, title: str | None = N
     save_image_grid(images, path, ncols=ncols, scale=3 if title is None else 2, title=title)
 
 
+def _clear_run(run_dir: Path) -> None:
+    """Remove what an earlier run left in ``run_dir`` (a new run must not mix with it); other files stay."""
+    import shutil
+
+    for name in (CHECKPOINT_FILE, CSV_FILE, f"{EVALUATION_FILE}.json", f"{EVALUATION_FILE}.md"):
+        (run_dir / name).unlink(missing_ok=True)
+    for path in run_dir.glob("eval_*.png"):
+        path.unlink()
+    for name in ("grids", "plots", "policy"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
 def _resolve_resume(config: TrainingConfig, run_dir: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
     ckpt = run_dir / CHECKPOINT_FILE
     if not resume:
@@ -1019,13 +1035,18 @@ def _train(
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     random.seed(config.seed)
-    policy = make_policy(mode, components).to(device)
+    try:
+        policy = make_policy(mode, components, **config.policy_options).to(device)
+    except TypeError as exc:
+        raise TrainingError(f"bad policy_options {config.policy_options} for {mode.name}: {exc}") from exc
     critic = None
     if config.critic:
         critic = Critic(extractor.dim, int(components.text_encoder.config.hidden_size), CRITIC.hidden)  # CPU: tiny
     agent = _make_agent(config, components, policy, reward_fn, critic, d)
 
     if d.main:
+        if payload is None:
+            _clear_run(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "grids").mkdir(exist_ok=True)
         meta = {
@@ -1096,6 +1117,8 @@ def _train(
                 reward_fn,
                 d,
                 policy_std=_policy_std(agent.policy),
+                guidance_mean=float(rollout.trajectory.guidance_scale.float().mean()),
+                eta_mean=float(rollout.trajectory.eta.float().mean()),
                 **_batch_metrics(
                     reward_fn.last["features"], reward_fn.last["prompts"], reference, bandwidth, config.vendi_kernel
                 ),

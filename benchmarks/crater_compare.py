@@ -1,0 +1,176 @@
+"""TRPO vs PPO vs no fine-tuning on the crater job, same sample budget, several seeds.
+
+Every fine-tuning run is :func:`natgrad_diffusion.training.train` with the crater defaults of
+:data:`natgrad_diffusion.config.TRAINING` (mode, reward, batch size, steps) and only ``algorithm`` and ``seed``
+changed, so TRPO and PPO see the same number of images (``episodes × batch_size``).  Each seed ``i`` is then
+evaluated on the held-out eval prompts with evaluation seeds ``eval_seed + i·10⁵`` — the same images for the
+pretrained model ("no fine-tuning"), the TRPO policy and the PPO policy of that seed — and the table reports
+the mean ± standard deviation over seeds of MMD², FID, Vendi (overall and within prompt), the within-prompt
+pairwise feature distance, precision, recall and coverage.
+
+Writes ``benchmarks/results/crater_compare.md`` (table + settings + wall time), ``crater_compare.json`` (every
+number) and image grids of seed 0 to ``docs/images/crater_compare_{pretrained,trpo,ppo}.png``.
+
+Usage::
+
+    python benchmarks/crater_compare.py                 # 3 seeds × {TRPO, PPO}, 20 episodes each (~40 min, 2 CPUs)
+    python benchmarks/crater_compare.py --seeds 5 --episodes 40
+    python benchmarks/crater_compare.py --test-mode     # seconds: the pipeline only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from natgrad_diffusion.config import TRAINING
+from natgrad_diffusion.features import get_feature_extractor
+from natgrad_diffusion.plots import save_image_grid
+from natgrad_diffusion.training import (
+    DEFAULT_EVAL_PROMPTS,
+    EVAL_METRICS,
+    evaluate_policy,
+    format_metrics_table,
+    load_prompts,
+    load_reference_features,
+    train,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+IMAGES = ROOT / "docs" / "images"
+EVAL_SEED_STRIDE = 100_000
+#: the default budget: fits in about 40 minutes on the project's 2-core CPU machine (see the results file)
+EPISODES = 20
+SEEDS = 3
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=SEEDS, help="seeds per method (>= 1; the table needs >= 2 for a std)")
+    p.add_argument("--episodes", type=int, default=EPISODES, help="episodes per fine-tuning run")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "crater_compare", help="run directories")
+    p.add_argument("--out", type=Path, default=RESULTS / "crater_compare.md")
+    p.add_argument("--images", type=Path, default=IMAGES, help="where the seed-0 grids go")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--test-mode", action="store_true", help="tiny budget, results under --work only")
+    args = p.parse_args(argv)
+    if args.seeds < 1 or args.episodes < 1:
+        p.error("--seeds and --episodes must be >= 1")
+    return args
+
+
+def mean_std(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    keys = rows[0].keys()
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    std = {k: float(np.std([r[k] for r in rows], ddof=1)) if len(rows) > 1 else math.nan for k in keys}
+    return mean, std
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    warnings.filterwarnings("ignore", message=".*NO PRETRAINED WEIGHTS.*")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    base = replace(TRAINING, episodes=args.episodes, evaluate=False, test_mode=args.test_mode, threads=args.threads)
+    if args.test_mode:
+        args.out = args.work / "crater_compare.md"
+        args.images = args.work / "images"
+    start = time.perf_counter()
+    per_method: dict[str, list[dict[str, float]]] = {"no fine-tuning": [], "TRPO": [], "PPO": []}
+    timings: dict[str, list[float]] = {"TRPO": [], "PPO": []}
+    config = base
+    feature_meta: dict = {}
+    for seed in range(args.seeds):
+        policies = {}
+        for algorithm in ("trpo", "ppo"):
+            config = replace(base, algorithm=algorithm, seed=seed, out=str(args.work / f"{algorithm}_seed{seed}"))
+            t0 = time.perf_counter()
+            result = train(config, overwrite=True, log=print)
+            timings[algorithm.upper()].append(time.perf_counter() - t0)
+            policies[algorithm.upper()] = result
+            config = result.config  # with the test-mode overrides applied
+            feature_meta = result.feature_extractor
+        # evaluate the three on the same images (seeds), in one process
+        trpo = policies["TRPO"]
+        components = trpo.components
+        extractor = get_feature_extractor(
+            config.features,
+            image_size=config.feature_image_size,
+            **({"weights": config.feature_weights} if config.feature_weights else {}),
+        )
+        reference, _, _ = load_reference_features(config, extractor, components.default_size()[0])
+        prompts = load_prompts(config.eval_prompts, default=DEFAULT_EVAL_PROMPTS)[: config.eval_max_prompts]
+        eval_config = replace(config, eval_seed=config.eval_seed + seed * EVAL_SEED_STRIDE)
+        for name, result, pretrained in (
+            ("no fine-tuning", trpo, True),
+            ("TRPO", trpo, False),
+            ("PPO", policies["PPO"], False),
+        ):
+            metrics, images = evaluate_policy(
+                result.components, result.policy, prompts, extractor, reference, eval_config, pretrained=pretrained
+            )
+            per_method[name].append(metrics)
+            if seed == 0:
+                stem = {"no fine-tuning": "pretrained"}.get(name, name.lower())
+                save_image_grid(
+                    images, args.images / f"crater_compare_{stem}.png", ncols=config.eval_images_per_prompt, scale=3
+                )
+            print(f"seed {seed} {name}: " + ", ".join(f"{k}={metrics[k]:.4g}" for k, _ in EVAL_METRICS))
+    means, stds = {}, {}
+    for name, rows in per_method.items():
+        means[name], stds[name] = mean_std(rows)
+    table = format_metrics_table(means, std=stds)
+    minutes = (time.perf_counter() - start) / 60
+    samples = config.episodes * config.batch_size
+    n_prompts = len(load_prompts(config.eval_prompts, default=DEFAULT_EVAL_PROMPTS)[: config.eval_max_prompts])
+    extractor_note = feature_meta.get("weights", "?")
+    text = f"""# Crater fine-tuning: TRPO vs PPO vs no fine-tuning
+
+Produced by `python benchmarks/crater_compare.py{" --test-mode" if args.test_mode else ""}` ({args.seeds} seeds per method,
+{minutes:.1f} minutes in all on {torch.get_num_threads()} torch threads).
+
+* job: `{config.mode}` policy, reward `{config.reward}`, {config.episodes} episodes × {config.batch_size} images
+  ({samples} images per run, the same for TRPO and PPO), {config.steps} DDIM steps, guidance {config.guidance_scale},
+  eta {config.eta}; TRPO max KL {config.max_kl or "0.01 (default)"}, PPO lr {config.ppo_lr or "3e-4 (default)"}.
+* evaluation: {n_prompts} held-out prompts × {config.eval_images_per_prompt} images; seed `i` draws the same
+  initial noise for the three methods; mean ± standard deviation over the {args.seeds} seeds.
+* features: {feature_meta.get("name", "?")} at {config.feature_image_size} px, weights `{extractor_note}`;
+  reference: {config.reference or f"{config.reference_n} rendered craters ({config.reference_diversity})"};
+  Vendi kernel `{config.vendi_kernel}`.
+* wall time per fine-tuning run (s): TRPO {np.mean(timings["TRPO"]):.0f}, PPO {np.mean(timings["PPO"]):.0f}.
+
+{table}
+"""
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    json_path = args.out.with_suffix(".json")
+    json_path.write_text(
+        json.dumps(
+            {
+                "config": asdict(config),
+                "seeds": args.seeds,
+                "per_seed": per_method,
+                "mean": means,
+                "std": stds,
+                "minutes": minutes,
+                "run_seconds": timings,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(text)
+    print(f"wrote {args.out}, {json_path} and grids in {args.images}")
+
+
+if __name__ == "__main__":
+    main()
