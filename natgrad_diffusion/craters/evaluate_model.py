@@ -349,6 +349,14 @@ def _markdown(r: dict, grid_path: Path) -> str:
                 f"| {k} | {cf['chance'][k]:.2f} | {cf['classifier_accuracy_on_renders'][k]:.2f} | "
                 f"{cf['trained'][k]:.2f} | {cf['random_weights'][k]:.2f} |"
             )
+        followed = [k for k in ATTRIBUTES if cf["trained"][k] >= cf["chance"][k] + 0.15]
+        ignored = [k for k in ATTRIBUTES if cf["trained"][k] < cf["chance"][k] + 0.05]
+        lines += ["", f"Followed (≥ chance + 0.15): {', '.join(followed) or 'none'}."]
+        if ignored:
+            lines.append(
+                f"**Not followed** (within 0.05 of chance or below): {', '.join(ignored)} — "
+                "the samples vary in these attributes whatever the prompt says."
+            )
     lines += [
         "",
         f"Pixel statistics (mean / std of uint8 values): {r['pixel_stats']}",
@@ -359,6 +367,12 @@ def _markdown(r: dict, grid_path: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def write_markdown(json_path: str | Path, md_path: str | Path, grid_path: str | Path) -> None:
+    """Re-write the markdown note from an evaluation JSON (no sampling)."""
+    r = json.loads(Path(json_path).read_text())
+    Path(md_path).write_text(_markdown(r, Path(grid_path)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
