@@ -262,7 +262,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         title="same architecture, random weights",
         scale=1.6,
     )
-    save_image_grid(ref.images[:64], Path(args.grid).with_name("crater_reference_grid.png"), ncols=8, scale=3)
+    save_image_grid(ref.images[:64], Path(args.grid).with_name("crater_eval_reference_grid.png"), ncols=8, scale=3)
 
     report = {
         "model": str(args.model or "embedded (natgrad_diffusion/assets/crater-ddim-32)"),
