@@ -8,7 +8,8 @@ Both agents get the same hyperparameters (rl-baselines3-zoo's TRPO settings, see
 evaluated by the same function: mean return of 10 deterministic episodes on fixed
 evaluation seeds, with observation normalisation frozen.  Each run is a fresh
 process with one torch thread; the two libraries' runs for a (task, seed) pair are
-launched side by side on the two cores, so they share whatever interference there is.
+launched side by side on the two cores (in lockstep: the next pair starts when both are done),
+so they share whatever interference there is.
 """
 
 from __future__ import annotations
@@ -163,7 +164,7 @@ def table(results: list[dict[str, Any]], tasks: dict[str, int], seeds: list[int]
         "# RL parity: natgrad vs sb3-contrib TRPO",
         "",
         f"`python benchmarks/rl_parity.py` — {platform.machine()}, 2 cores, one torch thread per run, the two "
-        f"libraries' runs of a (task, seed) side by side; seeds {seeds}; final evaluation = mean return of "
+        f"libraries' runs of a (task, seed) side by side in lockstep; seeds {seeds}; final evaluation = mean return of "
         f"{EVAL_EPISODES} deterministic episodes (fixed evaluation seeds); mean ± std over seeds.  Same "
         "hyperparameters on both sides (rl-baselines3-zoo TRPO settings; Pendulum as in the issue).",
         "",
@@ -218,12 +219,15 @@ def main() -> None:
         tasks.update({t: args.mujoco_steps for t in tasks if "-v5" in t})
     if args.steps:
         tasks = {t: args.steps for t in tasks}
-    jobs = [
-        (lib, task, seed, steps) for task, steps in tasks.items() for seed in args.seeds for lib in ("natgrad", "sb3")
-    ]
     start = time.perf_counter()
+    results: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(lambda j: launch(*j, out_dir), jobs))
+        # lockstep pairs: the two libraries' runs of one (task, seed) start together and the next pair
+        # waits for both, so neither library ever runs alone on the machine
+        for task, steps in tasks.items():
+            for seed in args.seeds:
+                pair = [pool.submit(launch, lib, task, seed, steps, out_dir) for lib in ("natgrad", "sb3")]
+                results += [f.result() for f in pair]
     print(f"total {time.perf_counter() - start:.0f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
