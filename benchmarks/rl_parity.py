@@ -198,7 +198,7 @@ def table(results: list[dict[str, Any]], tasks: dict[str, int], seeds: list[int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     parser.add_argument("--mujoco-steps", type=int, default=None, help="override the MuJoCo budget")
     parser.add_argument("--steps", type=int, default=None, help="override every budget (smoke tests)")
     parser.add_argument("--out", default=str(RESULTS / "rl_parity.md"))
