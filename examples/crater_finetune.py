@@ -38,7 +38,12 @@ def main() -> None:
     p.add_argument("--algorithm", default=TRAINING.algorithm, choices=["trpo", "ppo"])
     p.add_argument("--out", default="runs/crater_example", help="run directory (replaced)")
     p.add_argument("--seed", type=int, default=TRAINING.seed)
-    p.add_argument("--threads", type=int, default=2, help="torch threads (the tiny UNet gains little from more)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: the tiny UNet gains little from more, and 2 threads on a busy 2-core machine are several times slower)",
+    )
     p.add_argument("--test-mode", action="store_true", help="a smoke run of seconds")
     args = p.parse_args()
 

@@ -42,13 +42,13 @@ _HELP = {
     "algorithm": "trpo or ppo",
     "reward": "MMD, MI, FID, MMD_MI, VENDI or MMD_VENDI (MMD to the reference + within-prompt Vendi)",
     "reward_options": "reward keyword arguments as JSON, e.g. '{\"w_mi\": 0.5}'",
-    "policy_options": "policy keyword arguments as JSON, e.g. '{\"noise_scale\": 10}'",
+    "policy_options": "policy keyword arguments as JSON, e.g. '{\"noise_scale\": 7}' (merged over the mode's crater defaults)",
     "episodes": "policy updates (each samples --batch-size images per process)",
     "batch_size": "images per episode per process (a multiple of --images-per-prompt)",
     "images_per_prompt": "images per prompt in a batch",
     "steps": "DDIM denoising steps",
     "guidance_scale": "classifier-free guidance weight",
-    "eta": "DDIM eta (> 0 for LORA_UNET)",
+    "eta": "DDIM eta (default: 0, or 1 for LORA_UNET)",
     "seed": "seed of the initialisation and of every sampling seed",
     "model": "diffusers-layout directory or hub id (default: the embedded crater model)",
     "out": "run directory",
@@ -257,7 +257,9 @@ def _run_config(run: Path | None) -> TrainingConfig:
 
     meta = read_metadata(run)
     saved = {k: v for k, v in meta["config"].items() if k in {f.name for f in fields(TrainingConfig)}}
-    return replace(TRAINING, **saved)
+    from .training import resolve_defaults
+
+    return resolve_defaults(replace(TRAINING, **saved))
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:

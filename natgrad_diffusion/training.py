@@ -55,7 +55,16 @@ from torch import Tensor
 
 from .agents import DiffusionAgent, PPOAgent, TRPOAgent
 from .components import DiffusionComponents, load_components
-from .config import CRITIC, PPO, SAMPLING, TEST_MODE, TRAINING, TRUST_REGION, TrainingConfig
+from .config import (
+    CRATER_POLICY_OPTIONS,
+    CRITIC,
+    PPO,
+    SAMPLING,
+    TEST_MODE,
+    TRAINING,
+    TRUST_REGION,
+    TrainingConfig,
+)
 from .critic import Critic
 from .logs import (
     CSVLogger,
@@ -97,10 +106,12 @@ __all__ = [
     "evaluate_policy",
     "format_metrics_table",
     "load_model",
+    "load_policy_from_run",
     "load_prompts",
     "load_reference_features",
     "parse_mode",
     "plot_run",
+    "resolve_defaults",
     "sample_images",
     "train",
     "validate_config",
@@ -243,7 +254,7 @@ def validate_config(config: TrainingConfig) -> None:
         raise TrainingError(f"batch_size must be >= 3 (set-level rewards need 3 images), got {c.batch_size}")
     if not c.guidance_scale >= 1:
         raise TrainingError(f"guidance_scale must be >= 1, got {c.guidance_scale}")
-    if not c.eta >= 0 or (parse_mode(c.mode) is PolicyMode.LORA_UNET and not c.eta > 0):
+    if c.eta is not None and (not c.eta >= 0 or (parse_mode(c.mode) is PolicyMode.LORA_UNET and not c.eta > 0)):
         raise TrainingError(f"eta must be >= 0 (> 0 for LORA_UNET), got {c.eta}")
     if c.max_kl is not None and not c.max_kl > 0:
         raise TrainingError(f"max_kl must be > 0, got {c.max_kl}")
@@ -256,13 +267,22 @@ def validate_config(config: TrainingConfig) -> None:
     if c.vendi_kernel not in ("rbf", "cosine"):
         raise TrainingError(f"vendi_kernel must be rbf or cosine, got {c.vendi_kernel!r}")
     for name in ("reward_options", "policy_options"):
-        if not isinstance(getattr(c, name), dict):
+        if not isinstance(getattr(c, name), dict) and not (name == "policy_options" and c.policy_options is None):
             raise TrainingError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
     for name in ("prompts", "eval_prompts"):
         load_prompts(getattr(c, name), default=DEFAULT_TRAIN_PROMPTS if name == "prompts" else DEFAULT_EVAL_PROMPTS)
     if c.reference is not None and not Path(c.reference).is_file():
         raise TrainingError(f"reference file {c.reference} not found")
     _check_model(c.model)
+
+
+def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
+    """Fill the mode-dependent defaults: ``eta=None`` (0, or 1 for ``LORA_UNET``) and ``policy_options`` (merged
+    over :data:`~natgrad_diffusion.config.CRATER_POLICY_OPTIONS`); the mode is written by its name."""
+    mode = parse_mode(config.mode)
+    eta = config.eta if config.eta is not None else (1.0 if mode is PolicyMode.LORA_UNET else 0.0)
+    options = {**CRATER_POLICY_OPTIONS.get(mode.name, {}), **(config.policy_options or {})}
+    return replace(config, mode=mode.name, eta=float(eta), policy_options=options)
 
 
 def load_prompts(path: str | os.PathLike | None, *, default: Path = DEFAULT_TRAIN_PROMPTS) -> list[str]:
@@ -553,7 +573,7 @@ def sample_images(
     images_per_prompt: int = TRAINING.images_per_prompt,
     steps: int = TRAINING.steps,
     guidance_scale: float = TRAINING.guidance_scale,
-    eta: float = TRAINING.eta,
+    eta: float = 0.0,
     seed: int = TRAINING.eval_seed,
     batch_prompts: int = 8,
 ) -> tuple[np.ndarray, list[str]]:
@@ -982,6 +1002,7 @@ def train(
     if config.test_mode:  # fields already moved away from the defaults count as explicit (idempotent)
         config = apply_test_mode(config, [k for k in TEST_MODE if getattr(config, k) != getattr(TRAINING, k)])
     validate_config(config)
+    config = resolve_defaults(config)
     d, initialised_here = _setup_distributed()
     say = (log or (lambda _msg: None)) if d.main else (lambda _msg: None)
     threads_before = torch.get_num_threads()
