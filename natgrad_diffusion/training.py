@@ -1182,7 +1182,8 @@ def _train(
         )
         atomic_write_text(run_dir / f"{EVALUATION_FILE}.md", header + format_metrics_table(evaluation) + "\n")
     if d.main:
-        plot_run(run_dir)
+        if read_csv(run_dir / CSV_FILE):
+            plot_run(run_dir)
         update_metadata(
             run_dir,
             finished=time.strftime("%Y-%m-%d %H:%M:%S"),
