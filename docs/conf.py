@@ -29,6 +29,7 @@ autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
+napoleon_use_ivar = True
 nitpicky = False
 suppress_warnings = ["autodoc.import_object"]
 

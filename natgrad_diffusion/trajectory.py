@@ -1,29 +1,29 @@
 r"""A compact record of a batch of denoising trajectories, kept on the CPU.
 
 For ``N`` images and ``T`` denoising steps (step ``k`` maps :math:`x_{t_k}` to :math:`x_{t_{k+1}}`,
-``t_0 > t_1 > … `` and the last step lands on the clean sample), a :class:`Trajectory` stores
+``t_0 > t_1 > …`` and the last step lands on the clean sample), a :class:`Trajectory` stores
 everything needed to recompute every decision's distribution later:
 
-===================  =====================  ==================================================
-field                shape                  meaning
-===================  =====================  ==================================================
-``latents``          ``(N, T+1, C, h, w)``  ``latents[:, 0]`` = :math:`x_T`, ``latents[:, k+1]`` = output of step ``k``
-``pred_original``    ``(N, T, C, h, w)``    :math:`\hat x_0` predicted at step ``k`` (optional)
-``timesteps``        ``(N, T)`` int64       :math:`t_k` (per image: the spacing can be a policy action)
-``prev_timesteps``   ``(N, T)`` int64       the step's target timestep; negative = the final :math:`\bar\alpha`
-``log_probs``        ``(N, T)`` float32     :math:`\log \pi(x_{t_{k+1}} \mid x_{t_k})`, summed over ``C·h·w``
-``stochastic``       ``(N, T)`` bool        :math:`\sigma_k > 0` (a deterministic step has no density; its log-prob is 0)
-``prompt_embeds``    ``(N, L, D)``          the conditioning the UNet saw (after any conditioning offset)
-``negative_embeds``  ``(1, L, D)`` or None  the unconditional embedding of classifier-free guidance
-``pooled_embeds``    ``(N, D)`` float32     pooled prompt embedding before any offset (policy state)
-``guidance_scale``   ``(N,)`` float32       CFG weight :math:`w` per image
-``eta``              ``(N,)`` float32       DDIM :math:`\eta` per image
-``prompt_index``     ``(N,)`` int64         index into ``prompts``
-``seeds``            ``(N,)`` int64         seed of each image's generator
-``actions``          ``(N, A)`` or None     per-image action of ``SCHEDULER_POLICY`` / ``DIVERSITY_POLICY``
-``action_log_probs`` ``(N,)`` or None       its log-probability
-``images``           ``(N, 3, H, W)`` uint8 decoded final images (optional)
-===================  =====================  ==================================================
+====================  ======================  =============================================================================
+field                 shape                   meaning
+====================  ======================  =============================================================================
+``latents``           ``(N, T+1, C, h, w)``   ``latents[:, 0]`` = :math:`x_T`, ``latents[:, k+1]`` = output of step ``k``
+``pred_original``     ``(N, T, C, h, w)``     :math:`\hat x_0` predicted at step ``k`` (optional)
+``timesteps``         ``(N, T)`` int64        :math:`t_k` (per image: the spacing can be a policy action)
+``prev_timesteps``    ``(N, T)`` int64        the step's target timestep; negative = the final :math:`\bar\alpha`
+``log_probs``         ``(N, T)`` float32      :math:`\log \pi(x_{t_{k+1}} \mid x_{t_k})`, summed over ``C·h·w``
+``stochastic``        ``(N, T)`` bool         :math:`\sigma_k > 0` (a deterministic step has no density; its log-prob is 0)
+``prompt_embeds``     ``(N, L, D)``           the conditioning the UNet saw (after any conditioning offset)
+``negative_embeds``   ``(1, L, D)`` or None   the unconditional embedding of classifier-free guidance
+``pooled_embeds``     ``(N, D)`` float32      pooled prompt embedding before any offset (policy state)
+``guidance_scale``    ``(N,)`` float32        CFG weight :math:`w` per image
+``eta``               ``(N,)`` float32        DDIM :math:`\eta` per image
+``prompt_index``      ``(N,)`` int64          index into ``prompts``
+``seeds``             ``(N,)`` int64          seed of each image's generator
+``actions``           ``(N, A)`` or None      per-image action of ``SCHEDULER_POLICY`` / ``DIVERSITY_POLICY``
+``action_log_probs``  ``(N,)`` or None        its log-probability
+``images``            ``(N, 3, H, W)`` uint8  decoded final images (optional)
+====================  ======================  =============================================================================
 
 Latents and embeddings are kept in ``storage_dtype`` (float32 or float16).  With float16 the sampler
 itself runs the chain on the float16-rounded latents, so the stored values are exactly the ones the

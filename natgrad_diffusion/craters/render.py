@@ -15,7 +15,7 @@ Conventions
   ``90° - elevation``.
 
 Crater morphometry (all lengths in km, ``D`` the rim-crest diameter)
--------------------------------------------------------------------
+--------------------------------------------------------------------
 * **Simple craters** are parabolic bowls. Rim-to-floor depth ``d ≈ 0.2 D`` (Pike 1977, *Impact and
   Explosion Cratering*, 489–509; Melosh 1989, *Impact Cratering: A Geologic Process*, ch. 8); for fresh
   Martian simple craters Garvin et al. (2003, *6th Int. Conf. Mars*, abstract 3277) fit ``d ≈ 0.21 D^0.81``.

@@ -3,13 +3,13 @@ r"""``SCHEDULER_POLICY``: a Gaussian policy over the sampler's own parameters, o
 Action :math:`a = (a_0, a_1, a_2) \in \mathbb R^3` (see :mod:`.gaussian` for the policy), squashed with
 :math:`\mathrm{sig}(x) = 1/(1+e^{-x})` into
 
-=====================  ==================================================================  ==============
-parameter              value                                                               default range
-=====================  ==================================================================  ==============
+=====================  ===================================================================  ==============
+parameter              value                                                                default range
+=====================  ===================================================================  ==============
 guidance scale         :math:`w = w_{lo} + (w_{hi}-w_{lo})\,\mathrm{sig}(a_0)`              [1, 12]
 DDIM :math:`\eta`      :math:`\eta = \eta_{lo} + (\eta_{hi}-\eta_{lo})\,\mathrm{sig}(a_1)`  [0, 1]
-spacing exponent       :math:`\rho = \rho_{lo}(\rho_{hi}/\rho_{lo})^{\mathrm{sig}(a_2)}`   [0.5, 2]
-=====================  ==================================================================  ==============
+spacing exponent       :math:`\rho = \rho_{lo}(\rho_{hi}/\rho_{lo})^{\mathrm{sig}(a_2)}`    [0.5, 2]
+=====================  ===================================================================  ==============
 
 The spacing exponent warps the scheduler's timesteps :math:`t_k` (``T_train`` training steps) into
 :math:`t'_k = \mathrm{round}(T_{train}\,(t_k/T_{train})^\rho)`, made strictly decreasing; each step then

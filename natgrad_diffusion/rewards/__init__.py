@@ -2,15 +2,15 @@
 
 Rewards (look up by name with :func:`get_reward`; each returns a :class:`RewardResult`):
 
-=========  =====================================================  ==================
-name       set-level value                                        orientation
-=========  =====================================================  ==================
-``MMD``    unbiased MMD² to the reference (RBF, fixed bandwidth)   lower is better
-``FID``    Fréchet distance of Gaussian fits to the reference      lower is better
-``MI``     Ross k-NN mutual information I(prompt; feature)         higher is better
-``MMD_MI`` ``w_mi·MI − w_mmd·MMD²``                                 higher is better
-``VENDI``  Vendi score (reference-free diversity)                  higher is better
-=========  =====================================================  ==================
+==========  =====================================================  ==================
+name        set-level value                                        orientation
+==========  =====================================================  ==================
+``MMD``     unbiased MMD² to the reference (RBF, fixed bandwidth)  lower is better
+``FID``     Fréchet distance of Gaussian fits to the reference     lower is better
+``MI``      Ross k-NN mutual information I(prompt; feature)        higher is better
+``MMD_MI``  ``w_mi·MI − w_mmd·MMD²``                               higher is better
+``VENDI``   Vendi score (reference-free diversity)                 higher is better
+==========  =====================================================  ==================
 
 ``result.per_image`` is always "higher is better": the leave-one-out marginal contribution of each
 image, ``M(S∖{i}) − M(S)`` for lower-is-better metrics and ``M(S) − M(S∖{i})`` otherwise (see
