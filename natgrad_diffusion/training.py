@@ -77,16 +77,11 @@ from .logs import (
 )
 from .policies import DiffusionPolicy, PolicyMode, load_policy, make_policy
 from .rewards import (
-    MMDReward,
     Reward,
-    RewardResult,
-    VendiReward,
     available_rewards,
     evaluate_metrics,
     get_reward,
     median_heuristic_bandwidth,
-    register_reward,
-    standardize,
 )
 from .sampling import sample
 
@@ -99,7 +94,6 @@ __all__ = [
     "DEFAULT_TRAIN_PROMPTS",
     "EVAL_METRICS",
     "FeatureReward",
-    "MMDVendiReward",
     "TrainResult",
     "TrainingError",
     "apply_test_mode",
@@ -504,60 +498,6 @@ class FeatureReward:
             "seconds": time.perf_counter() - start,
         }
         return mine
-
-
-@register_reward("MMD_VENDI")
-class MMDVendiReward(Reward):
-    """Stay close to the reference (MMD²) while varying the images of each prompt (within-prompt Vendi score).
-
-    ``value = w_vendi · VS_within(batch) − w_mmd · MMD²(batch, reference)`` (higher is better);
-    ``per_image = w_mmd · z(r_MMD) + w_vendi · z(r_Vendi)`` with the leave-one-out credits of the two parts,
-    each z-scored over the batch (as :class:`~natgrad_diffusion.rewards.MMDMIReward` does for MMD and MI).
-
-    The Vendi kernel is the RBF kernel with the reference's median-heuristic bandwidth by default: with a randomly
-    initialised feature extractor every pair of images has a cosine similarity near 1, and a cosine Vendi score
-    hardly moves.
-
-    Args:
-        reference_features: ``(m, d)``.
-        w_mmd, w_vendi: non-negative weights.
-        kernel: ``"rbf"`` or ``"cosine"`` for the Vendi part.
-        bandwidth: RBF bandwidth of both parts (``None``: median heuristic on the reference).
-        q: Vendi order.
-    """
-
-    name = "MMD_VENDI"
-    higher_is_better = True
-    requires_reference = True
-    requires_prompt_ids = True
-    min_batch = 3
-
-    def __init__(
-        self,
-        reference_features: Any,
-        *,
-        w_mmd: float = 1.0,
-        w_vendi: float = 1.0,
-        kernel: str = "rbf",
-        bandwidth: float | None = None,
-        q: float = 1.0,
-    ) -> None:
-        if not (w_mmd >= 0 and w_vendi >= 0 and math.isfinite(w_mmd) and math.isfinite(w_vendi)):
-            raise ValueError(f"weights must be finite and non-negative; got w_mmd={w_mmd}, w_vendi={w_vendi}")
-        self.w_mmd, self.w_vendi = float(w_mmd), float(w_vendi)
-        self.mmd = MMDReward(reference_features, bandwidth=bandwidth)
-        vendi_bandwidth = self.mmd.bandwidth if kernel == "rbf" else None
-        self.vendi = VendiReward(kernel=kernel, bandwidth=vendi_bandwidth, q=q, within_prompt=True)  # type: ignore[arg-type]
-
-    def metric(self, features: np.ndarray, prompt_ids: np.ndarray | None = None) -> float:
-        return self.w_vendi * self.vendi.metric(features, prompt_ids) - self.w_mmd * self.mmd.metric(features)
-
-    def __call__(self, features: Any, prompt_ids: Any = None) -> RewardResult:
-        x, codes = self._check(features, prompt_ids)
-        mmd, vendi = self.mmd(x), self.vendi(x, codes)
-        per_image = self.w_mmd * standardize(mmd.per_image) + self.w_vendi * standardize(vendi.per_image)
-        value = self.w_vendi * vendi.value - self.w_mmd * mmd.value
-        return RewardResult(self.name, value, per_image, True, {"MMD": mmd, "VENDI": vendi})
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -2,15 +2,16 @@
 
 Rewards (look up by name with :func:`get_reward`; each returns a :class:`RewardResult`):
 
-==========  =====================================================  ==================
-name        set-level value                                        orientation
-==========  =====================================================  ==================
-``MMD``     unbiased MMD² to the reference (RBF, fixed bandwidth)  lower is better
-``FID``     Fréchet distance of Gaussian fits to the reference     lower is better
-``MI``      Ross k-NN mutual information I(prompt; feature)        higher is better
-``MMD_MI``  ``w_mi·MI − w_mmd·MMD²``                               higher is better
-``VENDI``   Vendi score (reference-free diversity)                 higher is better
-==========  =====================================================  ==================
+=============  =====================================================  ================
+name           set-level value                                        orientation
+=============  =====================================================  ================
+``MMD``        unbiased MMD² to the reference (RBF, fixed bandwidth)  lower is better
+``FID``        Fréchet distance of Gaussian fits to the reference     lower is better
+``MI``         Ross k-NN mutual information I(prompt; feature)        higher is better
+``MMD_MI``     ``w_mi·MI − w_mmd·MMD²``                               higher is better
+``VENDI``      Vendi score (reference-free diversity)                 higher is better
+``MMD_VENDI``  ``w_vendi·Vendi_within_prompt − w_mmd·MMD²``           higher is better
+=============  =====================================================  ================
 
 ``result.per_image`` is always "higher is better": the leave-one-out marginal contribution of each
 image, ``M(S∖{i}) − M(S)`` for lower-is-better metrics and ``M(S) − M(S∖{i})`` otherwise (see
@@ -22,7 +23,7 @@ pairwise distance, MI, precision/recall/density/coverage).
 """
 
 from .base import Reward, RewardResult
-from .combined import MMDMIReward, standardize
+from .combined import MMDMIReward, MMDVendiReward, standardize
 from .credit import credit_from_leave_one_out, leave_one_out_credit, leave_one_out_values
 from .distances import knn_radii, pairwise_distances, pairwise_squared_distances
 from .evaluate import evaluate_metrics, mean_pairwise_distance_within_prompt
@@ -39,6 +40,7 @@ __all__ = [
     "MIReward",
     "MMDMIReward",
     "MMDReward",
+    "MMDVendiReward",
     "Reward",
     "RewardResult",
     "VendiReward",

@@ -21,11 +21,15 @@ helps, see :mod:`.credit`) and ``N`` is the normalisation:
   ``value``.
 
 The raw parts are in ``result.components["MMD"]`` and ``result.components["MI"]``.
+
+:class:`MMDVendiReward` (``MMD_VENDI``) is the same construction with the within-prompt Vendi score
+in place of MI.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+import math
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -33,8 +37,9 @@ from ._arrays import ArrayLike
 from .base import Reward, RewardResult
 from .mi import MIReward
 from .mmd import MMDReward
+from .vendi import VendiReward
 
-__all__ = ["MMDMIReward", "standardize"]
+__all__ = ["MMDMIReward", "MMDVendiReward", "standardize"]
 
 _STD_FLOOR = 1e-12
 
@@ -104,3 +109,56 @@ class MMDMIReward(Reward):
         per_image = self.w_mmd * norm(mmd.per_image) + self.w_mi * norm(mi.per_image)
         value = self.w_mi * mi.value - self.w_mmd * mmd.value
         return RewardResult(self.name, value, per_image, True, {"MMD": mmd, "MI": mi})
+
+
+class MMDVendiReward(Reward):
+    """Stay close to the reference (MMD²) while varying the images of each prompt (within-prompt Vendi score).
+
+    ``value = w_vendi · VS_within(batch) − w_mmd · MMD²(batch, reference)`` (higher is better);
+    ``per_image = w_mmd · z(r_MMD) + w_vendi · z(r_Vendi)`` with the leave-one-out credits of the two parts,
+    each z-scored over the batch (as :class:`~natgrad_diffusion.rewards.MMDMIReward` does for MMD and MI).
+
+    The Vendi kernel is the RBF kernel with the reference's median-heuristic bandwidth by default: with a randomly
+    initialised feature extractor every pair of images has a cosine similarity near 1, and a cosine Vendi score
+    hardly moves.
+
+    Args:
+        reference_features: ``(m, d)``.
+        w_mmd, w_vendi: non-negative weights.
+        kernel: ``"rbf"`` or ``"cosine"`` for the Vendi part.
+        bandwidth: RBF bandwidth of both parts (``None``: median heuristic on the reference).
+        q: Vendi order.
+    """
+
+    name = "MMD_VENDI"
+    higher_is_better = True
+    requires_reference = True
+    requires_prompt_ids = True
+    min_batch = 3
+
+    def __init__(
+        self,
+        reference_features: Any,
+        *,
+        w_mmd: float = 1.0,
+        w_vendi: float = 1.0,
+        kernel: str = "rbf",
+        bandwidth: float | None = None,
+        q: float = 1.0,
+    ) -> None:
+        if not (w_mmd >= 0 and w_vendi >= 0 and math.isfinite(w_mmd) and math.isfinite(w_vendi)):
+            raise ValueError(f"weights must be finite and non-negative; got w_mmd={w_mmd}, w_vendi={w_vendi}")
+        self.w_mmd, self.w_vendi = float(w_mmd), float(w_vendi)
+        self.mmd = MMDReward(reference_features, bandwidth=bandwidth)
+        vendi_bandwidth = self.mmd.bandwidth if kernel == "rbf" else None
+        self.vendi = VendiReward(kernel=kernel, bandwidth=vendi_bandwidth, q=q, within_prompt=True)  # type: ignore[arg-type]
+
+    def metric(self, features: np.ndarray, prompt_ids: np.ndarray | None = None) -> float:
+        return self.w_vendi * self.vendi.metric(features, prompt_ids) - self.w_mmd * self.mmd.metric(features)
+
+    def __call__(self, features: Any, prompt_ids: Any = None) -> RewardResult:
+        x, codes = self._check(features, prompt_ids)
+        mmd, vendi = self.mmd(x), self.vendi(x, codes)
+        per_image = self.w_mmd * standardize(mmd.per_image) + self.w_vendi * standardize(vendi.per_image)
+        value = self.w_vendi * vendi.value - self.w_mmd * mmd.value
+        return RewardResult(self.name, value, per_image, True, {"MMD": mmd, "VENDI": vendi})

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from ._arrays import ArrayLike
 from .base import Reward
-from .combined import MMDMIReward
+from .combined import MMDMIReward, MMDVendiReward
 from .fid import FIDReward
 from .mi import MIReward
 from .mmd import MMDReward
@@ -60,7 +60,7 @@ def get_reward(name: str, reference_features: ArrayLike | None = None, **options
     """Construct the reward registered under ``name`` (case-insensitive).
 
     Args:
-        name: ``"MMD"``, ``"MI"``, ``"FID"``, ``"MMD_MI"``, ``"VENDI"`` or a name added with
+        name: ``"MMD"``, ``"MI"``, ``"FID"``, ``"MMD_MI"``, ``"VENDI"``, ``"MMD_VENDI"`` or a name added with
             :func:`register_reward`.
         reference_features: ``(m, d)`` reference features; required by MMD, FID and MMD_MI.
         **options: keyword arguments of the reward's constructor (e.g. ``w_mmd``, ``k``, ``shrinkage``).
@@ -83,5 +83,6 @@ for _name, _factory in (
     ("FID", FIDReward),
     ("MMD_MI", MMDMIReward),
     ("VENDI", VendiReward),
+    ("MMD_VENDI", MMDVendiReward),
 ):
     register_reward(_name)(_factory)

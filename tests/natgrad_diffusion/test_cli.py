@@ -130,3 +130,15 @@ def test_train_sample_evaluate_end_to_end(tiny_model, tmp_path, capsys):  # noqa
     assert "| pretrained |" in table and "| fine-tuned |" in table
     capsys.readouterr()
     assert "already holds a run" in fail(capsys, ["train", *flags])
+
+
+def test_console_script_is_installed_and_runs(capsys):
+    from importlib.metadata import entry_points
+
+    (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "natgrad-diffusion"]
+    assert script.value == "natgrad_diffusion.cli:main"
+    assert script.load() is main
+    with pytest.raises(SystemExit) as info:
+        script.load()(["--help"])
+    assert info.value.code == 0
+    assert "build-reference" in capsys.readouterr().out

@@ -43,7 +43,7 @@ def test_options_are_passed_through():
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"unknown reward 'CLIP'.*FID, MI, MMD, MMD_MI, VENDI"):
+    with pytest.raises(ValueError, match=r"unknown reward 'CLIP'.*FID, MI, MMD, MMD_MI, MMD_VENDI, VENDI"):
         get_reward("CLIP", REF)
 
 
