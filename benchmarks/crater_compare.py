@@ -31,16 +31,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from natgrad_diffusion.config import TRAINING
+from natgrad_diffusion.config import TEST_MODE, TRAINING, TrainingConfig
 from natgrad_diffusion.features import get_feature_extractor
+from natgrad_diffusion.logs import read_metadata
 from natgrad_diffusion.plots import save_image_grid
+from natgrad_diffusion.policies import make_policy
 from natgrad_diffusion.training import (
     DEFAULT_EVAL_PROMPTS,
     EVAL_METRICS,
+    apply_test_mode,
     evaluate_policy,
     format_metrics_table,
+    load_model,
+    load_policy_from_run,
     load_prompts,
     load_reference_features,
+    parse_mode,
+    resolve_defaults,
     train,
 )
 
@@ -63,6 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--images", type=Path, default=IMAGES, help="where the seed-0 grids go")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core machine)")
     p.add_argument("--test-mode", action="store_true", help="tiny budget, results under --work only")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate finished runs found in --work (same configuration) instead of retraining",
+    )
     args = p.parse_args(argv)
     if args.seeds < 1 or args.episodes < 1:
         p.error("--seeds and --episodes must be >= 1")
@@ -76,6 +88,33 @@ def mean_std(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, 
     return mean, std
 
 
+class _Run:
+    """A finished fine-tuning run: its model, policy, configuration, training seconds and feature extractor."""
+
+    def __init__(self, components, policy, config, seconds: float, feature_extractor: dict) -> None:
+        self.components, self.policy, self.config = components, policy, config
+        self.seconds, self.feature_extractor = seconds, feature_extractor
+
+
+def run_or_reuse(config: TrainingConfig, reuse: bool) -> _Run:
+    """Train ``config``; with ``reuse``, load the finished run in ``config.out`` instead when it matches."""
+    run_dir = Path(config.out)
+    if reuse and (run_dir / "run.json").is_file() and (run_dir / "policy").is_dir():
+        meta = read_metadata(run_dir)
+        if config.test_mode:  # as train() applies it
+            config = apply_test_mode(config, [k for k in TEST_MODE if getattr(config, k) != getattr(TRAINING, k)])
+        wanted = asdict(resolve_defaults(config))
+        if "finished" in meta and meta["config"] == {**wanted, "threads": meta["config"]["threads"]}:
+            components = load_model(config.model)
+            policy = load_policy_from_run(run_dir, components)
+            print(f"reusing {run_dir} (trained in {meta['seconds']:.0f} s)")
+            saved = replace(TRAINING, **meta["config"])
+            return _Run(components, policy, saved, float(meta["seconds"]), meta["feature_extractor"])
+    t0 = time.perf_counter()
+    result = train(config, overwrite=True, log=print)
+    return _Run(result.components, result.policy, result.config, time.perf_counter() - t0, result.feature_extractor)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", message=".*NO PRETRAINED WEIGHTS.*")
@@ -87,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out = args.work / "crater_compare.md"
         args.images = args.work / "images"
     start = time.perf_counter()
-    per_method: dict[str, list[dict[str, float]]] = {"no fine-tuning": [], "TRPO": [], "PPO": []}
+    per_method: dict[str, list[dict[str, float]]] = {"no fine-tuning": [], "initial policy": [], "TRPO": [], "PPO": []}
     timings: dict[str, list[float]] = {"TRPO": [], "PPO": []}
     config = base
     feature_meta: dict = {}
@@ -95,9 +134,8 @@ def main(argv: list[str] | None = None) -> None:
         policies = {}
         for algorithm in ("trpo", "ppo"):
             config = replace(base, algorithm=algorithm, seed=seed, out=str(args.work / f"{algorithm}_seed{seed}"))
-            t0 = time.perf_counter()
-            result = train(config, overwrite=True, log=print)
-            timings[algorithm.upper()].append(time.perf_counter() - t0)
+            result = run_or_reuse(config, args.reuse)
+            timings[algorithm.upper()].append(result.seconds)
             policies[algorithm.upper()] = result
             config = result.config  # with the test-mode overrides applied
             feature_meta = result.feature_extractor
@@ -112,17 +150,25 @@ def main(argv: list[str] | None = None) -> None:
         reference, _, _ = load_reference_features(config, extractor, components.default_size()[0])
         prompts = load_prompts(config.eval_prompts, default=DEFAULT_EVAL_PROMPTS)[: config.eval_max_prompts]
         eval_config = replace(config, eval_seed=config.eval_seed + seed * EVAL_SEED_STRIDE)
-        for name, result, pretrained in (
-            ("no fine-tuning", trpo, True),
-            ("TRPO", trpo, False),
-            ("PPO", policies["PPO"], False),
+        torch.manual_seed(seed)  # the initial policy of this seed, as train() builds it
+        if parse_mode(config.mode).name == "LORA_UNET":  # B = 0: the initial policy is the pretrained model
+            initial, initial_pretrained = trpo.policy, True
+        else:
+            initial = make_policy(parse_mode(config.mode), components, **config.policy_options)
+            initial_pretrained = False
+        for name, policy, pretrained in (
+            ("no fine-tuning", trpo.policy, True),
+            ("initial policy", initial, initial_pretrained),
+            ("TRPO", trpo.policy, False),
+            ("PPO", policies["PPO"].policy, False),
         ):
+            comps = policies["PPO"].components if name == "PPO" else components
             metrics, images = evaluate_policy(
-                result.components, result.policy, prompts, extractor, reference, eval_config, pretrained=pretrained
+                comps, policy, prompts, extractor, reference, eval_config, pretrained=pretrained
             )
             per_method[name].append(metrics)
             if seed == 0:
-                stem = {"no fine-tuning": "pretrained"}.get(name, name.lower())
+                stem = {"no fine-tuning": "pretrained", "initial policy": "initial"}.get(name, name.lower())
                 save_image_grid(
                     images, args.images / f"crater_compare_{stem}.png", ncols=config.eval_images_per_prompt, scale=3
                 )
@@ -132,19 +178,27 @@ def main(argv: list[str] | None = None) -> None:
         means[name], stds[name] = mean_std(rows)
     table = format_metrics_table(means, std=stds)
     minutes = (time.perf_counter() - start) / 60
+    training_minutes = (sum(timings["TRPO"]) + sum(timings["PPO"])) / 60
+    if args.reuse:  # the runs were trained earlier: count their training time, not just this evaluation
+        minutes_note = (
+            f"{training_minutes:.1f} minutes of training (earlier runs, reused) + {minutes:.1f} of evaluation"
+        )
+    else:
+        minutes_note = f"{minutes:.1f} minutes in all"
     samples = config.episodes * config.batch_size
     n_prompts = len(load_prompts(config.eval_prompts, default=DEFAULT_EVAL_PROMPTS)[: config.eval_max_prompts])
     extractor_note = feature_meta.get("weights", "?")
     text = f"""# Crater fine-tuning: TRPO vs PPO vs no fine-tuning
 
 Produced by `python benchmarks/crater_compare.py{" --test-mode" if args.test_mode else ""}` ({args.seeds} seeds per method,
-{minutes:.1f} minutes in all on {torch.get_num_threads()} torch thread(s)).
+{minutes_note} on {torch.get_num_threads()} torch thread(s)).
 
 * job: `{config.mode}` policy, reward `{config.reward}`, {config.episodes} episodes × {config.batch_size} images
   ({samples} images per run, the same for TRPO and PPO), {config.steps} DDIM steps, guidance {config.guidance_scale},
   eta {config.eta}; TRPO max KL {config.max_kl or "0.01 (default)"}, PPO lr {config.ppo_lr or "3e-4 (default)"}.
 * evaluation: {n_prompts} held-out prompts × {config.eval_images_per_prompt} images; seed `i` draws the same
-  initial noise for the three methods; mean ± standard deviation over the {args.seeds} seeds.
+  initial noise for every row; mean ± standard deviation over the {args.seeds} seeds.  "no fine-tuning" is the
+  pretrained model, "initial policy" the policy TRPO and PPO start from (no update).
 * features: {feature_meta.get("name", "?")} at {config.feature_image_size} px, weights `{extractor_note}`;
   reference: {config.reference or f"{config.reference_n} rendered craters ({config.reference_diversity})"};
   Vendi kernel `{config.vendi_kernel}`.
