@@ -144,7 +144,7 @@ def launch(lib: str, task: str, seed: int, steps: int, out: Path) -> dict[str, A
     if proc.returncode != 0:
         raise RuntimeError(f"{lib} {task} seed {seed} failed:\n{proc.stderr[-3000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result.update(lib=lib, task=task, seed=seed)
+    result.update(lib=lib, task=task, seed=seed, steps=steps)
     print(
         f"{lib:8s} {task:15s} seed {seed}: eval {np.mean(result['eval_returns']):8.1f}  "
         f"wall {result['wall_s']:6.0f} s  per update {result['time_per_update_s'] * 1e3:6.0f} ms",
@@ -159,18 +159,19 @@ def _env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def table(results: list[dict[str, Any]], tasks: dict[str, int], seeds: list[int]) -> str:
+def table(results: list[dict[str, Any]], tasks: dict[str, int]) -> str:
+    seeds = sorted({r["seed"] for r in results})
     lines = [
         "# RL parity: natgrad vs sb3-contrib TRPO",
         "",
         f"`python benchmarks/rl_parity.py` — {platform.machine()}, 2 cores, one torch thread per run, the two "
-        f"libraries' runs of a (task, seed) side by side in lockstep; seeds {seeds}; final evaluation = mean return of "
+        f"libraries' runs of a (task, seed) side by side in lockstep; seeds {seeds} (column n: seeds per task); final evaluation = mean return of "
         f"{EVAL_EPISODES} deterministic episodes (fixed evaluation seeds); mean ± std over seeds.  Same "
         "hyperparameters on both sides (rl-baselines3-zoo TRPO settings; Pendulum as in the issue).",
         "",
-        "| task | steps | natgrad return | sb3-contrib return | natgrad wall (s) | sb3-contrib wall (s) | "
+        "| task | steps | n | natgrad return | sb3-contrib return | natgrad wall (s) | sb3-contrib wall (s) | "
         "wall ratio | natgrad ms / update | sb3-contrib ms / update | update ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, steps in tasks.items():
         row: dict[str, Any] = {}
@@ -187,8 +188,9 @@ def table(results: list[dict[str, Any]], tasks: dict[str, int], seeds: list[int]
         if len(row) < 2:
             continue
         n, s = row["natgrad"], row["sb3"]
+        n_seeds = len({r["seed"] for r in results if r["task"] == task})
         lines.append(
-            f"| {task} | {steps:,} | {n['ret']} | {s['ret']} | {n['wall']:.0f} | {s['wall']:.0f} | "
+            f"| {task} | {steps:,} | {n_seeds} | {n['ret']} | {s['ret']} | {n['wall']:.0f} | {s['wall']:.0f} | "
             f"{n['wall'] / s['wall']:.2f} | {n['upd']:.0f} | {s['upd']:.0f} | {n['upd'] / s['upd']:.2f} |"
         )
     lines += ["", "Per-seed results are in `rl_parity.json`.", ""]
@@ -203,6 +205,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="override every budget (smoke tests)")
     parser.add_argument("--out", default=str(RESULTS / "rl_parity.md"))
     parser.add_argument("--out-dir", default=str(ROOT / "runs" / "rl_parity"))
+    parser.add_argument(
+        "--append",
+        action="store_true",
+        help="merge with the results already in --out's .json (runs of the same library, task and seed are replaced)",
+    )
     parser.add_argument("--run", nargs=4, metavar=("LIB", "TASK", "SEED", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     out_dir = Path(args.out_dir)
@@ -231,7 +238,13 @@ def main() -> None:
     print(f"total {time.perf_counter() - start:.0f} s")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table(results, tasks, args.seeds))
+    if args.append and out.with_suffix(".json").is_file():
+        new = {(r["lib"], r["task"], r["seed"]) for r in results}
+        old = json.loads(out.with_suffix(".json").read_text())
+        results = [r for r in old if (r["lib"], r["task"], r["seed"]) not in new] + results
+        steps_of = {r["task"]: r.get("steps", TASKS[r["task"]]) for r in results}
+        tasks = {t: steps_of.get(t, s) for t, s in TASKS.items() if t in steps_of}
+    out.write_text(table(results, tasks))
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
 
