@@ -120,14 +120,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 EVALUATION_FILE = "evaluation"
 CHECKPOINT_VERSION = 1
 
-#: the per-episode CSV columns (``time_*`` and ``wall_s`` are timings and differ between identical runs)
-CSV_COLUMNS = (
-    "episode",
-    "samples",
-    "reward_mean",
-    "reward_std",
-    "reward_value",
-    "kl",
+#: the columns copied from the policy update's statistics (the TRPO agent's; PPO leaves most empty)
+UPDATE_COLUMNS = (
     "max_kl",
     "step_size",
     "step_fraction",
@@ -140,6 +134,16 @@ CSV_COLUMNS = (
     "improvement",
     "expected_improvement",
     "grad_norm",
+)
+#: the per-episode CSV columns (``time_*`` and ``wall_s`` are timings and differ between identical runs)
+CSV_COLUMNS = (
+    "episode",
+    "samples",
+    "reward_mean",
+    "reward_std",
+    "reward_value",
+    "kl",
+    *UPDATE_COLUMNS,
     "clip_fraction",
     "ppo_loss",
     "critic_loss",
@@ -836,20 +840,7 @@ def _row(episode: int, samples: int, stats: dict, reward_fn: FeatureReward, d: _
         "critic_loss": critic_loss,
         "clip_fraction": policy.get("clip_fraction"),
     }
-    for key in (
-        "max_kl",
-        "step_size",
-        "step_fraction",
-        "accepted",
-        "cg_iterations",
-        "cg_residual",
-        "line_search_iterations",
-        "loss_before",
-        "loss_after",
-        "improvement",
-        "expected_improvement",
-        "grad_norm",
-    ):
+    for key in UPDATE_COLUMNS:
         row[key] = policy.get(key)
     row["ppo_loss"] = policy.get("loss")
     row.update(extra)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from natgrad_diffusion.components import _bytes_to_unicode
 from natgrad_diffusion.craters.render import VOCABULARY
 
 __all__ = [
@@ -76,19 +77,6 @@ class CraterModelConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # tokenizer
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte → printable unicode map (the byte-level BPE alphabet)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
 
 
 def _learn_merges(words: list[str]) -> list[tuple[str, str]]:

@@ -2,14 +2,14 @@
 
 Usage (the embedded model was made with exactly this command)::
 
-    python -m natgrad_diffusion.craters.train_model --out natgrad_diffusion/assets/crater-ddim-32 --minutes 36 --seed 0
+    python -m natgrad_diffusion.craters.train_model --out natgrad_diffusion/assets/crater-ddim-32 --minutes 38 --seed 0 --threads 2
 
 What it does
 ------------
 * Builds the architecture of :class:`~natgrad_diffusion.craters.model.CraterModelConfig` with a fixed seed.
 * Data: a pool of ``--pool`` freshly rendered 32 × 32 grayscale crater images with their captions
   (:func:`~natgrad_diffusion.craters.render.render_batch`); every step replaces ``--refresh`` pool entries by
-  new renders, so the model keeps seeing new images (≈ 30k distinct images in a 36-minute run).
+  new renders, so the model keeps seeing new images (≈ 30k distinct images in a 38-minute run on two idle cores).
 * Loss: ``E ||v - v_θ(x_t, t, c)||²`` with ``x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε`` and the v-prediction target
   ``v = √ᾱ_t ε - √(1-ᾱ_t) x_0`` (Salimans & Ho 2022; ``--prediction-type epsilon`` for the classic ε target),
   ``t`` uniform over the 1000 training steps; the caption is replaced by ``""`` with probability
