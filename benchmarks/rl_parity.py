@@ -159,7 +159,7 @@ def _env() -> dict[str, str]:
     return dict(os.environ)
 
 
-def table(results: list[dict[str, Any]], tasks: dict[str, int]) -> str:
+def table(results: list[dict[str, Any]], tasks: dict[str, int], merged: bool = False) -> str:
     seeds = sorted({r["seed"] for r in results})
     lines = [
         "# RL parity: natgrad vs sb3-contrib TRPO",
@@ -193,6 +193,13 @@ def table(results: list[dict[str, Any]], tasks: dict[str, int]) -> str:
             f"| {task} | {steps:,} | {n_seeds} | {n['ret']} | {s['ret']} | {n['wall']:.0f} | {s['wall']:.0f} | "
             f"{n['wall'] / s['wall']:.2f} | {n['upd']:.0f} | {s['upd']:.0f} | {n['upd'] / s['upd']:.2f} |"
         )
+    if merged:
+        lines += [
+            "",
+            "These results merge several invocations (`--append`); the machine load differed between them, so "
+            "absolute wall times differ between seeds.  Within an invocation the two libraries' runs of a (task, seed) "
+            "ran side by side under the same load, so the ratios compare like with like.",
+        ]
     lines += ["", "Per-seed results are in `rl_parity.json`.", ""]
     return "\n".join(lines)
 
@@ -244,7 +251,7 @@ def main() -> None:
         results = [r for r in old if (r["lib"], r["task"], r["seed"]) not in new] + results
         steps_of = {r["task"]: r.get("steps", TASKS[r["task"]]) for r in results}
         tasks = {t: steps_of.get(t, s) for t, s in TASKS.items() if t in steps_of}
-    out.write_text(table(results, tasks))
+    out.write_text(table(results, tasks, merged=args.append))
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")
 
