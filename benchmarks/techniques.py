@@ -1,4 +1,4 @@
-"""What each speed technique buys, measured: sub-sampled products, CG warm start, Jacobi preconditioning.
+"""What each speed technique buys, measured: sub-sampled products, CG warm start, Jacobi preconditioning, torch.compile.
 
     python benchmarks/techniques.py            # writes benchmarks/results/techniques.md
 
@@ -11,6 +11,8 @@
   number of iterations and the return reached, on Pendulum-v1 runs of the example agent.
 * A diagonal (Jacobi) preconditioner from a Monte-Carlo Fisher diagonal: condition number
   of the damped Fisher with and without it, and CG residual after k iterations.
+* ``torch.compile`` (inductor, CPU) of a torch.func jvp + vjp product, against the same product
+  eager and natgrad's own products: time per product, compile time, break-even.
 """
 
 from __future__ import annotations
@@ -177,6 +179,87 @@ def warm_start(updates: int, seeds: list[int]) -> list[str]:
     return [*lines, ""]
 
 
+def compiled_product(repeats: int) -> list[str]:
+    """``torch.compile`` of the Gaussian ``J^T F_out J v`` written with torch.func, vs eager and natgrad."""
+    net, log_std, _, _, obs, _ = gaussian_problem()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    inv_var = torch.exp(-2 * log_std.detach())
+    n = obs.shape[0]
+
+    def mean_of(p):
+        return functional_call(net, p, (obs,))
+
+    def product(p, v):  # J^T (I / σ² / N) J v over the mean network
+        _, jv = torch.func.jvp(mean_of, (p,), (v,))
+        _, vjp_fn = torch.func.vjp(mean_of, p)
+        return vjp_fn(jv * inv_var / n)[0]
+
+    def model_fn(p, x):
+        return Independent(Normal(functional_call(net, p, (x,)), log_std.detach().exp()), 1)
+
+    v = {k: torch.randn_like(t) for k, t in params.items()}
+
+    def per_call(f) -> float:
+        for _ in range(3):
+            f()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return 1e3 * statistics.median(ts)
+
+    rows = []
+    for method in ("reverse", "jvp"):
+        op = natgrad.fisher_vector_product(model_fn, params, obs, method=method)
+        rows.append((f"natgrad `{method}` (eager)", per_call(lambda op=op: op @ v), None))
+    eager = per_call(lambda: product(params, v))
+    rows.append(("torch.func jvp + vjp, eager", eager, None))
+    t0 = time.perf_counter()
+    compiled = torch.compile(product)
+    try:
+        out = compiled(params, v)
+        compile_s = time.perf_counter() - t0
+        ref = product(params, v)
+        err = max(float((out[k] - ref[k]).abs().max() / ref[k].abs().max()) for k in ref)
+        rows.append(
+            (f"the same, `torch.compile` (max rel. diff {err:.1e})", per_call(lambda: compiled(params, v)), compile_s)
+        )
+        note = None
+    except Exception as exc:  # an inductor without a C++ compiler, etc.
+        note = f"`torch.compile` failed here: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+    lines = [
+        "## torch.compile",
+        "",
+        "Gaussian MLP 17-64-64-6, batch 2048, products over the mean network's parameters.",
+        "",
+        "| product | ms / product | compile (s) |",
+        "|---|---|---|",
+    ]
+    for name, ms, cs in rows:
+        lines.append(f"| {name} | {ms:.3f} | {'' if cs is None else f'{cs:.1f}'} |")
+    if note:
+        lines += ["", note]
+    else:
+        best_eager = min(ms for _, ms, cs in rows if cs is None)
+        saved = best_eager - rows[-1][1]
+        if saved > 0.05 * best_eager:
+            lines += [
+                "",
+                f"Break-even against the fastest eager product after {rows[-1][2] * 1e3 / saved:,.0f} products.",
+            ]
+        else:
+            lines += [
+                "",
+                "The compiled product is not meaningfully faster than natgrad's fastest eager product: compile does not pay.",
+            ]
+        lines += [
+            "",
+            "Compile time is with whatever inductor had in its on-disk cache; a cold first compile takes longer.",
+        ]
+    return [*lines, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
@@ -192,6 +275,7 @@ def main() -> None:
     lines += subsampling(5 if args.quick else 30)
     lines += preconditioning()
     lines += warm_start(5 if args.quick else 30, [0] if args.quick else [0, 1, 2])
+    lines += compiled_product(5 if args.quick else 50)
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
 
