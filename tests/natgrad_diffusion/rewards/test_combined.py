@@ -3,7 +3,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natgrad_diffusion.rewards import MIReward, MMDMIReward, MMDReward, leave_one_out_credit, standardize
+from natgrad_diffusion.rewards import (
+    MIReward,
+    MMDMIReward,
+    MMDReward,
+    MMDVendiReward,
+    VendiReward,
+    leave_one_out_credit,
+    standardize,
+)
 
 
 def batch(seed, n=12, n_prompts=3, d=3):
@@ -58,3 +66,41 @@ def test_validation():
         MMDMIReward(ref, w_mmd=-1.0)
     with pytest.raises(ValueError, match="normalize"):
         MMDMIReward(ref, normalize="rank")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# MMD_VENDI
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@given(seed=st.integers(0, 10_000), w_mmd=st.floats(0, 3), w_vendi=st.floats(0, 3))
+def test_mmd_vendi_value_and_per_image_are_built_from_its_parts(seed, w_mmd, w_vendi):
+    ref, x, prompts = batch(seed)
+    reward = MMDVendiReward(ref, w_mmd=w_mmd, w_vendi=w_vendi)
+    res = reward(x, prompts)
+    mmd = MMDReward(ref)(x)
+    vendi = VendiReward(kernel="rbf", bandwidth=reward.mmd.bandwidth, within_prompt=True)(x, prompts)
+    assert res.value == pytest.approx(w_vendi * vendi.value - w_mmd * mmd.value)
+    assert reward.metric(x, prompts) == pytest.approx(res.value)
+    expected = w_mmd * standardize(mmd.per_image) + w_vendi * standardize(vendi.per_image)
+    assert np.allclose(res.per_image, expected)
+    assert res.name == "MMD_VENDI" and res.higher_is_better
+
+
+def test_mmd_vendi_prefers_varied_images_within_each_prompt():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 4))
+    prompts = np.repeat(np.arange(4), 4)
+    varied = rng.normal(size=(16, 4))  # drawn like the reference, different within each prompt
+    copies = np.repeat(varied[::4], 4, axis=0)  # one image per prompt, repeated
+    reward = MMDVendiReward(ref)
+    assert reward(varied, prompts).value > reward(copies, prompts).value
+    # with the Vendi weight at 0, only the distance to the reference counts
+    only_mmd = MMDVendiReward(ref, w_vendi=0.0)
+    assert only_mmd(varied, prompts).value == pytest.approx(-MMDReward(ref)(varied).value)
+
+
+@pytest.mark.parametrize("weights", [{"w_mmd": -1.0}, {"w_vendi": float("nan")}, {"w_mmd": float("inf")}])
+def test_mmd_vendi_rejects_bad_weights(weights):
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        MMDVendiReward(np.zeros((5, 2)) + np.arange(5)[:, None], **weights)
