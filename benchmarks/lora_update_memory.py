@@ -150,9 +150,9 @@ def main() -> None:
         "gradient, the Fisher-vector products (torch.func jvp + vjp on at most `max(64, 25%)` decisions) and "
         "the line search each hold one chunk's graph at a time; only the trajectory itself (a few KB per "
         "image and step here) grows with T.  Without chunking the peak grows with T (the gradient's graph over all "
-        "decisions).  Times are wall-clock on a shared 2-core machine with other jobs running, so they are noisy "
-        "(the chunked 10-step update took 49 s in an earlier run); the work grows linearly with the number of "
-        "decisions for the gradient and the line search, and with the (capped) Fisher sub-sample for CG.",
+        "decisions).  Times are wall-clock, one torch thread, on a 2-core machine (on a busy machine the chunked 10-step "
+        "update took 49–89 s instead); the work grows linearly with the number of decisions for the gradient "
+        "and the line search, and with the (capped) Fisher sub-sample for CG, so chunking costs little time.",
         "",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
