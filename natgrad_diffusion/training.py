@@ -940,7 +940,10 @@ def train(
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, d, resume=resume, overwrite=overwrite, progress=progress and d.main, say=say)
+        result = _train(config, d, resume=resume, overwrite=overwrite, progress=progress and d.main, say=say)
+        if initialised_here:
+            _barrier(d)  # no rank tears the group down while another still communicates
+        return result
     finally:
         torch.set_num_threads(threads_before)
         if initialised_here:

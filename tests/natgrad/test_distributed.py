@@ -1,8 +1,5 @@
 """Data-parallel TrustRegionOptimizer on 2 gloo processes vs one process on the whole batch."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,12 +11,6 @@ from natgrad.distributed import ParametersOutOfSyncError, check_parameters_in_sy
 from .models import GaussianPolicy
 
 N, STEPS = 96, 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def batch(update: int):
@@ -47,9 +38,9 @@ def run_updates(policy, opt, rank: int, world: int):
     return infos
 
 
-def worker(rank: int, world: int, port: int, out: str, mode: str):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def worker(rank: int, world: int, out: str, mode: str):
+    # a file store: no TCP store server on rank 0 whose exit could abort rank 1's teardown
+    dist.init_process_group("gloo", rank=rank, world_size=world, init_method=f"file://{out}/store")
     torch.set_num_threads(1)
     try:
         torch.manual_seed(rank)  # different initial weights per rank: the optimizer must broadcast rank 0's
@@ -67,12 +58,13 @@ def worker(rank: int, world: int, port: int, out: str, mode: str):
                 torch.save("in sync", f"{out}/rank{rank}.pt")
             except ParametersOutOfSyncError as exc:
                 torch.save(str(exc), f"{out}/rank{rank}.pt")
+        dist.barrier()  # no rank tears down while another still communicates
     finally:
         dist.destroy_process_group()
 
 
 def spawn(tmp_path, mode):
-    mp.spawn(worker, args=(2, free_port(), str(tmp_path), mode), nprocs=2, join=True)
+    mp.spawn(worker, args=(2, str(tmp_path), mode), nprocs=2, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 

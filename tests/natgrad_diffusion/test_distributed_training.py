@@ -63,9 +63,9 @@ def one_update(mode: str, algorithm: str, seed: int, tokenizer_dir: str, distrib
 CASES = [("lora", "trpo"), ("diversity", "trpo"), ("diversity", "ppo")]
 
 
-def agent_worker(rank: int, port: int, out: str):
-    _env(rank, port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def agent_worker(rank: int, out: str):
+    # a file store: no TCP store server on rank 0 whose exit could abort rank 1's teardown
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, init_method=f"file://{out}/store")
     try:
         results = {}
         for mode, algorithm in CASES:
@@ -74,6 +74,7 @@ def agent_worker(rank: int, port: int, out: str):
                 seed = 0 if same else 1000 * (rank + 1)
                 results[(mode, algorithm, same)] = one_update(mode, algorithm, seed, f"{out}/tok{rank}", True)
         torch.save(results, f"{out}/agents{rank}.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -81,7 +82,7 @@ def agent_worker(rank: int, port: int, out: str):
 def test_distributed_agents_match_one_process_and_stay_in_sync(tmp_path):
     """Same batch on both ranks: the update equals the one-process update (the collectives are wired right).
     Different batches: policy and critic stay identical across ranks (nothing is left un-reduced)."""
-    mp.spawn(agent_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(agent_worker, args=(str(tmp_path),), nprocs=WORLD, join=True)
     r0, r1 = (torch.load(tmp_path / f"agents{r}.pt", weights_only=False) for r in range(WORLD))
     warnings.simplefilter("ignore")
     for mode, algorithm in CASES:
