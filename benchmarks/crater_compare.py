@@ -25,13 +25,14 @@ import json
 import math
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from natgrad_diffusion.config import TEST_MODE, TRAINING, TrainingConfig
+from natgrad_diffusion.config import TRAINING, TrainingConfig
 from natgrad_diffusion.features import get_feature_extractor
 from natgrad_diffusion.logs import read_metadata
 from natgrad_diffusion.plots import save_image_grid
@@ -39,16 +40,17 @@ from natgrad_diffusion.policies import make_policy
 from natgrad_diffusion.training import (
     DEFAULT_EVAL_PROMPTS,
     EVAL_METRICS,
-    apply_test_mode,
     evaluate_policy,
     format_metrics_table,
     load_model,
     load_policy_from_run,
     load_prompts,
     load_reference_features,
+    load_run_config,
     parse_mode,
     resolve_defaults,
     train,
+    with_test_mode,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,12 +90,15 @@ def mean_std(rows: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, 
     return mean, std
 
 
+@dataclass
 class _Run:
     """A finished fine-tuning run: its model, policy, configuration, training seconds and feature extractor."""
 
-    def __init__(self, components, policy, config, seconds: float, feature_extractor: dict) -> None:
-        self.components, self.policy, self.config = components, policy, config
-        self.seconds, self.feature_extractor = seconds, feature_extractor
+    components: Any
+    policy: Any
+    config: TrainingConfig
+    seconds: float
+    feature_extractor: dict
 
 
 def run_or_reuse(config: TrainingConfig, reuse: bool) -> _Run:
@@ -101,14 +106,12 @@ def run_or_reuse(config: TrainingConfig, reuse: bool) -> _Run:
     run_dir = Path(config.out)
     if reuse and (run_dir / "run.json").is_file() and (run_dir / "policy").is_dir():
         meta = read_metadata(run_dir)
-        if config.test_mode:  # as train() applies it
-            config = apply_test_mode(config, [k for k in TEST_MODE if getattr(config, k) != getattr(TRAINING, k)])
-        wanted = asdict(resolve_defaults(config))
+        wanted = asdict(resolve_defaults(with_test_mode(config)))
         if "finished" in meta and meta["config"] == {**wanted, "threads": meta["config"]["threads"]}:
             components = load_model(config.model)
             policy = load_policy_from_run(run_dir, components)
             print(f"reusing {run_dir} (trained in {meta['seconds']:.0f} s)")
-            saved = replace(TRAINING, **meta["config"])
+            saved = load_run_config(run_dir)
             return _Run(components, policy, saved, float(meta["seconds"]), meta["feature_extractor"])
     t0 = time.perf_counter()
     result = train(config, overwrite=True, log=print)

@@ -250,7 +250,7 @@ def main() -> None:
         old = json.loads(out.with_suffix(".json").read_text())
         results = [r for r in old if (r["lib"], r["task"], r["seed"]) not in new] + results
         steps_of = {r["task"]: r.get("steps", TASKS[r["task"]]) for r in results}
-        tasks = {t: steps_of.get(t, s) for t, s in TASKS.items() if t in steps_of}
+        tasks = {t: steps_of[t] for t in TASKS if t in steps_of}
     out.write_text(table(results, tasks, merged=args.append))
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

@@ -253,13 +253,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _run_config(run: Path | None) -> TrainingConfig:
     if run is None:
         return TRAINING
-    from .logs import read_metadata
+    from .training import load_run_config
 
-    meta = read_metadata(run)
-    saved = {k: v for k, v in meta["config"].items() if k in {f.name for f in fields(TrainingConfig)}}
-    from .training import resolve_defaults
-
-    return resolve_defaults(replace(TRAINING, **saved))
+    return load_run_config(run)
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:

@@ -45,7 +45,7 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ from .logs import (
     atomic_write_text,
     library_versions,
     read_csv,
+    read_metadata,
     update_metadata,
     write_metadata,
 )
@@ -103,12 +104,14 @@ __all__ = [
     "load_policy_from_run",
     "load_prompts",
     "load_reference_features",
+    "load_run_config",
     "parse_mode",
     "plot_run",
     "resolve_defaults",
     "sample_images",
     "train",
     "validate_config",
+    "with_test_mode",
 ]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -272,6 +275,21 @@ def validate_config(config: TrainingConfig) -> None:
     if c.reference is not None and not Path(c.reference).is_file():
         raise TrainingError(f"reference file {c.reference} not found")
     _check_model(c.model)
+
+
+def with_test_mode(config: TrainingConfig) -> TrainingConfig:
+    """``config`` with :data:`~natgrad_diffusion.config.TEST_MODE` applied when ``config.test_mode`` is on, as
+    :func:`train` runs it; fields already moved away from the defaults count as explicit (idempotent)."""
+    if not config.test_mode:
+        return config
+    return apply_test_mode(config, [k for k in TEST_MODE if getattr(config, k) != getattr(TRAINING, k)])
+
+
+def load_run_config(run_dir: str | os.PathLike) -> TrainingConfig:
+    """The configuration a run was trained with (its ``run.json``), defaults resolved; unknown keys are ignored."""
+    meta = read_metadata(run_dir)
+    known = {f.name for f in fields(TrainingConfig)}
+    return resolve_defaults(replace(TRAINING, **{k: v for k, v in meta["config"].items() if k in known}))
 
 
 def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
@@ -930,8 +948,7 @@ def train(
     Raises:
         TrainingError: bad configuration or inputs (one-line message).
     """
-    if config.test_mode:  # fields already moved away from the defaults count as explicit (idempotent)
-        config = apply_test_mode(config, [k for k in TEST_MODE if getattr(config, k) != getattr(TRAINING, k)])
+    config = with_test_mode(config)
     validate_config(config)
     config = resolve_defaults(config)
     d, initialised_here = _setup_distributed()
