@@ -12,6 +12,7 @@ from .fisher import FisherOperator, fisher_vector_product, graph_fisher_vector_p
 from .tree import tree_flatten, tree_map, tree_unflatten
 from .trust_region import (
     NonFiniteError,
+    SampleLayoutWarning,
     StepInfo,
     TrustRegionOptimizer,
     choose_fvp_method,
@@ -28,6 +29,7 @@ __all__ = [
     "LineSearchResult",
     "NonFiniteError",
     "OutputFamily",
+    "SampleLayoutWarning",
     "StepInfo",
     "TrustRegionOptimizer",
     "choose_fvp_method",

@@ -12,20 +12,23 @@ improvement :math:`\Delta_{\text{lin}} = -g^\top d > 0`, try
     \Delta_k \ge \rho \, c^k \Delta_{\text{lin}},
 
 all values finite (Schulman et al., 2015, appendix C; Nocedal & Wright §3.1 for the
-Armijo-type ratio test).  When no candidate passes, the parameters are restored
-bit-for-bit from a copy taken before the first trial.
+Armijo-type ratio test).  When no candidate passes, or ``evaluate`` raises (any
+exception, ``KeyboardInterrupt`` included), the parameters are restored bit-for-bit
+from a copy taken before the first trial.  A measured KL below zero (round-off) counts
+as 0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["LineSearchResult", "line_search"]
+__all__ = ["LineSearchResult", "line_search", "measured_kl", "restore_on_error"]
 
 
 @dataclass
@@ -112,15 +115,14 @@ def line_search(
     if not accept_ratio >= 0:
         raise ValueError(f"accept_ratio must be >= 0, got {accept_ratio}")
 
-    with torch.no_grad():
-        saved = [p.detach().clone() for p in params]
+    with torch.no_grad(), restore_on_error(params) as saved:
         fraction = 1.0
         kl = improvement = expected = math.nan
         for k in range(max_iters):
             for p, p0, d in zip(params, saved, direction):
                 p.copy_(p0 + fraction * d)
             loss, kl_t = evaluate()
-            loss_f, kl = _as_float(loss), _as_float(kl_t)
+            loss_f, kl = _as_float(loss), measured_kl(kl_t)
             improvement = loss_before - loss_f
             expected = fraction * expected_improvement
             if (
@@ -135,3 +137,24 @@ def line_search(
         for p, p0 in zip(params, saved):
             p.copy_(p0)
     return LineSearchResult(False, 0.0, max_iters, kl, improvement, expected, loss_before)
+
+
+@contextmanager
+def restore_on_error(params: Sequence[Tensor]) -> Iterator[list[Tensor]]:
+    """Yield copies of ``params``; if the block raises (any exception, ``KeyboardInterrupt`` included),
+    copy them back bit-for-bit before the exception propagates."""
+    saved = [p.detach().clone() for p in params]
+    try:
+        yield saved
+    except BaseException:
+        with torch.no_grad():
+            for p, p0 in zip(params, saved):
+                p.copy_(p0)
+        raise
+
+
+def measured_kl(kl: Tensor | float) -> float:
+    """A measured mean KL as a float, round-off below zero clamped to 0 (a KL is never negative; in float32
+    a candidate within ~1e-9 of the start can measure ``-1e-10``)."""
+    value = _as_float(kl)
+    return max(value, 0.0) if math.isfinite(value) else value

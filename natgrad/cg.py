@@ -60,8 +60,10 @@ class CGResult:
 
 
 def _bcast(s: Tensor, leaf: Tensor) -> Tensor:
-    """Reshape a per-row scalar (shape () or (B,)) to broadcast against ``leaf``."""
-    return s.reshape(s.shape + (1,) * (leaf.dim() - s.dim()))
+    """Reshape a per-row scalar (shape () or (B,)) to broadcast against ``leaf``, in ``leaf``'s dtype (a leaf list
+    may mix float32 and float64; the scalars are accumulated in the wider one)."""
+    s = s.reshape(s.shape + (1,) * (leaf.dim() - s.dim()))
+    return s.to(leaf.dtype) if s.is_floating_point() else s
 
 
 def _check_like(name: str, got: list[Tensor], spec: TreeSpec, want: list[Tensor], want_spec: TreeSpec) -> None:
@@ -72,6 +74,8 @@ def _check_like(name: str, got: list[Tensor], spec: TreeSpec, want: list[Tensor]
             raise ValueError(
                 f"{name} returned shape {tuple(g.shape)} for leaf {i}; expected {tuple(w.shape)} (the shape of b)"
             )
+        if g.dtype != w.dtype:
+            raise TypeError(f"{name}: leaf {i} is {g.dtype} but leaf {i} of b is {w.dtype}; keep each leaf's dtype")
 
 
 def conjugate_gradient(

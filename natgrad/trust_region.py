@@ -17,6 +17,7 @@ One step (Schulman et al., 2015; Kakade, 2001) from parameters :math:`\theta_0`:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from .backtracking import line_search
+from .backtracking import line_search, measured_kl, restore_on_error
 from .cg import conjugate_gradient
 from .distributed import (
     all_reduce_weighted_mean,
@@ -41,8 +42,10 @@ from .tree import tree_flatten, vdot
 
 __all__ = [
     "NonFiniteError",
+    "SampleLayoutWarning",
     "StepInfo",
     "TrustRegionOptimizer",
+    "check_sample_layout",
     "choose_fvp_method",
     "swap_parameters",
     "trust_region_step",
@@ -76,6 +79,7 @@ class StepInfo:
         grad_norm: :math:`\\lVert g\\rVert_2`.
         fvp_method: the Fisher-vector-product method used.
         num_params: number of scalar parameters that took part in the step.
+        reason: why the parameters did not change (empty when ``accepted``).
     """
 
     accepted: bool
@@ -96,6 +100,7 @@ class StepInfo:
     grad_norm: float
     fvp_method: str
     num_params: int
+    reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +140,61 @@ def _call_closure(closure: Closure) -> tuple[Tensor, Distribution]:
             f"the closure's second value must be a torch.distributions.Distribution, got {type(dist).__name__}"
         )
     return loss.reshape(()), dist
+
+
+class SampleLayoutWarning(UserWarning):
+    """The distribution's first batch dimension does not look like the samples the loss averages over."""
+
+
+_FULL_REDUCTIONS = ("MeanBackward0", "SumBackward0")
+
+
+def _reduced_shapes(loss: Tensor, limit: int = 64) -> list[tuple[int, ...]]:
+    """Input shapes of the full reductions (``.mean()`` / ``.sum()`` to a scalar) nearest to ``loss`` in its
+    autograd graph, e.g. ``[(N,)]`` for ``-(ratio * adv).mean()``; at most ``limit`` nodes are visited."""
+    shapes: list[tuple[int, ...]] = []
+    seen: set[Any] = set()
+    queue = [loss.grad_fn]
+    while queue and len(seen) < limit:
+        node = queue.pop(0)
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ in _FULL_REDUCTIONS:
+            sizes = getattr(node, "_saved_self_sym_sizes", None)
+            if sizes:
+                shapes.append(tuple(int(x) for x in sizes))
+            continue
+        queue.extend(child for child, _ in node.next_functions)
+    return shapes
+
+
+def check_sample_layout(loss: Tensor, dist: Distribution) -> None:
+    """Warn (:class:`SampleLayoutWarning`) when ``dist`` cannot be indexed by samples in its first batch dimension
+    the way ``loss`` averages over them: no batch dimension, a transposed ``Normal`` (batch shape ``(A, N)``), or a
+    ``log_prob`` that broadcast to ``(N, N)``.  The KL of the trust region would be wrong by a large factor."""
+    batch = tuple(dist.batch_shape)
+    if not batch:
+        warnings.warn(
+            f"the {type(dist).__name__} has batch_shape (): natgrad reads the first batch dimension as the samples "
+            "and averages the KL over it; build the distribution with one row per sample, e.g. Normal(mu, std) "
+            "with mu of shape (N, A)",
+            SampleLayoutWarning,
+            stacklevel=3,
+        )
+        return
+    n = batch[0]
+    for shape in _reduced_shapes(loss):
+        broadcast = len(shape) >= 2 and shape[0] == shape[1] == n
+        if shape[0] != n or broadcast:
+            warnings.warn(
+                f"the loss averages over a tensor of shape {shape}, but the {type(dist).__name__} has batch_shape "
+                f"{batch}: natgrad takes dim 0 ({n}) as the samples and sums the KL over the other dims. "
+                "Is the distribution transposed (it needs shape (N, ...)), or did log_prob broadcast (to (N, N))?",
+                SampleLayoutWarning,
+                stacklevel=3,
+            )
+            return
 
 
 def _rejected(loss: float, max_kl: float, method: str, n_params: int, grad_norm: float, **kw: Any) -> StepInfo:
@@ -211,6 +271,7 @@ def trust_region_step(
         loss, dist = _call_closure(closure)
     if not loss.requires_grad:
         raise ValueError("the loss does not depend on the optimizer's parameters (it has no autograd graph)")
+    check_sample_layout(loss, dist)
     grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
     active = [i for i, g in enumerate(grads) if g is not None]
     if not active:
@@ -317,7 +378,11 @@ def trust_region_update(
         raise NonFiniteError("the gradient is not finite; parameters were left untouched")
     grad_norm = math.sqrt(gg)
     if gg == 0.0:
-        return _rejected(loss_before, max_kl, method, n_active, 0.0, cg_converged=True), [
+        reason = (
+            "zero gradient: the loss is flat at the current parameters (were the old log-probabilities "
+            "computed with grad? compute them under torch.no_grad())"
+        )
+        return _rejected(loss_before, max_kl, method, n_active, 0.0, cg_converged=True, reason=reason), [
             torch.zeros_like(t) for t in g
         ]
     cg = conjugate_gradient(
@@ -338,7 +403,8 @@ def trust_region_update(
     )
     del fvp, cg  # free a graph held by the operator before the line search
     if not (math.isfinite(shs) and shs > 0 and math.isfinite(gs) and gs > 0):
-        return _rejected(loss_before, max_kl, method, n_active, grad_norm, **cg_stats), s
+        reason = f"no descent direction: sᵀ(F+λI)s = {shs:.3g}, gᵀs = {gs:.3g} (both must be finite and > 0)"
+        return _rejected(loss_before, max_kl, method, n_active, grad_norm, reason=reason, **cg_stats), s
 
     beta = math.sqrt(2.0 * max_kl / shs)
     direction = [-beta * si for si in s]
@@ -357,19 +423,23 @@ def trust_region_update(
         )
         accepted, fraction, ls_iters = ls.accepted, ls.step_fraction, ls.iterations
         kl, improvement, exp_imp, loss_after = ls.kl, ls.improvement, ls.expected_improvement, ls.loss
+        reason = "" if accepted else (
+            f"line search: none of {ls_iters} candidates kept the KL within max_kl={max_kl:.3g} and improved the loss "
+            f"enough (last: kl={kl:.3g}, improvement={improvement:.3g} of {exp_imp:.3g} expected)"
+        )
     else:
-        with torch.no_grad():
-            saved = [p.detach().clone() for p in params]
+        with torch.no_grad(), restore_on_error(params) as saved:
             for p, d in zip(params, direction):
                 p.add_(d)
             new_loss, kl_t = evaluate()
-            loss_after, kl = float(new_loss), float(kl_t)
+            loss_after, kl = float(new_loss), measured_kl(kl_t)
             accepted = math.isfinite(loss_after) and math.isfinite(kl)
             if not accepted:
                 for p, p0 in zip(params, saved):
                     p.copy_(p0)
         fraction = 1.0 if accepted else 0.0
         improvement, exp_imp, ls_iters = loss_before - loss_after, expected, 0
+        reason = "" if accepted else f"the full step gave a non-finite loss or KL (loss {loss_after!r}, kl {kl!r})"
         if not accepted:
             loss_after = loss_before
     info = StepInfo(
@@ -387,6 +457,7 @@ def trust_region_update(
         grad_norm=grad_norm,
         fvp_method=method,
         num_params=n_active,
+        reason=reason,
         **cg_stats,
     )
     return info, s
@@ -436,14 +507,17 @@ def _build_fisher(
     family = family_of(dist)
     if family is None:
         raise ValueError(f"no analytic output Fisher for {type(dist).__name__}; use fvp_method='kl_hvp'")
-    names_by_id = {id(p): n for n, p in model.named_parameters()}
+    # every name of a parameter: a tied weight (one tensor under two names) is swapped under all of them
+    names_by_id: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names_by_id.setdefault(id(p), []).append(n)
     missing = [i for i, p in enumerate(params) if id(p) not in names_by_id]
     if missing:
         raise ValueError(f"parameters at positions {missing} do not belong to the model passed as model=")
     names = [names_by_id[id(p)] for p in params]
 
     def outputs_of(*tensors: Tensor) -> tuple[Tensor, ...]:
-        with swap_parameters(model, dict(zip(names, tensors))):
+        with swap_parameters(model, {n: t for ns, t in zip(names, tensors) for n in ns}):
             _, d = _call_closure(closure)
         return family.outputs(d)
 

@@ -189,3 +189,28 @@ def test_float32_and_float64_dtypes_preserved(dtype):
     res = conjugate_gradient(lambda v: a @ v, torch.ones(4, dtype=dtype))
     assert res.x.dtype == dtype
     torch.testing.assert_close(res.x, 1.0 / torch.arange(1.0, 5.0, dtype=dtype))
+
+
+def test_dtype_mismatch_names_the_leaf_and_dtypes():
+    b = {"a": torch.ones(2), "b": torch.ones(3, dtype=torch.float64)}
+    with pytest.raises(TypeError, match=r"matvec: leaf 0 is torch.float64 but leaf 0 of b is torch.float32"):
+        conjugate_gradient(lambda v: {k: t.double() for k, t in v.items()}, b)
+    with pytest.raises(TypeError, match=r"x0: leaf 1 is torch.float32 but leaf 1 of b is torch.float64"):
+        conjugate_gradient(lambda v: v, b, x0={"a": torch.zeros(2), "b": torch.zeros(3)})
+
+
+def test_mixed_float32_float64_leaves_keep_their_dtypes_and_solve():
+    rng = np.random.default_rng(0)
+    m = rng.standard_normal((5, 5))
+    a = torch.tensor(m @ m.T + 5 * np.eye(5))
+    b64 = torch.tensor(rng.standard_normal(5))
+
+    def matvec(v):
+        flat = torch.cat([v[0].double(), v[1]])
+        out = a @ flat
+        return [out[:2].float(), out[2:]]
+
+    res = conjugate_gradient(matvec, [b64[:2].float(), b64[2:]], maxiter=50, rtol=1e-6)
+    assert res.x[0].dtype == torch.float32 and res.x[1].dtype == torch.float64
+    expected = np.linalg.solve(a.numpy(), b64.numpy())
+    np.testing.assert_allclose(torch.cat([res.x[0].double(), res.x[1]]).numpy(), expected, rtol=1e-4, atol=1e-6)

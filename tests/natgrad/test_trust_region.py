@@ -326,3 +326,166 @@ def test_squashed_gaussian_uses_the_kl_fallback():
     assert info.accepted and info.kl <= 0.01
     info2 = opt.step(closure, fisher_closure=lambda: dist_of(obs[::2]))
     assert info2.fvp_method == "kl_hvp" and info2.kl <= 0.01
+
+
+@pytest.mark.parametrize("line_search", [True, False], ids=["trpo", "npg"])
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, RuntimeError, MemoryError])
+def test_closure_raising_during_the_step_restores_parameters(exc, line_search):
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    inner = policy_problem(policy)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        if len(calls) == 2:  # the first candidate (or the NPG full step) is being evaluated
+            raise exc("interrupted")
+        return inner()
+
+    before = [p.detach().clone() for p in policy.parameters()]
+    opt = TrustRegionOptimizer(policy.parameters(), line_search=line_search)
+    with pytest.raises(exc):
+        opt.step(closure)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    # and the optimizer still works afterwards
+    assert opt.step(inner).accepted
+
+
+class TiedPolicy(nn.Module):
+    """A shared submodule under two names and a weight tied between two layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(3, 3).double()
+        self.again = self.shared
+        self.mix = nn.Linear(3, 3).double()
+        self.mix.weight = self.shared.weight
+        self.head = nn.Linear(3, 2).double()
+        self.log_std = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+    def forward(self, obs):
+        h = torch.tanh(self.again(torch.tanh(self.shared(obs))))
+        return torch.distributions.Normal(self.head(torch.tanh(self.mix(h))), self.log_std.exp())
+
+
+def test_tied_weights_every_fvp_method_takes_the_same_step():
+    torch.manual_seed(0)
+    base = TiedPolicy()
+    steps = {}
+    for method in ("reverse", "kl_hvp", "jvp", "linearize"):
+        policy = copy.deepcopy(base)
+        opt = TrustRegionOptimizer(policy.parameters(), model=policy, fvp_method=method)
+        assert opt.step(policy_problem(policy)).accepted
+        steps[method] = torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
+    for method, flat in steps.items():
+        torch.testing.assert_close(flat, steps["kl_hvp"], rtol=1e-8, atol=1e-10, msg=method)
+
+
+def _linear_gaussian_problem(make, logp, *, old_with_grad=False, n=128):
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    log_std = nn.Parameter(torch.zeros(3))
+    obs, adv = torch.randn(n, 4), torch.randn(n)
+    with torch.enable_grad() if old_with_grad else torch.no_grad():
+        d = make(net, log_std, obs)
+        act = d.sample()
+        old = logp(d, act)
+
+    def closure():
+        dd = make(net, log_std, obs)
+        return -(torch.exp(logp(dd, act) - old) * adv).mean(), dd
+
+    return [*net.parameters(), log_std], closure
+
+
+def _normal(net, log_std, obs):
+    return torch.distributions.Normal(net(obs), log_std.exp())
+
+
+def _sum_last(d, a):
+    return d.log_prob(a).sum(-1)
+
+
+def test_old_log_probs_with_grad_give_a_reason():
+    params, closure = _linear_gaussian_problem(_normal, _sum_last, old_with_grad=True)
+    info = TrustRegionOptimizer(params).step(closure)
+    assert not info.accepted and info.grad_norm == 0.0
+    assert "zero gradient" in info.reason and "torch.no_grad" in info.reason
+
+
+def test_reason_is_empty_when_accepted_and_names_the_line_search_when_rejected():
+    params, closure = _linear_gaussian_problem(_normal, _sum_last)
+    info = TrustRegionOptimizer(params).step(closure)
+    assert info.accepted and info.reason == ""
+    # an accept ratio no step can meet: the line search rejects every candidate
+    params, closure = _linear_gaussian_problem(_normal, _sum_last)
+    info = TrustRegionOptimizer(params, accept_ratio=1e6).step(closure)
+    assert not info.accepted and info.reason.startswith("line search: none of 10 candidates")
+
+
+@pytest.mark.parametrize(
+    "make, logp",
+    [
+        (lambda net, s, obs: torch.distributions.Normal(net(obs).T, s.exp()[:, None]), lambda d, a: d.log_prob(a).sum(0)),
+        (lambda net, s, obs: torch.distributions.Normal(net(obs)[:, :1], s.exp()[:1]), lambda d, a: d.log_prob(a[:, 0])),
+        (
+            lambda net, s, obs: torch.distributions.MultivariateNormal(
+                net(obs).reshape(-1), scale_tril=torch.diag(s.exp().repeat(obs.shape[0]))
+            ),
+            lambda d, a: d.log_prob(a).expand(128),
+        ),
+    ],
+    ids=["transposed", "broadcast_to_NxN", "no_batch_dim"],
+)
+def test_sample_layout_misuse_warns(make, logp):
+    params, closure = _linear_gaussian_problem(make, logp)
+    with pytest.warns(natgrad.SampleLayoutWarning):
+        TrustRegionOptimizer(params).step(closure)
+
+
+def test_correct_layouts_do_not_warn(recwarn):
+    for make in (_normal, lambda net, s, obs: torch.distributions.Independent(_normal(net, s, obs), 1)):
+        logp = _sum_last if make is _normal else (lambda d, a: d.log_prob(a))
+        params, closure = _linear_gaussian_problem(make, logp)
+        TrustRegionOptimizer(params).step(closure)
+    assert not [w for w in recwarn if issubclass(w.category, natgrad.SampleLayoutWarning)]
+
+
+def test_mixed_float32_and_float64_parameters_step():
+    torch.manual_seed(0)
+    net = nn.Linear(3, 2)  # float32
+    log_std = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+    obs, adv = torch.randn(64, 3), torch.randn(64, dtype=torch.float64)
+    with torch.no_grad():
+        d = torch.distributions.Normal(net(obs).double(), log_std.exp())
+        act = d.sample()
+        old = d.log_prob(act).sum(-1)
+
+    def closure():
+        dd = torch.distributions.Normal(net(obs).double(), log_std.exp())
+        return -(torch.exp(dd.log_prob(act).sum(-1) - old) * adv).mean(), dd
+
+    info = TrustRegionOptimizer([*net.parameters(), log_std]).step(closure)
+    assert info.accepted and 0 < info.kl <= 0.01
+    assert net.weight.dtype == torch.float32 and log_std.dtype == torch.float64
+
+
+def test_tiny_radius_in_float32_never_reports_a_negative_kl():
+    kls = []
+    for seed in range(5):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 2))
+        obs, adv = torch.randn(512, 4), torch.randn(512)
+        with torch.no_grad():
+            d = torch.distributions.Categorical(logits=net(obs))
+            act = d.sample()
+            old = d.log_prob(act)
+
+        def closure():
+            dd = torch.distributions.Categorical(logits=net(obs))
+            return -(torch.exp(dd.log_prob(act) - old) * adv).mean(), dd
+
+        info = TrustRegionOptimizer(net.parameters(), max_kl=1e-12).step(closure)
+        kls.append(info.kl)
+        assert info.kl >= 0.0
+    assert any(k == 0.0 for k in kls)  # round-off below zero was clamped, not hidden by rejection
