@@ -423,9 +423,13 @@ def trust_region_update(
         )
         accepted, fraction, ls_iters = ls.accepted, ls.step_fraction, ls.iterations
         kl, improvement, exp_imp, loss_after = ls.kl, ls.improvement, ls.expected_improvement, ls.loss
-        reason = "" if accepted else (
-            f"line search: none of {ls_iters} candidates kept the KL within max_kl={max_kl:.3g} and improved the loss "
-            f"enough (last: kl={kl:.3g}, improvement={improvement:.3g} of {exp_imp:.3g} expected)"
+        reason = (
+            ""
+            if accepted
+            else (
+                f"line search: none of {ls_iters} candidates kept the KL within max_kl={max_kl:.3g} and improved the loss "
+                f"enough (last: kl={kl:.3g}, improvement={improvement:.3g} of {exp_imp:.3g} expected)"
+            )
         )
     else:
         with torch.no_grad(), restore_on_error(params) as saved:

@@ -137,14 +137,26 @@ def test_exception_in_evaluate_restores_parameters_and_propagates(exc):
         return 1.0, 10.0  # first candidate: KL too large, backtrack
 
     with pytest.raises(exc):
-        line_search(theta, [torch.ones(3), torch.ones(2, 2, dtype=torch.float64)], evaluate,
-                    loss_before=0.0, expected_improvement=1.0, max_kl=0.5)
+        line_search(
+            theta,
+            [torch.ones(3), torch.ones(2, 2, dtype=torch.float64)],
+            evaluate,
+            loss_before=0.0,
+            expected_improvement=1.0,
+            max_kl=0.5,
+        )
     assert len(calls) == 2
     assert all(torch.equal(a, b) for a, b in zip(theta, before))
 
 
 def test_negative_round_off_kl_is_reported_as_zero():
     theta = torch.zeros(1)
-    res = line_search([theta], [torch.ones(1)], lambda: (-theta.sum(), torch.tensor(-3e-10)),
-                      loss_before=0.0, expected_improvement=1.0, max_kl=1e-12)
+    res = line_search(
+        [theta],
+        [torch.ones(1)],
+        lambda: (-theta.sum(), torch.tensor(-3e-10)),
+        loss_before=0.0,
+        expected_improvement=1.0,
+        max_kl=1e-12,
+    )
     assert res.accepted and res.kl == 0.0

@@ -426,8 +426,14 @@ def test_reason_is_empty_when_accepted_and_names_the_line_search_when_rejected()
 @pytest.mark.parametrize(
     "make, logp",
     [
-        (lambda net, s, obs: torch.distributions.Normal(net(obs).T, s.exp()[:, None]), lambda d, a: d.log_prob(a).sum(0)),
-        (lambda net, s, obs: torch.distributions.Normal(net(obs)[:, :1], s.exp()[:1]), lambda d, a: d.log_prob(a[:, 0])),
+        (
+            lambda net, s, obs: torch.distributions.Normal(net(obs).T, s.exp()[:, None]),
+            lambda d, a: d.log_prob(a).sum(0),
+        ),
+        (
+            lambda net, s, obs: torch.distributions.Normal(net(obs)[:, :1], s.exp()[:1]),
+            lambda d, a: d.log_prob(a[:, 0]),
+        ),
         (
             lambda net, s, obs: torch.distributions.MultivariateNormal(
                 net(obs).reshape(-1), scale_tril=torch.diag(s.exp().repeat(obs.shape[0]))
@@ -475,17 +481,22 @@ def test_tiny_radius_in_float32_never_reports_a_negative_kl():
     for seed in range(5):
         torch.manual_seed(seed)
         net = nn.Sequential(nn.Linear(4, 32), nn.Tanh(), nn.Linear(32, 2))
-        obs, adv = torch.randn(512, 4), torch.randn(512)
-        with torch.no_grad():
-            d = torch.distributions.Categorical(logits=net(obs))
-            act = d.sample()
-            old = d.log_prob(act)
-
-        def closure():
-            dd = torch.distributions.Categorical(logits=net(obs))
-            return -(torch.exp(dd.log_prob(act) - old) * adv).mean(), dd
-
+        closure = policy_problem_float32(net)
         info = TrustRegionOptimizer(net.parameters(), max_kl=1e-12).step(closure)
         kls.append(info.kl)
         assert info.kl >= 0.0
     assert any(k == 0.0 for k in kls)  # round-off below zero was clamped, not hidden by rejection
+
+
+def policy_problem_float32(net: nn.Module, n: int = 512):
+    obs, adv = torch.randn(n, 4), torch.randn(n)
+    with torch.no_grad():
+        d = torch.distributions.Categorical(logits=net(obs))
+        act = d.sample()
+        old = d.log_prob(act)
+
+    def closure():
+        dd = torch.distributions.Categorical(logits=net(obs))
+        return -(torch.exp(dd.log_prob(act) - old) * adv).mean(), dd
+
+    return closure
