@@ -8,6 +8,7 @@
     natgrad-diffusion sample --run DIR [--prompt TEXT ...] [--out grid.png]
     natgrad-diffusion evaluate --run DIR            # metrics table: pretrained vs fine-tuned
     natgrad-diffusion build-reference OUT.npz [--n 512 --size 32 --diversity broad]
+    natgrad-diffusion build-reference --source mars OUT_DIR [--crop-factor 2.5 --min-diameter 12 --seed 0]
     natgrad-diffusion build-features REF.npz OUT.npz [--image-size 64]
     natgrad-diffusion plot --run DIR
 
@@ -169,12 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--images-per-prompt", type=int, default=None, help="default: the run's")
     e.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
 
-    r = sub.add_parser("build-reference", help="render a reference set of craters (.npz)")
-    r.add_argument("out", type=Path)
+    r = sub.add_parser("build-reference", help="render a reference set of craters (.npz), or cut real Mars ones")
+    r.add_argument("out", type=Path, help="OUT.npz; with --source mars a directory for the three split files")
+    mars_help = "render craters, or crop pycda's labelled Mars tile into reference/validation/evaluation splits"
+    r.add_argument("--source", choices=("render", "mars"), default="render", help=mars_help)
     r.add_argument("--n", type=int, default=TRAINING.reference_n)
     r.add_argument("--seed", type=int, default=TRAINING.reference_seed)
     r.add_argument("--size", type=int, default=32, help="image size (the embedded model makes 32×32)")
     r.add_argument("--diversity", default=TRAINING.reference_diversity)
+    r.add_argument("--crop-factor", type=float, default=None, help="mars: crop side / crater diameter (2.5)")
+    r.add_argument("--min-diameter", type=float, default=None, help="mars: smallest crater diameter, pixels (12)")
 
     f = sub.add_parser("build-features", help="feature file of a reference set (.npz)")
     f.add_argument("reference", type=Path)
@@ -325,9 +330,37 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         atomic_write_text(args.out, table + "\n")
 
 
+def _cmd_build_mars_reference(args: argparse.Namespace) -> None:
+    from .craters.mars import build_mars_reference
+    from .craters.reference import load_reference_set
+
+    crop_factor = 2.5 if args.crop_factor is None else args.crop_factor
+    min_diameter = 12.0 if args.min_diameter is None else args.min_diameter
+    if not crop_factor >= 1.0:
+        _fail(f"--crop-factor must be >= 1 (the crop holds the whole crater), got {crop_factor}")
+    if not min_diameter >= 1.0:
+        _fail(f"--min-diameter must be >= 1 pixel, got {min_diameter}")
+    if args.size < 8:
+        _fail(f"--size must be >= 8, got {args.size}")
+    if args.out.suffix == ".npz" or (args.out.exists() and not args.out.is_dir()):
+        _fail(
+            f"--source mars writes reference/validation/evaluation .npz files: OUT must be a directory, got {args.out}"
+        )
+    paths = build_mars_reference(
+        args.out, crop_factor=crop_factor, min_diameter=min_diameter, size=args.size, seed=args.seed
+    )
+    for name, path in paths.items():
+        print(f"wrote {len(load_reference_set(path))} {name} Mars crater crops ({args.size}×{args.size}) to {path}")
+
+
 def _cmd_build_reference(args: argparse.Namespace) -> None:
     from .craters.reference import DIVERSITY_PRESETS, generate_reference_set, save_reference_set
 
+    if args.source == "mars":
+        _cmd_build_mars_reference(args)
+        return
+    if args.crop_factor is not None or args.min_diameter is not None:
+        _fail("--crop-factor and --min-diameter apply to --source mars only")
     if args.n < 2:
         _fail(f"--n must be >= 2, got {args.n}")
     if args.size < 8:

@@ -70,6 +70,7 @@ __all__ = [
     "scene_from_json",
     "scene_to_json",
     "shade",
+    "size_class",
 ]
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -548,6 +549,14 @@ def sample_scene(
     return replace(scene, labels=caption_attributes(scene))
 
 
+def size_class(fraction: float) -> str:
+    """Caption size word of a crater whose rim-crest diameter is ``fraction`` of the image width.
+
+    ``"small"`` below 0.24, ``"medium"`` below 0.43, else ``"large"`` (between the :data:`SIZE_FRACTION` bands).
+    """
+    return "small" if fraction < 0.24 else ("medium" if fraction < 0.43 else "large")
+
+
 def caption_attributes(scene: Scene) -> dict[str, str]:
     """Caption attributes derived from the *true* parameters of a scene (see :data:`ATTRIBUTES`).
 
@@ -558,8 +567,7 @@ def caption_attributes(scene: Scene) -> dict[str, str]:
     """
     main = max(scene.primaries, key=lambda c: c.diameter_km)
     n = len(scene.primaries)
-    frac = main.diameter_km / scene.image_km
-    size = "small" if frac < 0.24 else ("medium" if frac < 0.43 else "large")
+    size = size_class(main.diameter_km / scene.image_km)
     if not main.complex:
         morph = "bowl-shaped"
     else:
