@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .config import make_config
+
 __all__ = ["LineSearchResult", "line_search", "measured_kl", "restore_on_error"]
 
 
@@ -106,14 +108,8 @@ def line_search(
     for i, (p, d) in enumerate(zip(params, direction)):
         if p.shape != d.shape:
             raise ValueError(f"direction {i} has shape {tuple(d.shape)}, parameter has {tuple(p.shape)}")
-    if not max_kl > 0:
-        raise ValueError(f"max_kl must be > 0, got {max_kl}")
-    if max_iters < 1:
-        raise ValueError(f"max_iters must be >= 1, got {max_iters}")
-    if not 0 < coeff < 1:
-        raise ValueError(f"coeff must lie in (0, 1), got {coeff}")
-    if not accept_ratio >= 0:
-        raise ValueError(f"accept_ratio must be >= 0, got {accept_ratio}")
+    # the checks of the trust-region settings (one-line errors): max_iters is backtrack_iters, coeff backtrack_coeff
+    make_config(max_kl=max_kl, backtrack_iters=max_iters, backtrack_coeff=coeff, accept_ratio=accept_ratio)
 
     with torch.no_grad(), restore_on_error(params) as saved:
         fraction = 1.0

@@ -41,18 +41,17 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .config import make_config
 from .families import OutputFamily, detach_distribution, family_of, mean_kl, num_samples
 from .tree import Tree, TreeSpec, tree_flatten, tree_unflatten
 
 __all__ = [
-    "METHODS",
     "FisherOperator",
     "fisher_vector_product",
     "functional_product",
     "graph_fisher_vector_product",
+    "resolve_method",
 ]
-
-METHODS = ("auto", "reverse", "jvp", "linearize", "kl_hvp")
 
 LeafProduct = Callable[[list[Tensor]], list[Tensor]]
 
@@ -64,6 +63,7 @@ class FisherOperator:
     operator was built for; the result has the same layout.
 
     Attributes:
+        product: the undamped product :math:`v \mapsto Fv` on leaf lists.
         damping: :math:`\lambda`.
         method: the product method in use.
         num_samples: the number of samples :math:`N` the Fisher averages over.
@@ -80,7 +80,7 @@ class FisherOperator:
         method: str,
         num_samples: int,
     ) -> None:
-        self._product = product
+        self.product = product
         self._like = [t.detach() for t in like]
         self._spec = spec
         self.damping = float(damping)
@@ -101,7 +101,7 @@ class FisherOperator:
             if a.shape != b.shape:
                 raise ValueError(f"leaf {i} has shape {tuple(a.shape)}, expected {tuple(b.shape)}")
         leaves = [a.detach().to(dtype=b.dtype) for a, b in zip(leaves, self._like)]
-        out = self._product(leaves)
+        out = self.product(leaves)
         self.products += 1
         if self.damping:
             out = [o.add(a, alpha=self.damping) for o, a in zip(out, leaves)]
@@ -254,14 +254,30 @@ def functional_product(
     return product, n
 
 
-def _check_method(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"unknown Fisher-vector product method {method!r}; choose one of {METHODS}")
+def resolve_method(method: str, family: OutputFamily | None, *, chunked: bool = False, graph: bool = False) -> str:
+    """The product method for ``method`` (``"auto"`` resolved) on a distribution of ``family``, or a one-line
+    ``ValueError`` when it cannot work.
 
-
-def _check_damping(damping: float) -> None:
-    if not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
+    ``"auto"`` is ``"kl_hvp"`` without an analytic output Fisher (``family is None``), else ``"jvp"`` when the
+    products are ``chunked`` (nothing is cached between products) and ``"reverse"`` otherwise.  ``graph``: the
+    operator is built from an existing autograd graph (no function of the parameters), so ``"jvp"`` and
+    ``"linearize"`` are unavailable.
+    """
+    make_config(fvp_method=method)  # one-line error on an unknown method
+    if method == "auto":
+        method = "kl_hvp" if family is None else ("jvp" if chunked else "reverse")
+    if graph and method in ("jvp", "linearize"):
+        raise ValueError(
+            f"method {method!r} needs the model as a function of its parameters; use fisher_vector_product"
+        )
+    if family is None and method != "kl_hvp":
+        raise ValueError(
+            "no analytic output Fisher for this distribution; use method='kl_hvp' (any distribution with a "
+            "registered kl_divergence)"
+        )
+    if chunked and method not in ("jvp", "kl_hvp"):
+        raise ValueError(f"chunk_size works with method='jvp' or 'kl_hvp', not {method!r}")
+    return method
 
 
 def graph_fisher_vector_product(
@@ -288,25 +304,14 @@ def graph_fisher_vector_product(
     Returns:
         A :class:`FisherOperator` on lists of tensors shaped like ``params``.
     """
-    _check_method(method)
-    _check_damping(damping)
+    make_config(damping=damping)  # one-line error on a bad damping
     params = list(params)
     leaves, spec = tree_flatten(params)
     family = family_of(dist)
-    if method == "auto":
-        method = "reverse" if family is not None else "kl_hvp"
-    if method in ("jvp", "linearize"):
-        raise ValueError(
-            f"method {method!r} needs the model as a function of its parameters; use fisher_vector_product"
-        )
+    method = resolve_method(method, family, graph=True)
     n = num_samples(dist)
     if method == "reverse":
-        if family is None:
-            raise ValueError(
-                f"no analytic output Fisher for {type(dist).__name__}; use method='kl_hvp' (any distribution "
-                "with a registered kl_divergence)"
-            )
-        product = _reverse_product(family.outputs(dist), leaves, family, n)
+        product = _reverse_product(family.outputs(dist), leaves, family, n)  # type: ignore[union-attr]
     else:
         ref = old_dist if old_dist is not None else detach_distribution(dist)
         product = _kl_hvp_product(mean_kl(ref, dist), leaves)
@@ -371,24 +376,10 @@ def fisher_vector_product(
     Returns:
         A :class:`FisherOperator` acting on pytrees shaped like ``params``.
     """
-    _check_method(method)
-    _check_damping(damping)
+    make_config(damping=damping, fvp_method=method)
     leaves, spec = tree_flatten(params)
     leaves = [t.detach() for t in leaves]
-    n_full = _batch_size(args)
-    if subsample is not None:
-        if n_full is None:
-            raise ValueError("subsample needs a batch tensor argument with a leading sample dimension")
-        k = round(subsample * n_full) if isinstance(subsample, float) else int(subsample)
-        if isinstance(subsample, float) and not 0 < subsample <= 1:
-            raise ValueError(f"a fractional subsample must lie in (0, 1], got {subsample}")
-        if not 1 <= k <= n_full:
-            raise ValueError(f"subsample must select between 1 and {n_full} samples, got {subsample}")
-        if k < n_full:
-            device = next((a.device for a in args if isinstance(a, Tensor)), None)
-            index = torch.randperm(n_full, generator=generator)[:k]
-            args = _slice_args(args, n_full, index.to(device) if device is not None else index)
-            n_full = k
+    args, n_full = _subsample(args, subsample, generator)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
@@ -403,64 +394,73 @@ def fisher_vector_product(
         # one forward with grad serves both the family check and the cached graph
         ps = [t.clone().requires_grad_(True) for t in leaves]
         with torch.enable_grad():
-            dist = call(ps, args)
-            family = family_of(dist)
-            if method == "auto":
-                method = "reverse" if family is not None else "kl_hvp"
-            n = num_samples(dist)
-            if method == "reverse":
-                if family is None:
-                    raise ValueError(f"no analytic output Fisher for {type(dist).__name__}; use method='kl_hvp'")
-                product = _reverse_product(family.outputs(dist), ps, family, n)
-            else:
-                product = _kl_hvp_product(mean_kl(detach_distribution(dist), dist), ps)
-        return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
+            op = graph_fisher_vector_product(call(ps, args), ps, damping=damping, method=method)
+        return FisherOperator(op.product, leaves, spec, damping=damping, method=op.method, num_samples=op.num_samples)
 
     with torch.no_grad():
-        probe = call(leaves, args if single else _slice_args(args, n_full, slice(0, 1)))
-    family = family_of(probe)
-    if method == "auto":
-        method = "jvp" if family is not None else "kl_hvp"
-    if method in ("reverse", "jvp", "linearize") and family is None:
-        raise ValueError(f"no analytic output Fisher for {type(probe).__name__}; use method='kl_hvp'")
-    if not single and method not in ("jvp", "kl_hvp"):
-        raise ValueError(f"chunk_size works with method='jvp' or 'kl_hvp', not {method!r}")
-
-    chunks: list[tuple[Any, ...]]
+        family = family_of(call(leaves, args if single else _slice_args(args, n_full, slice(0, 1))))
+    method = resolve_method(method, family, chunked=not single)
     if single:
-        chunks = [args]
-    else:
-        chunks = [_slice_args(args, n_full, slice(s, s + chunk_size)) for s in range(0, n_full, chunk_size)]  # type: ignore[arg-type]
-
-    if method in ("jvp", "linearize") and single:
 
         def outputs_of(*p: Tensor) -> tuple[Tensor, ...]:
             return family.outputs(call(p, args))  # type: ignore[union-attr]
 
         product, n = functional_product(outputs_of, leaves, family, method)  # type: ignore[arg-type]
         return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
+    chunks = [_slice_args(args, n_full, slice(s, s + chunk_size)) for s in range(0, n_full, chunk_size)]  # type: ignore[arg-type, operator]
+    product = _chunked_product(call, leaves, chunks, family, method, n_full)  # type: ignore[arg-type]
+    return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n_full)  # type: ignore[arg-type]
 
-    # chunked: nothing is cached between products
-    total = n_full if n_full is not None else 1
-    fam = family
 
-    def chunked_product(v: list[Tensor]) -> list[Tensor]:
+def _subsample(
+    args: tuple[Any, ...], subsample: int | float | None, generator: torch.Generator | None
+) -> tuple[tuple[Any, ...], int | None]:
+    """``args`` restricted to ``subsample`` samples drawn without replacement, and the sample count."""
+    n_full = _batch_size(args)
+    if subsample is None:
+        return args, n_full
+    if n_full is None:
+        raise ValueError("subsample needs a batch tensor argument with a leading sample dimension")
+    if isinstance(subsample, float) and not 0 < subsample <= 1:
+        raise ValueError(f"a fractional subsample must lie in (0, 1], got {subsample}")
+    k = round(subsample * n_full) if isinstance(subsample, float) else int(subsample)
+    if not 1 <= k <= n_full:
+        raise ValueError(f"subsample must select between 1 and {n_full} samples, got {subsample}")
+    if k == n_full:
+        return args, n_full
+    device = next((a.device for a in args if isinstance(a, Tensor)), None)
+    index = torch.randperm(n_full, generator=generator)[:k]
+    return _slice_args(args, n_full, index.to(device) if device is not None else index), k
+
+
+def _chunked_product(
+    call: Callable[[Sequence[Tensor], tuple[Any, ...]], Distribution],
+    leaves: list[Tensor],
+    chunks: list[tuple[Any, ...]],
+    family: OutputFamily | None,
+    method: str,
+    total: int,
+) -> LeafProduct:
+    """The sample-weighted sum of per-chunk products; nothing is cached between products."""
+
+    def chunk_product(v: list[Tensor], batch: tuple[Any, ...]) -> list[Tensor]:
+        if method == "jvp":
+
+            def outputs_of(*p: Tensor) -> tuple[Tensor, ...]:
+                return family.outputs(call(p, batch))  # type: ignore[union-attr]
+
+            return functional_product(outputs_of, leaves, family, "jvp")[0](v)  # type: ignore[arg-type]
+        ps = [t.clone().requires_grad_(True) for t in leaves]
+        with torch.enable_grad():
+            d = call(ps, batch)
+            return _kl_hvp_product(mean_kl(detach_distribution(d), d), ps)(v)
+
+    def product(v: list[Tensor]) -> list[Tensor]:
         acc = [torch.zeros_like(t) for t in leaves]
         for batch in chunks:
             weight = (_batch_size(batch) or 1) / total
-            if method == "jvp":
-
-                def outputs_of(*p: Tensor, batch: tuple[Any, ...] = batch) -> tuple[Tensor, ...]:
-                    return fam.outputs(call(p, batch))  # type: ignore[union-attr]
-
-                part = functional_product(outputs_of, leaves, fam, "jvp")[0](v)  # type: ignore[arg-type]
-            else:
-                ps = [t.clone().requires_grad_(True) for t in leaves]
-                with torch.enable_grad():
-                    d = call(ps, batch)
-                    part = _kl_hvp_product(mean_kl(detach_distribution(d), d), ps)(v)
-            for a, p in zip(acc, part):
-                a.add_(p.detach(), alpha=weight)
+            for a, part in zip(acc, chunk_product(v, batch)):
+                a.add_(part.detach(), alpha=weight)
         return acc
 
-    return FisherOperator(chunked_product, leaves, spec, damping=damping, method=method, num_samples=total)
+    return product

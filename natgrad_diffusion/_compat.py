@@ -19,7 +19,8 @@ _checked = False
 
 
 def hide_broken_torchvision() -> None:
-    """Make a torchvision that cannot be imported look uninstalled to ``transformers`` (idempotent)."""
+    """Make a torchvision that cannot be imported look uninstalled to ``transformers`` (idempotent; called once,
+    when :mod:`natgrad_diffusion` is imported)."""
     global _checked
     if _checked:
         return
@@ -34,9 +35,9 @@ def hide_broken_torchvision() -> None:
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
         sys.modules["torchvision"] = None  # type: ignore[assignment]  # find_spec -> None, import -> ImportError
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         warnings.warn(
-            f"torchvision is installed but cannot be imported ({type(exc).__name__}: {exc}); it is hidden so that "
-            "transformers and peft load. Install a torchvision built for this torch to use it.",
+            f"natgrad_diffusion: the installed torchvision does not load with this torch ({first}); ignoring it",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=3,
         )

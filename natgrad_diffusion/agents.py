@@ -38,7 +38,6 @@ normalised per rank.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +49,8 @@ from torch import Tensor
 import natgrad
 import natgrad.distributed
 
-from .components import DiffusionComponents, math_attention
+from .chunked_trpo import Ranks, chunked_trust_region_step, importance_ratio
+from .components import DiffusionComponents
 from .config import (
     CHUNKS,
     CRITIC,
@@ -61,11 +61,10 @@ from .config import (
     CriticConfig,
     PPOConfig,
     SamplingConfig,
-    TrustRegionConfig,
 )
 from .critic import Critic, CriticStates, FeatureFn, PerPromptStatTracker, average_gradients, gae
 from .policies.base import Decisions, DiffusionPolicy, PolicyMode
-from .sampling import sample, step_distribution
+from .sampling import sample
 from .trajectory import Trajectory
 
 __all__ = ["DiffusionAgent", "PPOAgent", "RewardFn", "Rollout", "TRPOAgent"]
@@ -95,13 +94,6 @@ class Rollout:
     values: Tensor | None = None
     returns: Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def _ratio(dist: Any, chunk: Decisions) -> Tensor:
-    """``π_θ(a|s) / π_old(a|s)`` of the chunk's recorded actions, ``(m,)``."""
-    mean = dist.mean
-    logp = dist.log_prob(chunk.actions.to(mean.device, mean.dtype))
-    return torch.exp(logp - chunk.log_probs.to(logp.device, logp.dtype))
 
 
 def _as_rewards(out: Any, n: int) -> Tensor:
@@ -172,7 +164,7 @@ class DiffusionAgent:
         )
         self.feature_chunk = int(feature_chunk)
         self.policy.check_sampling(eta=sampling.eta)
-        self._next_seed = int(sampling.seed)
+        self.next_seed = int(sampling.seed)
         self.iteration = 0
 
     # ------------------------------------------------------------------ experience
@@ -180,8 +172,8 @@ class DiffusionAgent:
         """Sample with the policy's hook and the agent's sampling settings."""
         s = self.sampling
         if seed is None:
-            seed = self._next_seed
-            self._next_seed += len(prompts) * s.images_per_prompt
+            seed = self.next_seed
+            self.next_seed += len(prompts) * s.images_per_prompt
         return sample(
             self.components,
             list(prompts),
@@ -284,7 +276,7 @@ class DiffusionAgent:
     # ------------------------------------------------------------------ shared helpers
     def _surrogate_terms(self, params: dict[str, Tensor], chunk: Decisions, adv: Tensor) -> tuple[Tensor, Any]:
         dist = self.policy.distribution(params, chunk)
-        ratio = _ratio(dist, chunk)
+        ratio = importance_ratio(dist, chunk)
         return ratio * adv.to(ratio), dist
 
     @torch.no_grad()
@@ -315,7 +307,7 @@ class TRPOAgent(DiffusionAgent):
         policy: DiffusionPolicy,
         reward_fn: RewardFn,
         *,
-        trust_region: TrustRegionConfig = TRUST_REGION,
+        trust_region: natgrad.TrustRegionConfig = TRUST_REGION,
         chunks: ChunkConfig = CHUNKS,
         fisher_seed: int = 0,
         **kwargs: Any,
@@ -325,22 +317,24 @@ class TRPOAgent(DiffusionAgent):
         self.fisher_generator = torch.Generator().manual_seed(fisher_seed)
         self.optimizer: natgrad.TrustRegionOptimizer | None = None
         if policy.mode is not PolicyMode.LORA_UNET:
-            tr = trust_region
             self.optimizer = natgrad.TrustRegionOptimizer(
                 list(policy.trainable_parameters().values()),
-                max_kl=tr.max_kl,
-                damping=tr.damping,
-                cg_iters=tr.cg_iters,
-                backtrack_iters=tr.backtrack_iters,
-                backtrack_coeff=tr.backtrack_coeff,
-                accept_ratio=tr.accept_ratio,
+                trust_region,
                 distributed=self.distributed,
                 process_group=self.process_group,
             )
 
     def update_policy(self, rollout: Rollout) -> dict[str, Any]:
         if self.optimizer is None:
-            info = self._chunked_update(rollout.decisions, rollout.advantages)
+            info = chunked_trust_region_step(
+                self.policy,
+                rollout.decisions,
+                rollout.advantages,
+                self.trust_region,
+                self.chunks,
+                generator=self.fisher_generator,
+                ranks=Ranks(self.distributed, self.process_group),
+            )
         else:
             d, adv = rollout.decisions, rollout.advantages
             params = self.policy.trainable_parameters()
@@ -351,116 +345,6 @@ class TRPOAgent(DiffusionAgent):
 
             info = self.optimizer.step(closure)
         return {"policy": info.as_dict()}
-
-    def _fisher_subsample(self, m: int) -> int | None:
-        sub = self.chunks.fvp_subsample
-        if sub is None:
-            return None
-        k = round(sub * m) if isinstance(sub, float) else int(sub)
-        k = max(1, self.chunks.fvp_min_decisions, k)
-        return None if k >= m else k
-
-    def _chunked_update(self, d: Decisions, adv: Tensor) -> natgrad.StepInfo:
-        """One TRPO step of the LoRA policy with memory bounded by the chunk sizes (module docstring)."""
-        policy, tr, ch = self.policy, self.trust_region, self.chunks
-        params = policy.trainable_parameters()
-        names = list(params)
-        leaves = [params[n] for n in names]
-        m = len(d)
-        # 1. gradient of the surrogate and the old step distributions, chunk by chunk
-        grads = [torch.zeros_like(p) for p in leaves]
-        loss_before = 0.0
-        old: list[tuple[slice, Tensor, Tensor]] = []
-        for start in range(0, m, ch.grad_chunk):
-            sl = slice(start, min(start + ch.grad_chunk, m))
-            chunk = d.select(sl)
-            with torch.enable_grad():
-                mean, std = policy.step_mean_std(params, chunk)  # type: ignore[attr-defined]
-                dist = step_distribution(mean, std)
-                ratio = _ratio(dist, chunk)
-                loss = -(ratio * adv[sl].to(ratio)).sum() / m
-                g = torch.autograd.grad(loss, leaves, allow_unused=True)
-            for acc, gi in zip(grads, g):
-                if gi is not None:
-                    acc.add_(gi)
-            loss_before += float(loss.detach())
-            old.append((sl, mean.detach().cpu(), std.detach().reshape(-1).cpu()))
-            del mean, std, dist, ratio, loss, g
-        if self.distributed:  # sample-weighted means over ranks: one all-reduce for loss and gradient
-            reduced = natgrad.distributed.all_reduce_weighted_mean(
-                [torch.tensor([loss_before], dtype=grads[0].dtype, device=grads[0].device), *grads],
-                m,
-                self.process_group,
-            )
-            loss_before, grads = float(reduced[0]), reduced[1:]
-        if not math.isfinite(loss_before):
-            raise natgrad.NonFiniteError(f"the surrogate loss is {loss_before}")
-
-        # 2. Fisher-vector products: torch.func jvp + vjp, sub-sampled decisions, chunked
-        def model_fn(p_list: list[Tensor], *tensors: Tensor) -> Any:
-            return policy.distribution(dict(zip(names, p_list)), d.from_tensors(tensors))
-
-        subsample = self._fisher_subsample(m)
-        with math_attention():
-            op = natgrad.fisher_vector_product(
-                model_fn,
-                [p.detach() for p in leaves],
-                *d.tensors(),
-                damping=tr.damping,
-                method="jvp",
-                subsample=subsample,
-                chunk_size=ch.fvp_chunk,
-                generator=self.fisher_generator,
-            )
-
-        class _FVP:
-            method = "jvp"
-
-            def __call__(self, v: list[Tensor]) -> list[Tensor]:
-                with math_attention():
-                    return op(v)
-
-        fvp: Any = _FVP()
-        if self.distributed:
-            fvp = natgrad.distributed.distributed_operator(fvp, subsample or m, self.process_group)
-
-        # 3. no-grad evaluation of loss and KL for the line search, chunk by chunk
-        def evaluate() -> tuple[float, float]:
-            current = dict(zip(names, leaves))
-            loss_total, kl_total = 0.0, 0.0
-            for sl, old_mean, old_std in old:
-                for start in range(sl.start, sl.stop, ch.eval_chunk):
-                    sub = slice(start, min(start + ch.eval_chunk, sl.stop))
-                    chunk = d.select(sub)
-                    mean, std = policy.step_mean_std(current, chunk)  # type: ignore[attr-defined]
-                    new = step_distribution(mean, std)
-                    ratio = _ratio(new, chunk)
-                    loss_total += float(-(ratio * adv[sub].to(ratio)).sum()) / m
-                    rel = slice(sub.start - sl.start, sub.stop - sl.start)
-                    ref = step_distribution(
-                        old_mean[rel].to(mean.device), old_std[rel].to(mean.device).reshape(-1, 1, 1, 1)
-                    )
-                    kl_total += float(natgrad.mean_kl(ref, new)) * (sub.stop - sub.start) / m
-            if self.distributed:
-                both = natgrad.distributed.all_reduce_weighted_mean(
-                    [torch.tensor([loss_total, kl_total], dtype=torch.float64)], m, self.process_group
-                )[0]
-                loss_total, kl_total = float(both[0]), float(both[1])
-            return loss_total, kl_total
-
-        info, _ = natgrad.trust_region_update(
-            leaves,
-            grads,
-            fvp,
-            evaluate,
-            loss_before=loss_before,
-            max_kl=tr.max_kl,
-            cg_iters=tr.cg_iters,
-            backtrack_iters=tr.backtrack_iters,
-            backtrack_coeff=tr.backtrack_coeff,
-            accept_ratio=tr.accept_ratio,
-        )
-        return info
 
 
 class PPOAgent(DiffusionAgent):
@@ -501,7 +385,7 @@ class PPOAgent(DiffusionAgent):
             for start in range(0, m, cfg.minibatch):
                 idx = order[start : start + cfg.minibatch]
                 chunk, a = d.select(idx), adv[idx]
-                ratio = _ratio(self.policy.distribution(params, chunk), chunk)
+                ratio = importance_ratio(self.policy.distribution(params, chunk), chunk)
                 a = a.to(ratio)
                 clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
                 loss = -torch.minimum(ratio * a, clipped * a).mean()

@@ -22,19 +22,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import Tensor
-
-from ._compat import hide_broken_torchvision
-
-hide_broken_torchvision()
-
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 __all__ = [
     "DiffusionComponents",
     "PromptEmbeddings",
     "build_tiny_components",
+    "bytes_to_unicode",
     "load_components",
     "math_attention",
     "write_tiny_tokenizer",
@@ -117,6 +113,11 @@ class DiffusionComponents:
         size = self.unet.config.sample_size
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         return h * self.vae_scale_factor, w * self.vae_scale_factor
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of the images the model makes at its default size (1 channel: grayscale)."""
+        decoder = self.vae if self.vae is not None else self.unet
+        return (int(decoder.config.out_channels), *self.default_size())
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """``(C, h, w)`` of one latent for an image of ``height × width`` pixels."""
@@ -245,7 +246,7 @@ def load_components(
     return comps
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte → printable-unicode table."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = bs[:]
@@ -266,7 +267,7 @@ def write_tiny_tokenizer(directory: str | Path, model_max_length: int = 16) -> C
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for c in chars:
         vocab.setdefault(c, len(vocab))

@@ -1,13 +1,12 @@
 r"""Every default of :mod:`natgrad_diffusion` in one place.
 
 Each group is a frozen dataclass whose field defaults *are* the project defaults; the
-CLI (a later issue) builds its arguments from these fields, and every function or class
+``natgrad-diffusion train`` flags are built from these fields, and every function or class
 that takes one of these options reads its default from here.  Override with
-:func:`dataclasses.replace`, e.g. ``replace(TRUST_REGION, max_kl=0.02)``.
-
-Trust-region and critic values follow the original design: max KL 0.01, damping 0.1,
-10 CG iterations, 10 backtracking steps × 0.8, accept ratio 0.1, critic Adam lr 1e-3,
-:math:`\gamma = 0.99`, :math:`\lambda = 0.95`.
+:func:`dataclasses.replace`, e.g. ``replace(TRAINING, seed=1)``.  The trust-region settings are
+natgrad's own :class:`natgrad.TrustRegionConfig` (max KL 0.01, damping 0.1, 10 CG iterations,
+10 backtracking steps × 0.8, accept ratio 0.1); critic Adam lr 1e-3, :math:`\gamma = 0.99`,
+:math:`\lambda = 0.95`.
 
 **Log-probability / KL convention (applies to every policy mode).**  A decision's
 log-probability is the exact log-density of its action, *summed* over the action's
@@ -32,14 +31,18 @@ budget per *trajectory* when changing the number of steps, scale ``max_kl ∝ 1/
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
 from typing import Any
+
+from natgrad.config import TrustRegionConfig
 
 __all__ = [
     "CHUNKS",
     "CONDITIONING_POLICY",
     "CRATER_POLICY_OPTIONS",
     "CRITIC",
+    "GROUPS",
     "LORA",
     "PPO",
     "SAMPLING",
@@ -52,11 +55,27 @@ __all__ = [
     "CriticConfig",
     "LoRAConfig",
     "PPOConfig",
+    "PolicyMode",
     "SamplingConfig",
     "SchedulerPolicyConfig",
     "TrainingConfig",
-    "TrustRegionConfig",
+    "config_dict",
+    "flat_names",
+    "with_settings",
 ]
+
+
+class PolicyMode(str, Enum):
+    """The three ways of turning a diffusion model into a policy (:mod:`natgrad_diffusion.policies`)."""
+
+    SCHEDULER_POLICY = "scheduler"
+    DIVERSITY_POLICY = "diversity"
+    LORA_UNET = "lora"
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -87,18 +106,6 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
-class TrustRegionConfig:
-    """TRPO defaults (the arguments of :class:`natgrad.TrustRegionOptimizer`)."""
-
-    max_kl: float = 0.01
-    damping: float = 0.1
-    cg_iters: int = 10
-    backtrack_iters: int = 10
-    backtrack_coeff: float = 0.8
-    accept_ratio: float = 0.1
-
-
-@dataclass(frozen=True)
 class ChunkConfig:
     """Memory bounds of the ``LORA_UNET`` update.
 
@@ -117,6 +124,15 @@ class ChunkConfig:
     eval_chunk: int = 16
     fvp_subsample: float | int = 0.25
     fvp_min_decisions: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("grad_chunk", "fvp_chunk", "eval_chunk", "fvp_min_decisions"):
+            _positive_int(name, getattr(self, name))
+        sub = self.fvp_subsample
+        if isinstance(sub, float) and not 0 < sub <= 1:
+            raise ValueError(f"fvp_subsample must be a fraction in (0, 1] or a count >= 1, got {sub!r}")
+        if not isinstance(sub, float):
+            _positive_int("fvp_subsample", sub)
 
 
 @dataclass(frozen=True)
@@ -213,6 +229,14 @@ class PPOConfig:
     max_grad_norm: float = 1.0
     adv_clip: float = 5.0
 
+    def __post_init__(self) -> None:
+        for name in ("lr", "clip_range", "max_grad_norm", "adv_clip"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"ppo {name} must be a number > 0, got {value!r}")
+        _positive_int("ppo epochs", self.epochs)
+        _positive_int("ppo minibatch", self.minibatch)
+
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -256,9 +280,12 @@ class TrainingConfig:
             median heuristic; sensitive with any features) or ``"cosine"`` (the usual choice with pretrained features;
             nearly constant with a randomly initialised extractor).
         critic: fit a value critic (GAE baseline); ``False`` uses per-prompt normalised rewards (DDPO).
-        max_kl: TRPO trust region, mean KL per image (per denoising step for ``LORA_UNET``); 0.03 for the crater job,
-            whose per-image policies have 3–8 action dimensions (0.01 moved the action std by only 3 % in 40
-            episodes); ``ppo_lr``: PPO learning rate (``None``: :data:`TRUST_REGION` / :data:`PPO`).
+        trust_region: TRPO's :class:`natgrad.TrustRegionConfig`; ``max_kl`` is the mean KL per image (per
+            denoising step for ``LORA_UNET``), 0.03 for the crater job, whose per-image policies have 3–8 action
+            dimensions (0.01 moved the action std by only 3 % in 40 episodes).  Flags: ``--max-kl``,
+            ``--damping``, ``--cg-iters``, ... (the field names).
+        ppo: PPO's :class:`PPOConfig` (flags ``--ppo-lr``, ``--ppo-epochs``, ``--ppo-clip-range``, ...).
+        chunks: the memory bounds of a ``LORA_UNET`` update, :class:`ChunkConfig` (flags ``--fvp-subsample``, ...).
         checkpoint_every, grid_every: write a checkpoint / an image grid every this many episodes (and at the end).
         evaluate: sample the eval prompts with the pretrained model before training and with the policy after
             it, and write ``evaluation.md`` / ``evaluation.json`` (MMD², FID, Vendi, coverage, ...).
@@ -293,8 +320,9 @@ class TrainingConfig:
     feature_weights: str | None = None
     vendi_kernel: str = "rbf"
     critic: bool = True
-    max_kl: float | None = 0.03
-    ppo_lr: float | None = None
+    trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.03))
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    chunks: ChunkConfig = field(default_factory=ChunkConfig)
     checkpoint_every: int = 5
     grid_every: int = 10
     evaluate: bool = True
@@ -327,7 +355,7 @@ TEST_MODE: dict[str, Any] = {
 
 
 SAMPLING = SamplingConfig()
-TRUST_REGION = TrustRegionConfig()
+TRUST_REGION = TrustRegionConfig()  #: natgrad's defaults (the crater job's are ``TRAINING.trust_region``)
 CHUNKS = ChunkConfig()
 LORA = LoRAConfig()
 SCHEDULER_POLICY = SchedulerPolicyConfig()
@@ -335,3 +363,60 @@ CONDITIONING_POLICY = ConditioningPolicyConfig()
 CRITIC = CriticConfig()
 PPO = PPOConfig()
 TRAINING = TrainingConfig()
+
+
+#: the nested setting groups of :class:`TrainingConfig` and the prefix of their fields' flat names (CLI flags and
+#: config-file keys: ``max_kl`` is ``trust_region.max_kl``, ``ppo_lr`` is ``ppo.lr``)
+GROUPS: dict[str, str] = {"trust_region": "", "ppo": "ppo_", "chunks": ""}
+
+
+def flat_names() -> dict[str, tuple[str, str]]:
+    """``{flat name: (group, field)}`` of every field of the nested groups (e.g. ``"ppo_lr": ("ppo", "lr")``)."""
+    out: dict[str, tuple[str, str]] = {}
+    for group, prefix in GROUPS.items():
+        for f in fields(getattr(TRAINING, group)):
+            out[prefix + f.name] = (group, f.name)
+    return out
+
+
+def with_settings(config: TrainingConfig, values: dict[str, Any]) -> TrainingConfig:
+    """``config`` with ``values`` set: fields of :class:`TrainingConfig` by name, a nested group as a mapping
+    of its fields (``{"trust_region": {"max_kl": 0.05}}``) or field by field under its flat name
+    (``{"max_kl": 0.05, "ppo_lr": 1e-3}``).  Unknown names are a ``ValueError`` naming them; bad values raise the
+    group's own one-line ``ValueError``."""
+    flat = flat_names()
+    top = {f.name for f in fields(TrainingConfig)}
+    unknown = sorted(k for k in values if k not in top and k not in flat)
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)}")
+    groups: dict[str, dict[str, Any]] = {}
+    plain: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in GROUPS:
+            current = getattr(config, key)
+            if isinstance(value, type(current)):
+                plain[key] = value
+                continue
+            if not isinstance(value, dict):
+                raise ValueError(f"{key} must be a mapping of its settings, got {type(value).__name__}")
+            groups.setdefault(key, {}).update(value)
+        elif key in top:
+            plain[key] = value
+        else:
+            group, name = flat[key]
+            groups.setdefault(group, {})[name] = value
+    for group, changes in groups.items():
+        base = plain.get(group, getattr(config, group))
+        known = {f.name for f in fields(base)}
+        bad = sorted(set(changes) - known)
+        if bad:
+            raise ValueError(f"unknown {group} setting(s) {', '.join(bad)}")
+        if group == "trust_region" and "max_kl_bounds" in changes:
+            changes["max_kl_bounds"] = tuple(changes["max_kl_bounds"])
+        plain[group] = replace(base, **changes)
+    return replace(config, **plain)
+
+
+def config_dict(config: TrainingConfig) -> dict[str, Any]:
+    """``config`` as plain JSON-able data (nested groups as mappings): what a run's ``run.json`` records."""
+    return asdict(config)

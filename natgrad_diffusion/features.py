@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import natgrad_diffusion.craters  # noqa: F401  (its import hides a broken torchvision from transformers)
+from natgrad_diffusion.npz import read_npz
 
 __all__ = [
     "FEATURES_VERSION",
@@ -310,26 +309,19 @@ def save_features(fs: FeatureSet, path: str | os.PathLike) -> Path:
 def load_features(path: str | os.PathLike) -> FeatureSet:
     """Read a features file; :class:`FeatureFileError` if it is not a valid one of this version."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no features file at {path}")
     keys = ("features", "captions", "extractor", "reference", "version")
+    z = read_npz(path, keys, "features", FeatureFileError)
+    if int(z["version"]) != FEATURES_VERSION:
+        raise FeatureFileError(f"{path}: features version {int(z['version'])}, expected {FEATURES_VERSION}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in keys if k not in z.files]
-            if missing:
-                raise FeatureFileError(f"{path}: not a features file, missing {missing} (has {z.files})")
-            if int(z["version"]) != FEATURES_VERSION:
-                raise FeatureFileError(f"{path}: features version {int(z['version'])}, expected {FEATURES_VERSION}")
-            fs = FeatureSet(
-                z["features"],
-                [str(c) for c in z["captions"]],
-                json.loads(str(z["extractor"])),
-                json.loads(str(z["reference"])),
-            )
-    except FeatureFileError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-        raise FeatureFileError(f"{path}: unreadable or corrupted features file ({type(e).__name__}: {e})") from e
+        fs = FeatureSet(
+            z["features"],
+            [str(c) for c in z["captions"]],
+            json.loads(str(z["extractor"])),
+            json.loads(str(z["reference"])),
+        )
+    except json.JSONDecodeError as exc:
+        raise FeatureFileError(f"{path}: corrupted metadata ({exc.msg})") from None
     if fs.features.ndim != 2 or fs.features.shape[0] != len(fs.captions):
         raise FeatureFileError(f"{path}: features {fs.features.shape} do not match {len(fs.captions)} captions")
     return fs
@@ -353,26 +345,3 @@ def build_reference_features(
     if out_path is not None:
         save_features(fs, out_path)
     return fs
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m natgrad_diffusion.features REF.npz OUT.npz [--extractor resnet18|clip --weights ID
-    --image-size 224]``."""
-    import argparse
-
-    p = argparse.ArgumentParser(description="compute the features of a reference set .npz")
-    p.add_argument("reference", type=Path)
-    p.add_argument("out", type=Path)
-    p.add_argument("--extractor", default="resnet18", choices=sorted(_EXTRACTORS))
-    p.add_argument("--weights", default=None)
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=32)
-    a = p.parse_args(argv)
-    fs = build_reference_features(
-        a.reference, a.out, a.extractor, weights=a.weights, image_size=a.image_size, batch_size=a.batch_size
-    )
-    print(f"wrote features {fs.features.shape} to {a.out} (extractor: {json.dumps(fs.extractor)})")
-
-
-if __name__ == "__main__":
-    main()

@@ -206,4 +206,10 @@ def read_metadata(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / METADATA_FILE
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: not a natgrad-diffusion run directory")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc}): a damaged run directory") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path} holds no run configuration: a damaged run directory")
+    return meta

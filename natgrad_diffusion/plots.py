@@ -1,12 +1,7 @@
 """Plots of image sets and their features: PCA / t-SNE scatter coloured by caption attributes, image grids.
 
-scikit-learn is not a dependency: :func:`pca_2d` is an SVD and :func:`tsne_2d` is a small exact t-SNE
-(van der Maaten & Hinton 2008) in numpy, fine for up to a few hundred points (``O(N²)`` memory and time per
-iteration).
-
-CLI::
-
-    python -m natgrad_diffusion.plots FEATURES.npz --reference REF.npz --out-dir docs/images --prefix crater_reference
+:func:`pca_2d` and :func:`tsne_2d` are scikit-learn's PCA and t-SNE; :func:`plot_run` draws a run's training
+curves.  From the command line: ``natgrad-diffusion plot --run DIR`` and ``natgrad-diffusion plot-features``.
 """
 
 from __future__ import annotations
@@ -23,91 +18,45 @@ __all__ = [
     "make_grid",
     "pca_2d",
     "plot_embedding",
+    "plot_features",
+    "plot_run",
     "save_image_grid",
     "tsne_2d",
 ]
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:
-    """Projection of ``x`` ``(N, D)`` on its first two principal components, ``(N, 2)`` (signs fixed so that the
-    largest-magnitude loading of each component is positive)."""
+    """Projection of ``x`` ``(N, D)`` on its first two principal components, ``(N, 2)`` (scikit-learn's PCA; signs
+    fixed so that the largest-magnitude loading of each component is positive)."""
+    from sklearn.decomposition import PCA
+
     x = np.asarray(x, np.float64)
-    xc = x - x.mean(0)
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
-    v = vt[:2]
+    k = min(2, *x.shape)
+    pca = PCA(n_components=k, svd_solver="full").fit(x)
+    v = pca.components_
     sign = np.sign(v[np.arange(len(v)), np.abs(v).argmax(1)])
-    y = xc @ (v * sign[:, None]).T
+    y = (x - pca.mean_) @ (v * sign[:, None]).T
     if y.shape[1] < 2:
         y = np.pad(y, ((0, 0), (0, 2 - y.shape[1])))
     return y
 
 
-def _binary_search_p(d2: np.ndarray, perplexity: float, tol: float = 1e-5, iters: int = 60) -> np.ndarray:
-    """Row-conditional affinities ``p_{j|i} ∝ exp(-β_i d²_ij)`` with ``β_i`` chosen so that ``2^H(P_i) = perplexity``."""
-    n = d2.shape[0]
-    p = np.zeros((n, n))
-    target = np.log(perplexity)
-    for i in range(n):
-        di = np.delete(d2[i], i)
-        lo, hi, beta = 0.0, np.inf, 1.0 / max(np.median(di), 1e-12)
-        for _ in range(iters):
-            e = np.exp(-(di - di.min()) * beta)
-            s = e.sum()
-            h = np.log(s) + beta * np.sum((di - di.min()) * e) / s
-            if abs(h - target) < tol:
-                break
-            if h > target:
-                lo = beta
-                beta = beta * 2 if hi == np.inf else (beta + hi) / 2
-            else:
-                hi = beta
-                beta = (beta + lo) / 2
-        p[i, np.arange(n) != i] = e / s
-    return p
+def tsne_2d(x: np.ndarray, perplexity: float = 20.0, seed: int = 0) -> np.ndarray:
+    """t-SNE of ``x`` ``(N, D)`` to ``(N, 2)`` (van der Maaten & Hinton 2008; scikit-learn's exact method after a
+    50-dimensional PCA, perplexity capped at ``(N - 1) / 3``, PCA initialisation); deterministic for a ``seed``."""
+    from sklearn.manifold import TSNE
 
-
-def tsne_2d(
-    x: np.ndarray, perplexity: float = 20.0, n_iter: int = 750, learning_rate: float | None = None, seed: int = 0
-) -> np.ndarray:
-    """Exact t-SNE of ``x`` ``(N, D)`` to ``(N, 2)`` (van der Maaten & Hinton 2008).
-
-    Symmetrised affinities ``P = (P_{j|i} + P_{i|j}) / 2N`` from Gaussian kernels at the given perplexity
-    (capped at ``(N - 1) / 3``), Student-t similarities ``q_ij ∝ (1 + ||y_i - y_j||²)^-1``, gradient
-    ``4 Σ_j (p_ij - q_ij)(y_i - y_j)(1 + ||y_i - y_j||²)^-1``, early exaggeration 12 for the first 250
-    iterations, momentum 0.5 → 0.8 and per-coordinate gains; input first reduced to 50 PCA dimensions.
-    Deterministic for a given ``seed``.
-    """
     x = np.asarray(x, np.float64)
     n = x.shape[0]
     if n < 4:
         return pca_2d(x)
     xc = x - x.mean(0)
     if xc.shape[1] > 50:
-        _, _, vt = np.linalg.svd(xc, full_matrices=False)
-        xc = xc @ vt[:50].T
-    d2 = np.maximum(((xc[:, None, :] - xc[None, :, :]) ** 2).sum(-1), 0.0)
+        from sklearn.decomposition import PCA
+
+        xc = PCA(n_components=min(50, n), svd_solver="full").fit_transform(xc)
     perp = min(perplexity, (n - 1) / 3.0)
-    p = _binary_search_p(d2, perp)
-    p = (p + p.T) / (2.0 * n)
-    p = np.maximum(p, 1e-12)
-    rng = np.random.default_rng(seed)
-    y = rng.standard_normal((n, 2)) * 1e-4
-    upd = np.zeros_like(y)
-    gains = np.ones_like(y)
-    lr = learning_rate if learning_rate is not None else max(n / 12.0 / 4.0, 50.0)
-    for it in range(n_iter):
-        exag = 12.0 if it < 250 else 1.0
-        dy = y[:, None, :] - y[None, :, :]
-        num = 1.0 / (1.0 + (dy**2).sum(-1))
-        np.fill_diagonal(num, 0.0)
-        q = np.maximum(num / num.sum(), 1e-12)
-        grad = 4.0 * (((exag * p - q) * num)[:, :, None] * dy).sum(1)
-        mom = 0.5 if it < 250 else 0.8
-        gains = np.where(np.sign(grad) != np.sign(upd), gains + 0.2, gains * 0.8).clip(0.01)
-        upd = mom * upd - lr * gains * grad
-        y = y + upd
-        y = y - y.mean(0)
-    return y
+    return TSNE(perplexity=perp, method="exact", init="pca", random_state=seed).fit_transform(xc)
 
 
 def caption_attribute_table(captions: list[str]) -> dict[str, list[str]]:
@@ -245,35 +194,72 @@ def save_image_grid(
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    """CLI: PCA and t-SNE scatter plots of a features file, plus an image grid of its reference set."""
-    import argparse
-
+def plot_features(
+    features_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    prefix: str = "crater_reference",
+    reference_path: str | os.PathLike | None = None,
+) -> list[Path]:
+    """PCA and t-SNE scatter plots of a features file (and an image grid of its reference set when given)."""
     from natgrad_diffusion.craters.reference import load_reference_set
     from natgrad_diffusion.features import load_features
 
-    p = argparse.ArgumentParser(description="plot reference features (PCA, t-SNE) and an image grid")
-    p.add_argument("features", type=Path)
-    p.add_argument("--reference", type=Path, default=None, help="reference .npz for the image grid")
-    p.add_argument("--out-dir", type=Path, default=Path("docs/images"))
-    p.add_argument("--prefix", default="crater_reference")
-    a = p.parse_args(argv)
-    fs = load_features(a.features)
+    fs = load_features(features_path)
     src = "pretrained" if fs.extractor.get("pretrained") else "RANDOM-init"
+    out_dir = Path(out_dir)
+    paths = []
     for method in ("pca", "tsne"):
-        out = plot_embedding(
-            fs.features,
-            fs.captions,
-            a.out_dir / f"{a.prefix}_{method}.png",
-            method=method,
-            title=f"{method.upper()} of L2-normalised {fs.extractor.get('name')} ({src}) features, N = {len(fs.captions)}",
+        title = f"{method.upper()} of L2-normalised {fs.extractor.get('name')} ({src}) features, N = {len(fs.captions)}"
+        paths.append(
+            plot_embedding(fs.features, fs.captions, out_dir / f"{prefix}_{method}.png", method=method, title=title)
         )
-        print(f"wrote {out}")
-    if a.reference is not None:
-        ref = load_reference_set(a.reference)
-        out = save_image_grid(ref.images[:64], a.out_dir / f"{a.prefix}_grid.png", ncols=8, scale=3)
-        print(f"wrote {out}")
+    if reference_path is not None:
+        ref = load_reference_set(reference_path)
+        paths.append(save_image_grid(ref.images[:64], out_dir / f"{prefix}_grid.png", ncols=8, scale=3))
+    return paths
 
 
-if __name__ == "__main__":
-    main()
+_RUN_PLOTS = (
+    ("reward_value", "set-level reward (gathered batch)"),
+    ("kl", "KL (mean per decision)"),
+    ("mmd2", "batch MMD² to the reference ↓"),
+    ("vendi_within_prompt", "batch Vendi within prompt ↑"),
+    ("pairwise_distance_within_prompt", "batch pairwise distance within prompt ↑"),
+    ("critic_loss", "critic loss"),
+)
+
+
+def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """PNG plots of a run's CSV (reward, KL, metrics against the episode) into ``out_dir`` (``run_dir/plots``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from natgrad_diffusion.logs import read_csv
+    from natgrad_diffusion.rundir import CSV_FILE
+
+    run_dir = Path(run_dir)
+    rows = read_csv(run_dir / CSV_FILE)
+    if not rows:
+        raise ValueError(f"{run_dir / CSV_FILE} has no rows to plot")
+    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+
+    def column(key: str) -> np.ndarray:
+        return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+
+    episodes = column("episode")
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    for ax, (key, title) in zip(axes.flat, _RUN_PLOTS):
+        ax.plot(episodes, column(key), marker=".", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("episode", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(str(run_dir), fontsize=9)
+    fig.tight_layout()
+    paths = [out / "training_curves.png"]
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+    return paths

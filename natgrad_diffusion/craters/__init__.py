@@ -3,13 +3,9 @@
 * :mod:`natgrad_diffusion.craters.render`: procedural renderer of crater images with captions.
 * :mod:`natgrad_diffusion.craters.reference`: reference sets (generated, from a folder, from lunar patches), ``.npz`` I/O.
 * :mod:`natgrad_diffusion.craters.model`: the tiny text-conditional pixel-space crater diffusion model.
-* :mod:`natgrad_diffusion.craters.train_model` / :mod:`~natgrad_diffusion.craters.evaluate_model`: its training
-  and evaluation scripts.
+* :mod:`natgrad_diffusion.craters.mars`: real Mars crater crops (pycda's labelled tile) in spatially disjoint splits.
+
+The scripts that trained and evaluated the embedded model are in the repository's ``scripts/`` folder.
 """
 
 from __future__ import annotations
-
-from natgrad_diffusion._compat import hide_broken_torchvision
-
-# transformers/diffusers import torchvision when it is installed; a broken wheel would take them down
-hide_broken_torchvision()

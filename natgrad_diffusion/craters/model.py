@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from natgrad_diffusion.components import _bytes_to_unicode
+from natgrad_diffusion.components import bytes_to_unicode
 from natgrad_diffusion.craters.render import VOCABULARY
 
 __all__ = [
@@ -121,7 +121,7 @@ def build_tokenizer(
     """
     from transformers import CLIPTokenizer
 
-    alphabet = list(_bytes_to_unicode().values())
+    alphabet = list(bytes_to_unicode().values())
     vocab: dict[str, int] = {BOS: 0, EOS: 1}
     for tok in alphabet + [a + "</w>" for a in alphabet]:
         vocab.setdefault(tok, len(vocab))

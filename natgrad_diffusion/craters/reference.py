@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from natgrad_diffusion.craters.render import render_batch, scene_to_json
+from natgrad_diffusion.npz import read_npz
 
 __all__ = [
     "DIVERSITY_PRESETS",
@@ -252,60 +252,23 @@ def load_reference_set(
     ``expect_size`` / ``expect_rgb``.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no reference file at {path}")
+    z = read_npz(path, _KEYS, "reference", ReferenceFileError)
+    version = int(z["version"])
+    if version != FORMAT_VERSION:
+        raise ReferenceFileError(
+            f"{path}: reference file version {version}, this code reads version {FORMAT_VERSION}; "
+            "regenerate it with natgrad-diffusion build-reference"
+        )
+    images = z["images"]
+    captions = [str(c) for c in z["captions"]]
+    params = [str(p) for p in z["params"]]
     try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in _KEYS if k not in z.files]
-            if missing:
-                raise ReferenceFileError(f"{path}: not a reference set file, missing {missing} (has {z.files})")
-            version = int(z["version"])
-            if version != FORMAT_VERSION:
-                raise ReferenceFileError(
-                    f"{path}: reference file version {version}, this code reads version {FORMAT_VERSION}; "
-                    "regenerate it with natgrad_diffusion.craters.reference"
-                )
-            images = z["images"]
-            captions = [str(c) for c in z["captions"]]
-            params = [str(p) for p in z["params"]]
-            meta = json.loads(str(z["meta"]))
-    except ReferenceFileError:
-        raise
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as e:
-        raise ReferenceFileError(f"{path}: unreadable or corrupted reference file ({type(e).__name__}: {e})") from e
+        meta = json.loads(str(z["meta"]))
+    except json.JSONDecodeError as exc:
+        raise ReferenceFileError(f"{path}: corrupted metadata ({exc.msg})") from None
     _validate(images, captions, params, where=str(path))
     if expect_size is not None and images.shape[1] != expect_size:
         raise ReferenceFileError(f"{path}: images are {images.shape[1]}×{images.shape[2]}, expected {expect_size}")
     if expect_rgb is not None and (images.ndim == 4) != expect_rgb:
         raise ReferenceFileError(f"{path}: images are {'RGB' if images.ndim == 4 else 'grayscale'}, expected the other")
     return ReferenceSet(images, captions, params, meta)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m natgrad_diffusion.craters.reference OUT.npz [--n 73 --seed 0 --size 64 --diversity broad]``
-    (or ``--folder DIR`` / ``--moon``)."""
-    import argparse
-
-    p = argparse.ArgumentParser(description="write a reference set .npz")
-    p.add_argument("out", type=Path)
-    p.add_argument("--n", type=int, default=73)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--diversity", default="broad")
-    p.add_argument("--rgb", action="store_true")
-    p.add_argument("--folder", type=Path, default=None, help="build from the images of this folder instead")
-    p.add_argument("--moon", action="store_true", help="build from patches of skimage.data.moon() instead")
-    a = p.parse_args(argv)
-    if a.folder is not None:
-        ref = reference_from_folder(a.folder, size=a.size, rgb=a.rgb)
-    elif a.moon:
-        ref = reference_from_moon(a.n, size=a.size, seed=a.seed, rgb=a.rgb)
-    else:
-        div = a.diversity if a.diversity in DIVERSITY_PRESETS else float(a.diversity)
-        ref = generate_reference_set(a.n, seed=a.seed, size=a.size, diversity=div, rgb=a.rgb)
-    save_reference_set(ref, a.out)
-    print(f"wrote {len(ref)} images ({ref.size}×{ref.size}, {'RGB' if ref.rgb else 'grayscale'}) to {a.out}")
-
-
-if __name__ == "__main__":
-    main()

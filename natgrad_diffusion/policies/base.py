@@ -22,7 +22,6 @@ import abc
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,20 +29,13 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from ..config import PolicyMode
 from ..sampling import SamplingBatch, SamplingControls
 from ..trajectory import Trajectory
 
 __all__ = ["POLICY_FILE", "Decisions", "DiffusionPolicy", "PolicyMode"]
 
 POLICY_FILE = "natgrad_policy.json"
-
-
-class PolicyMode(str, Enum):
-    """The three ways of turning a diffusion model into a policy."""
-
-    SCHEDULER_POLICY = "scheduler"
-    DIVERSITY_POLICY = "diversity"
-    LORA_UNET = "lora"
 
 
 @dataclass

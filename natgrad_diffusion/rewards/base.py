@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features, as_prompt_codes
+from .arrays import ArrayLike, as_features, as_prompt_codes
 from .credit import credit_from_leave_one_out, leave_one_out_values
 
 __all__ = ["Reward", "RewardResult"]

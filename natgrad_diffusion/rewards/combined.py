@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from ._arrays import ArrayLike
+from .arrays import ArrayLike
 from .base import Reward, RewardResult
 from .mi import MIReward
 from .mmd import MMDReward

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.distance import cdist
 
-from ._arrays import ArrayLike, as_features, rows_per_chunk
+from .arrays import ArrayLike, as_features, rows_per_chunk
 
 __all__ = ["knn_radii", "pairwise_distances", "pairwise_squared_distances"]
 

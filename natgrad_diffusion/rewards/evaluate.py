@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features, as_prompt_codes, group_indices
+from .arrays import ArrayLike, as_features, as_prompt_codes, group_indices
 from .distances import pairwise_distances
 from .fid import frechet_distance_features
 from .kernels import median_heuristic_bandwidth

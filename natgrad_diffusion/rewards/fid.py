@@ -28,7 +28,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features
+from .arrays import ArrayLike, as_features
 from .base import Reward
 
 __all__ = ["FIDReward", "frechet_distance", "frechet_distance_features", "gaussian_fit", "sqrtm_psd"]

@@ -20,9 +20,8 @@ when generated images are as grainy as the reference, ``> 1`` when they carry ex
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from ._arrays import ArrayLike
+from .arrays import ArrayLike, is_tensor
 
 __all__ = ["grain_ratio", "high_frequency_energy", "white_noise_fraction"]
 
@@ -33,7 +32,7 @@ _FLAT_VARIANCE = 1e-18
 def _as_images(images: ArrayLike) -> np.ndarray:
     """``(N, H, W)`` float64: ``(H, W)`` → one image, channel-last ``(N, H, W, C)`` → mean over channels,
     uint8 → ``/ 255``."""
-    if isinstance(images, torch.Tensor):
+    if is_tensor(images):
         images = images.detach().to("cpu").numpy()
     a = np.asarray(images)
     is_uint8 = a.dtype == np.uint8

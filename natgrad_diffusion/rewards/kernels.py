@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features
+from .arrays import ArrayLike, as_features
 from .distances import pairwise_squared_distances
 
 __all__ = ["cosine_kernel", "median_heuristic_bandwidth", "rbf_kernel"]

@@ -34,7 +34,7 @@ from typing import ClassVar
 import numpy as np
 from scipy.special import digamma
 
-from ._arrays import ArrayLike, as_features, as_prompt_codes
+from .arrays import ArrayLike, as_features, as_prompt_codes
 from .base import Reward
 from .distances import pairwise_distances
 

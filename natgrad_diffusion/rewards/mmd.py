@@ -21,7 +21,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features, rows_per_chunk
+from .arrays import ArrayLike, as_features, rows_per_chunk
 from .base import Reward
 from .kernels import median_heuristic_bandwidth, rbf_kernel
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features, rows_per_chunk
+from .arrays import ArrayLike, as_features, rows_per_chunk
 from .distances import knn_radii, pairwise_distances
 
 __all__ = ["precision_recall_density_coverage"]

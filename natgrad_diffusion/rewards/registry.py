@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ._arrays import ArrayLike
+from .arrays import ArrayLike
 from .base import Reward
 from .combined import MMDMIReward, MMDVendiReward
 from .fid import FIDReward

@@ -24,7 +24,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from ._arrays import ArrayLike, as_features, as_prompt_codes, group_indices
+from .arrays import ArrayLike, as_features, as_prompt_codes, group_indices
 from .base import Reward
 from .kernels import cosine_kernel, median_heuristic_bandwidth, rbf_kernel
 

@@ -17,7 +17,8 @@ def test_monte_carlo_diagonal_matches_the_exact_diagonal(family):
     est = diagonal_fisher(model_fn, params, obs, samples=400)
     flat = torch.cat([v.reshape(-1) for v in est.values()])
     assert list(est) == list(params)
-    assert (flat >= 0).all()
+    # the Monte-Carlo diagonal follows the exact one entry by entry, not only in norm
+    assert torch.corrcoef(torch.stack([flat, exact]))[0, 1] > 0.99
     rel = (flat - exact).norm() / exact.norm()
     assert rel < 0.1, rel
 

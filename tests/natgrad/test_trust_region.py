@@ -454,6 +454,12 @@ def test_correct_layouts_do_not_warn(recwarn):
         logp = _sum_last if make is _normal else (lambda d, a: d.log_prob(a))
         params, closure = _linear_gaussian_problem(make, logp)
         TrustRegionOptimizer(params).step(closure)
+
+        def regularised(closure=closure, params=params):  # an L2 penalty beside the surrogate: still one row per sample
+            loss, dist = closure()
+            return loss + 1e-3 * sum(p.square().sum() for p in params), dist
+
+        TrustRegionOptimizer(params).step(regularised)
     assert not [w for w in recwarn if issubclass(w.category, natgrad.SampleLayoutWarning)]
 
 

@@ -1,13 +1,15 @@
 """``natgrad-diffusion``: one-line errors, config files and their precedence, and every subcommand end to end."""
 
 import json
+import subprocess
+import sys
 import warnings
 
 import numpy as np
 import pytest
 
 from natgrad_diffusion.cli import build_parser, load_config_file, main, training_config
-from natgrad_diffusion.config import TRAINING
+from natgrad_diffusion.config import TEST_MODE, TRAINING, config_dict
 from natgrad_diffusion.logs import CSVLogger, read_csv
 from natgrad_diffusion.training import CSV_COLUMNS
 
@@ -56,24 +58,26 @@ def test_config_files_and_flag_precedence(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps({"episodes": 7, "batch_size": 8, "reward": "MMD_MI"}))
     (tmp_path / "c.toml").write_text('[train]\nepisodes = 5\nmode = "LORA_UNET"\nreward_options = { w_mi = 0.5 }\n')
     parser = build_parser()
-    cfg = training_config(parser.parse_args(["train", "--config", str(tmp_path / "c.json"), "--episodes", "3"]))
+    cfg, _ = training_config(parser.parse_args(["train", "--config", str(tmp_path / "c.json"), "--episodes", "3"]))
     assert (cfg.episodes, cfg.batch_size, cfg.reward) == (3, 8, "MMD_MI")  # the flag wins over the file
     assert cfg.steps == TRAINING.steps  # the default fills the rest
-    cfg = training_config(parser.parse_args(["train", "--config", str(tmp_path / "c.toml")]))
+    cfg, _ = training_config(parser.parse_args(["train", "--config", str(tmp_path / "c.toml")]))
     assert (cfg.episodes, cfg.mode, cfg.reward_options) == (5, "LORA_UNET", {"w_mi": 0.5})
     (tmp_path / "bad.json").write_text(json.dumps({"episodez": 3}))
     with pytest.raises(ValueError, match="unknown field"):
         load_config_file(tmp_path / "bad.json")
-    cfg = training_config(parser.parse_args(["train", "--no-critic", "--test-mode", "--max-kl", "0.02"]))
-    assert cfg.critic is False and cfg.test_mode and cfg.max_kl == 0.02
+    cfg, explicit = training_config(parser.parse_args(["train", "--no-critic", "--test-mode", "--max-kl", "0.02"]))
+    assert cfg.critic is False and cfg.test_mode and cfg.trust_region.max_kl == 0.02
+    assert explicit == {"critic", "test_mode", "max_kl"}
 
 
 def test_resume_reads_the_saved_configuration(tmp_path):
-    saved = {**TRAINING.__dict__, "batch_size": 12, "images_per_prompt": 3, "episodes": 2, "out": str(tmp_path)}
+    saved = {**config_dict(TRAINING), "batch_size": 12, "images_per_prompt": 3, "episodes": 2, "out": str(tmp_path)}
     (tmp_path / "run.json").write_text(json.dumps({"config": saved}))
     args = build_parser().parse_args(["train", "--resume", "--out", str(tmp_path), "--episodes", "6"])
-    cfg = training_config(args)
+    cfg, explicit = training_config(args)
     assert (cfg.batch_size, cfg.images_per_prompt, cfg.episodes) == (12, 3, 6)
+    assert {"batch_size", "images_per_prompt", "episodes"} <= explicit  # test mode leaves the saved run's settings
 
 
 def test_build_reference_features_and_plot(tmp_path, capsys):
@@ -142,3 +146,109 @@ def test_console_script_is_installed_and_runs(capsys):
         script.load()(["--help"])
     assert info.value.code == 0
     assert "build-reference" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--reference-diversity", "weird"], "reference_diversity must be one of"),
+        (["train", "--images-per-prompt", "1"], "images_per_prompt must be >= 2"),
+        (["train", "--max-kl", "-1"], "max_kl must be a finite number > 0"),
+        (["train", "--ppo-epochs", "0"], "ppo epochs must be an integer >= 1"),
+        (["train", "--fvp-subsample", "1.5"], "fvp_subsample must be a fraction"),
+        (["sample", "--images-per-prompt", "0"], "--images-per-prompt must be >= 1"),
+        (["evaluate"], "the following arguments are required: --run"),
+        (["plot"], "the following arguments are required: --run"),
+        (["build-reference", "x.npz", "--diversity", "weird"], "reference_diversity must be one of"),
+        (["build-reference", "x.npz", "--source", "folder"], "--folder DIR goes with --source folder"),
+    ],
+)
+def test_more_bad_input_gives_one_line_errors(capsys, argv, message):
+    assert message in fail(capsys, argv)
+
+
+def test_bad_input_fails_before_torch_is_imported():
+    """A bad value is rejected in milliseconds: neither torch nor the diffusion stack is imported first."""
+    code = (
+        "import sys\nfrom natgrad_diffusion.cli import main\n"
+        "try:\n    main(['train', '--mode', 'SIDEWAYS'])\nexcept SystemExit as e:\n    code = e.code\n"
+        "print(code, 'torch' in sys.modules, 'diffusers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2", "False", "False"], out.stderr
+    assert "unknown mode 'SIDEWAYS'" in out.stderr
+
+
+def test_help_gives_each_default_once_and_every_option_a_help(capsys):
+    parser = build_parser()
+    for action in parser._subparsers._group_actions[0].choices.values():  # every subcommand
+        for option in action._actions:
+            if option.dest != "help":
+                assert option.help, f"{action.prog} {option.option_strings or option.dest} has no help"
+                assert option.help.count("default") <= 1, option.help
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert "--max-kl" in text and "--ppo-lr" in text and "--fvp-subsample" in text
+
+
+def test_test_mode_keeps_a_flag_given_at_its_default(tmp_path):
+    args = build_parser().parse_args(["train", "--test-mode", "--images-per-prompt", "4", "--batch-size", "8"])
+    config, explicit = training_config(args)
+    from natgrad_diffusion.job import with_test_mode
+
+    applied = with_test_mode(config, explicit)
+    assert applied.images_per_prompt == 4 and applied.batch_size == 8 and applied.steps == TEST_MODE["steps"]
+
+
+def test_locked_run_directory_refuses_a_second_run(capsys, tmp_path):
+    from natgrad_diffusion.rundir import RunLock
+
+    with RunLock(tmp_path / "run"):
+        message = fail(capsys, ["train", "--test-mode", "--out", str(tmp_path / "run")])
+    assert "is in use by another run (pid" in message
+
+
+@pytest.mark.parametrize("errno_", [30, 28], ids=["read_only", "disk_full"])
+def test_unwritable_run_directory_is_one_line(capsys, tmp_path, monkeypatch, errno_):
+    import os
+
+    from natgrad_diffusion import rundir
+
+    def refuse(self):
+        raise OSError(errno_, os.strerror(errno_), str(self.path))
+
+    monkeypatch.setattr(rundir.RunLock, "acquire", refuse)
+    message = fail(capsys, ["train", "--test-mode", "--out", str(tmp_path / "run")])
+    assert message == f"natgrad-diffusion: error: cannot use {tmp_path / 'run' / 'run.lock'}: {os.strerror(errno_)}"
+
+
+def test_garbage_run_json_names_the_file(capsys, tmp_path):
+    (tmp_path / "run.json").write_text("{not json")
+    message = fail(capsys, ["train", "--resume", "--test-mode", "--out", str(tmp_path)])
+    assert str(tmp_path / "run.json") in message and "not valid JSON" in message
+    message = fail(capsys, ["sample", "--run", str(tmp_path)])
+    assert str(tmp_path / "run.json") in message
+
+
+def test_sample_and_plot_without_a_run_directory(tiny_model, tmp_path, capsys):  # noqa: F811
+    """The first thing a user tries: sample the pretrained model (no --run)."""
+    out = tmp_path / "pre.png"
+    main(["sample", "--model", str(tiny_model / "model"), "--prompt", "a crater", "--steps", "2", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "of the pretrained model" in printed and str(out.resolve()) in printed
+    with np.load(tmp_path / "pre.npz") as z:
+        assert z["images"].shape[0] == TRAINING.eval_images_per_prompt and out.is_file()
+    assert "none/train.csv has no rows to plot" in fail(capsys, ["plot", "--run", str(tmp_path / "none")])
+
+
+def test_zero_episodes_still_ends_with_a_summary(tiny_model, tmp_path, capsys):  # noqa: F811
+    flags = ["--model", str(tiny_model / "model"), "--prompts", str(tiny_model / "prompts.txt")]
+    flags += ["--eval-prompts", str(tiny_model / "prompts.txt"), "--out", str(tmp_path / "run"), "--no-progress"]
+    flags += ["--feature-image-size", "32", "--reference-n", "12", "--eval-max-prompts", "2", "--episodes", "0"]
+    flags += ["--steps", "2", "--batch-size", "4", "--images-per-prompt", "2", "--eval-images-per-prompt", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        main(["train", *flags])
+    out = capsys.readouterr().out
+    assert "0 episodes: nothing was trained" in out and "| fine-tuned |" in out and "Fine-tuned vs pretrained" in out

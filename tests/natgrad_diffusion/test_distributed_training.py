@@ -5,6 +5,7 @@ import os
 import socket
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,7 +111,8 @@ def trainer_worker(rank: int, port: int, out: str):
     from natgrad_diffusion.training import train
 
     args = build_parser().parse_args(["train", "--test-mode", "--out", out, "--no-progress"])
-    result = train(training_config(args), progress=False, log=None)  # initialises torch.distributed itself
+    config, explicit = training_config(args)
+    result = train(config, progress=False, log=None, explicit=explicit)  # initialises torch.distributed itself
     params = {k: v.detach().clone() for k, v in result.policy.trainable_parameters().items()}
     torch.save({"params": params, "rows": result.rows, "episodes": result.episodes}, f"{out}/rank{rank}.pt")
 
@@ -126,7 +128,7 @@ def test_crater_trainer_test_mode_on_two_processes(tmp_path):
     rows = read_csv(out / "train.csv")  # rank 0 alone writes: one row per episode
     assert r0["rows"] == rows and r1["rows"] == []
     assert [r["episode"] for r in rows] == ["1", "2"] and [r["samples"] for r in rows] == ["8", "16"]
-    assert all(0 < float(r["kl"]) <= TRAINING.max_kl * (1 + 1e-3) for r in rows if r["accepted"] == "1")
+    assert all(0 < float(r["kl"]) <= TRAINING.trust_region.max_kl * (1 + 1e-3) for r in rows if r["accepted"] == "1")
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2 and ckpt["episode"] == 2
     # each rank samples its own images (own seeds): their per-prompt reward histories differ
@@ -134,3 +136,27 @@ def test_crater_trainer_test_mode_on_two_processes(tmp_path):
     meta = json.loads((out / "run.json").read_text())
     assert meta["processes"] == 2 and meta["config"]["test_mode"] is True
     assert set(json.loads((out / "evaluation.json").read_text())) == {"pretrained", "initial policy", "fine-tuned"}
+
+
+def mismatched_worker(rank: int, port: int, out: str):
+    _env(rank, port)
+    from natgrad_diffusion.cli import build_parser, training_config
+    from natgrad_diffusion.job import TrainingError
+    from natgrad_diffusion.training import train
+
+    argv = ["train", "--test-mode", "--out", out, "--no-progress", "--seed", str(rank)]  # rank 1: another seed
+    config, explicit = training_config(build_parser().parse_args(argv))
+    try:
+        train(config, progress=False, log=None, explicit=explicit)
+        message = "no error"
+    except TrainingError as exc:
+        message = str(exc)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / f"rank{rank}.txt").write_text(message)
+
+
+def test_ranks_started_with_different_settings_fail_at_once(tmp_path):
+    out = tmp_path / "run"
+    mp.spawn(mismatched_worker, args=(free_port(), str(out)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        assert (out / f"rank{rank}.txt").read_text() == "the processes were started with different settings (seed)"

@@ -8,19 +8,11 @@ import pytest
 import torch
 
 from natgrad_diffusion.components import build_tiny_components
-from natgrad_diffusion.config import TEST_MODE, TRAINING
+from natgrad_diffusion.config import TRAINING
+from natgrad_diffusion.feature_reward import FeatureReward
+from natgrad_diffusion.job import TrainingError
 from natgrad_diffusion.logs import read_csv
-from natgrad_diffusion.training import (
-    CSV_COLUMNS,
-    FeatureReward,
-    TrainingError,
-    apply_test_mode,
-    format_metrics_table,
-    load_prompts,
-    parse_mode,
-    train,
-    validate_config,
-)
+from natgrad_diffusion.training import CSV_COLUMNS, train
 
 TIMING = {c for c in CSV_COLUMNS if c.startswith("time_") or c == "wall_s"}
 
@@ -100,7 +92,9 @@ def test_resume_is_exact(tiny_model, tmp_path, mode, algorithm):
     rows = read_csv(tmp_path / "straight" / "train.csv")
     assert [int(r["samples"]) for r in rows] == [4, 8, 12, 16]
     if algorithm == "trpo":
-        assert all(0 < float(r["kl"]) <= TRAINING.max_kl * (1 + 1e-3) for r in rows if r["accepted"] == "1")
+        assert all(
+            0 < float(r["kl"]) <= TRAINING.trust_region.max_kl * (1 + 1e-3) for r in rows if r["accepted"] == "1"
+        )
         assert all(int(r["cg_iterations"]) >= 1 for r in rows)
     else:
         assert all(r["ppo_loss"] != "" and r["cg_iterations"] == "" for r in rows)
@@ -159,48 +153,3 @@ def test_run_directory_and_evaluation(tiny_model, tmp_path):
     # resuming a finished run to the same number of episodes trains nothing more
     again = run(cfg, resume=True)
     assert again.episodes == 2 and len(read_csv(out / "train.csv")) == 2
-
-
-def test_format_metrics_table_with_std():
-    rows = {"a": {"mmd2": 0.0123, "fid": 4.5, "vendi": 1.2}, "b": {"mmd2": 1.5e-5, "fid": 3.0, "vendi": 2.0}}
-    table = format_metrics_table(rows, std={"a": {"mmd2": 0.001, "fid": 0.5, "vendi": 0.01}})
-    lines = table.splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| a | 0.0123 ± 0.001 | 4.5 ± 0.5 | 1.2 ± 0.01 |")
-    assert "1.50e-05" in lines[3] and "nan" in lines[3]
-
-
-@pytest.mark.parametrize(
-    ("change", "message"),
-    [
-        ({"mode": "BOGUS"}, "unknown mode"),
-        ({"algorithm": "sgd"}, "unknown algorithm"),
-        ({"reward": "CLIPSCORE"}, "unknown reward"),
-        ({"episodes": -1}, "episodes must be a non-negative"),
-        ({"batch_size": 6, "images_per_prompt": 4}, "multiple"),
-        ({"batch_size": 2, "images_per_prompt": 1}, ">= 3"),
-        ({"steps": 0}, "steps must be a positive"),
-        ({"mode": "LORA_UNET", "eta": 0.0}, "eta"),
-        ({"model": "/no/such/model"}, "not found"),
-        ({"model": "./relative/missing"}, "not found"),
-        ({"prompts": "/no/such/prompts.txt"}, "not found"),
-        ({"reference": "/no/such/ref.npz"}, "not found"),
-    ],
-)
-def test_bad_configurations_fail_with_one_line(change, message):
-    with pytest.raises(TrainingError, match=message) as info:
-        validate_config(replace(TRAINING, **change))
-    assert "\n" not in str(info.value)
-
-
-def test_empty_prompt_file_and_mode_names(tmp_path):
-    (tmp_path / "empty.txt").write_text("\n  \n")
-    with pytest.raises(TrainingError, match="empty"):
-        load_prompts(tmp_path / "empty.txt")
-    assert parse_mode("diversity") is parse_mode("DIVERSITY_POLICY") is parse_mode(" diversity_policy ")
-    assert parse_mode("lora").name == "LORA_UNET"
-
-
-def test_test_mode_keeps_explicit_values():
-    cfg = apply_test_mode(replace(TRAINING, episodes=3), explicit=["episodes"])
-    assert cfg.test_mode and cfg.episodes == 3 and cfg.batch_size == TEST_MODE["batch_size"]
-    validate_config(cfg)

@@ -14,7 +14,8 @@ def test_shapes_and_properties(traj):
     assert traj.num_images == 4 and traj.num_steps == 2
     assert traj.latents.shape == (4, 3, 4, 8, 8) and traj.pred_original.shape == (4, 2, 4, 8, 8)
     assert traj.image_prompts == ["a", "a", "b", "b"]
-    assert traj.images.dtype == torch.uint8 and traj.images_float().max() <= 1
+    assert traj.images.dtype == torch.uint8
+    assert torch.equal((traj.images_float() * 255).round().to(torch.uint8), traj.images)  # [0, 1], exactly /255
     assert traj.nbytes() > traj.latents.numel() * 4
     assert traj.latents.device.type == "cpu"
 

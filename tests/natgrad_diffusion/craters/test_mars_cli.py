@@ -53,7 +53,7 @@ def test_mars_needs_a_directory_and_render_rejects_mars_options(tmp_path, capsys
     assert "must be a directory" in fail(capsys, ["build-reference", "--source", "mars", str(tmp_path / "x.npz")])
     msg = fail(capsys, ["build-reference", str(tmp_path / "r.npz"), "--min-diameter", "8"])
     assert "--source mars only" in msg
-    assert "invalid choice" in fail(capsys, ["build-reference", "--source", "moon", str(tmp_path / "r.npz")])
+    assert "invalid choice" in fail(capsys, ["build-reference", "--source", "sideways", str(tmp_path / "r.npz")])
 
 
 def test_missing_pycda_is_one_line(tmp_path, capsys, monkeypatch):

@@ -10,6 +10,8 @@ from natgrad_diffusion.rewards import (
     frechet_distance_features,
     gaussian_fit,
     leave_one_out_credit,
+    median_heuristic_bandwidth,
+    mmd2_unbiased,
     sqrtm_psd,
 )
 
@@ -103,3 +105,20 @@ def test_reward_value_and_sign():
     assert res.value == pytest.approx(frechet_distance_features(x, ref), rel=1e-10)
     assert np.argmin(res.per_image) == 30  # the outlier hurts FID most
     assert not res.higher_is_better and res.name == "FID"
+
+
+def test_mmd_bandwidth_and_fid_known_answers():
+    """The metrics the crater-model evaluation uses (scripts/evaluate_crater_model.py): one implementation each."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(200, 5)), rng.normal(size=(200, 5))
+    z = rng.normal(size=(200, 5)) + 1.5
+    s = median_heuristic_bandwidth(x)
+    assert s == pytest.approx(np.sqrt(2 * 5), rel=0.15)  # E||a-b||² = 2d for standard normals
+    assert abs(mmd2_unbiased(y, x, bandwidth=s)) < 0.01 < mmd2_unbiased(z, x, bandwidth=s)
+    assert frechet_distance_features(x, x) == pytest.approx(0.0, abs=1e-6)
+    shifted = x + np.array([1.0, 2.0, 0, 0, 0])
+    assert frechet_distance_features(shifted, x) == pytest.approx(5.0, rel=1e-6)  # same covariance: ||Δμ||²
+    a = rng.normal(size=(6, 6))
+    spd = a @ a.T
+    r = sqrtm_psd(spd)
+    np.testing.assert_allclose(r @ r, spd, atol=1e-8)

@@ -7,27 +7,37 @@ float64 NumPy.  Rewards are *not* differentiable: they are scalars fed to a poli
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
-import torch
 
-ArrayLike = np.ndarray | torch.Tensor | Sequence[Any]
+if TYPE_CHECKING:
+    import torch
 
-__all__ = ["ArrayLike", "as_features", "as_prompt_codes", "group_indices", "rows_per_chunk"]
+ArrayLike = Union[np.ndarray, "torch.Tensor", Sequence[Any]]
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor (without importing torch: if it is not imported, ``x`` is none)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+__all__ = ["ArrayLike", "as_features", "as_prompt_codes", "group_indices", "is_tensor", "rows_per_chunk"]
 
 
 def _to_numpy(x: ArrayLike) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if is_tensor(x):
         return x.detach().to("cpu").numpy()
     return np.asarray(x)
 
 
 def as_features(x: ArrayLike, name: str = "features", *, min_rows: int = 1) -> np.ndarray:
     """``x`` as a C-contiguous float64 array of shape ``(n, d)`` with finite entries and ``n >= min_rows``."""
-    if isinstance(x, torch.Tensor):
-        x = x.detach().to(device="cpu", dtype=torch.float64)
+    if is_tensor(x):
+        x = x.detach().to(device="cpu").double()
     arr = np.ascontiguousarray(_to_numpy(x), dtype=np.float64)
     if arr.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d); got shape {arr.shape}")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m natgrad_diffusion.craters.evaluate_model            # embedded model, writes docs/ files
+    python scripts/evaluate_crater_model.py            # embedded model, writes docs/ files
 
 Protocol (all seeded):
 
@@ -22,8 +22,7 @@ Writes ``docs/crater_model_eval.json``, ``docs/crater_model_eval.md`` and the im
 ``docs/images/crater_model_samples.png`` (trained; first column: a render with the row's caption) and
 ``docs/images/crater_model_random_samples.png`` (random weights).
 
-The MMD / FID helpers here are for this evaluation only; the reward functions live in
-``natgrad_diffusion.rewards``.
+MMD², its bandwidth and FID are those of :mod:`natgrad_diffusion.rewards` (one implementation of each).
 """
 
 from __future__ import annotations
@@ -37,71 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import natgrad_diffusion
 from natgrad_diffusion.craters.model import build_crater_model, load_crater_model
 from natgrad_diffusion.craters.reference import generate_reference_set
 from natgrad_diffusion.craters.render import ATTRIBUTES, parse_caption, render_batch
+from natgrad_diffusion.rewards import frechet_distance_features, median_heuristic_bandwidth, mmd2_unbiased
 
-__all__ = [
-    "fid",
-    "median_bandwidth",
-    "mmd2_unbiased",
-    "sqrtm_psd",
-    "train_attribute_classifier",
-]
+__all__ = ["evaluate", "train_attribute_classifier"]
 
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "prompts"
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# metrics
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    return np.maximum(d, 0.0)
-
-
-def median_bandwidth(ref: np.ndarray) -> float:
-    """Median heuristic: ``σ = median_{i<j} ||r_i - r_j||`` over the reference features."""
-    d = _sq_dists(ref, ref)
-    iu = np.triu_indices(len(ref), 1)
-    return float(np.sqrt(np.median(d[iu])))
-
-
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray, sigma: float) -> float:
-    """Unbiased MMD² (Gretton et al. 2012) with ``k(a, b) = exp(-||a - b||² / (2σ²))``.
-
-    ``MMD²_u = Σ_{i≠j} k(x_i,x_j)/(m(m-1)) + Σ_{i≠j} k(y_i,y_j)/(n(n-1)) - 2 Σ_{ij} k(x_i,y_j)/(mn)``;
-    may be slightly negative when the two distributions are equal.
-    """
-    m, n = len(x), len(y)
-    g = 1.0 / (2.0 * sigma * sigma)
-    kxx, kyy, kxy = np.exp(-g * _sq_dists(x, x)), np.exp(-g * _sq_dists(y, y)), np.exp(-g * _sq_dists(x, y))
-    return float(
-        (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1)) - 2.0 * kxy.mean()
-    )
-
-
-def sqrtm_psd(a: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix via ``eigh`` (negative
-    round-off eigenvalues clipped to 0)."""
-    w, v = np.linalg.eigh((a + a.T) / 2.0)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-def fid(x: np.ndarray, y: np.ndarray) -> float:
-    """Fréchet distance between Gaussian fits (Heusel et al. 2017):
-    ``||μ_x - μ_y||² + tr(Σ_x + Σ_y - 2 (Σ_x^{1/2} Σ_y Σ_x^{1/2})^{1/2})``, computed with eigendecompositions
-    (``tr M^{1/2}`` of the PSD ``M = Σ_x^{1/2} Σ_y Σ_x^{1/2}`` is the sum of the square roots of its eigenvalues)."""
-    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-    mx, my = x.mean(0), y.mean(0)
-    cx, cy = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-    sx = sqrtm_psd(cx)
-    m = sx @ cy @ sx
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2.0), 0.0, None)).sum()
-    return float(((mx - my) ** 2).sum() + np.trace(cx) + np.trace(cy) - 2.0 * tr_sqrt)
+PROMPTS_DIR = Path(natgrad_diffusion.__file__).resolve().parent / "assets" / "prompts"
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -175,33 +118,19 @@ def _accuracy(net: _AttributeNet, images: np.ndarray, captions: list[str]) -> di
 
 
 def _metrics(ref: np.ndarray, others: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    sigma = median_bandwidth(ref)
+    sigma = median_heuristic_bandwidth(ref)
     return {
-        name: {"mmd2": round(mmd2_unbiased(f, ref, sigma), 6), "fid": round(fid(f, ref), 4)}
+        name: {
+            "mmd2": round(mmd2_unbiased(f, ref, bandwidth=sigma), 6),
+            "fid": round(frechet_distance_features(f, ref), 4),
+        }
         for name, f in others.items()
     }
 
 
-def evaluate(args: argparse.Namespace) -> dict:
+def _feature_metrics(args: argparse.Namespace, ref, ref2, samples: dict[str, np.ndarray]) -> tuple[dict, dict]:
+    """MMD² / FID of the fresh renders and the samples against the reference in three spaces; the extractor."""
     from natgrad_diffusion.features import ResNet18Features
-    from natgrad_diffusion.plots import save_image_grid
-
-    torch.set_num_threads(args.threads)
-    t_start = time.time()
-    ref = generate_reference_set(args.n, seed=10_000, size=32)
-    ref2 = generate_reference_set(args.n, seed=20_000, size=32)
-    prompts = ref2.captions
-
-    trained = load_crater_model(args.model)
-    random_model = build_crater_model(trained.config, seed=0)
-    samples = {}
-    for name, model in (("trained", trained), ("random_weights", random_model)):
-        t0 = time.time()
-        gen = torch.Generator().manual_seed(args.seed)
-        samples[name] = model.sample(
-            prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gen
-        )
-        print(f"sampled {len(prompts)} images from the {name} model in {time.time() - t0:.0f} s", flush=True)
 
     extractor = ResNet18Features(image_size=args.image_size)
     feats = {"reference": extractor(ref.images), "fresh_renders": extractor(ref2.images)}
@@ -218,22 +147,26 @@ def evaluate(args: argparse.Namespace) -> dict:
         "resnet18_l2": _metrics(unit["reference"], {k: unit[k] for k in names}),
         "pixels": _metrics(pix["reference"], {k: pix[k] for k in names}),
     }
-    stats = {k: {"mean": round(float(v.mean()), 2), "std": round(float(v.std()), 2)} for k, v in samples.items()}
-    stats["reference"] = {"mean": round(float(ref.images.mean()), 2), "std": round(float(ref.images.std()), 2)}
+    return results, extractor.metadata
 
-    caption_following = None
-    if not args.no_classifier:
-        t0 = time.time()
-        net, render_acc = train_attribute_classifier()
-        caption_following = {
-            "classifier_accuracy_on_renders": render_acc,
-            "trained": _accuracy(net, samples["trained"], prompts),
-            "random_weights": _accuracy(net, samples["random_weights"], prompts),
-            "chance": {k: round(1.0 / len(v), 4) for k, v in ATTRIBUTES.items()},
-        }
-        print(f"attribute classifier trained and applied in {time.time() - t0:.0f} s", flush=True)
 
-    # image grids: one row per test prompt, first column a render with that caption
+def _caption_following(samples: dict[str, np.ndarray], prompts: list[str]) -> dict:
+    t0 = time.time()
+    net, render_acc = train_attribute_classifier()
+    out = {
+        "classifier_accuracy_on_renders": render_acc,
+        "trained": _accuracy(net, samples["trained"], prompts),
+        "random_weights": _accuracy(net, samples["random_weights"], prompts),
+        "chance": {k: round(1.0 / len(v), 4) for k, v in ATTRIBUTES.items()},
+    }
+    print(f"attribute classifier trained and applied in {time.time() - t0:.0f} s", flush=True)
+    return out
+
+
+def _write_grids(args: argparse.Namespace, trained, random_model, samples: dict[str, np.ndarray], ref) -> Path:
+    """One row per test prompt (first column a render with that caption); random-weight samples; the reference."""
+    from natgrad_diffusion.plots import save_image_grid
+
     grid_prompts = _grid_prompts(args.grid_rows)
     per_row = args.grid_cols
     gen = torch.Generator().manual_seed(args.seed + 1)
@@ -253,17 +186,41 @@ def evaluate(args: argparse.Namespace) -> dict:
     )
     gen = torch.Generator().manual_seed(args.seed + 1)
     rnd = random_model.sample(
-        grid_prompts[:2] * 1, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gen
+        grid_prompts[:2], num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gen
     )
     save_image_grid(
         np.concatenate([samples["random_weights"][:14], rnd]),
-        Path(args.grid).with_name("crater_model_random_samples.png"),
+        grid_path.with_name("crater_model_random_samples.png"),
         ncols=8,
         title="same architecture, random weights",
         scale=1.6,
     )
-    save_image_grid(ref.images[:64], Path(args.grid).with_name("crater_eval_reference_grid.png"), ncols=8, scale=3)
+    save_image_grid(ref.images[:64], grid_path.with_name("crater_eval_reference_grid.png"), ncols=8, scale=3)
+    return grid_path
 
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """The whole protocol of the module docstring; writes the JSON, markdown and grids and returns the report."""
+    torch.set_num_threads(args.threads)
+    t_start = time.time()
+    ref = generate_reference_set(args.n, seed=10_000, size=32)
+    ref2 = generate_reference_set(args.n, seed=20_000, size=32)
+    prompts = ref2.captions
+    trained = load_crater_model(args.model)
+    random_model = build_crater_model(trained.config, seed=0)
+    samples = {}
+    for name, model in (("trained", trained), ("random_weights", random_model)):
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(args.seed)
+        samples[name] = model.sample(
+            prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, generator=gen
+        )
+        print(f"sampled {len(prompts)} images from the {name} model in {time.time() - t0:.0f} s", flush=True)
+    results, extractor_meta = _feature_metrics(args, ref, ref2, samples)
+    stats = {k: {"mean": round(float(v.mean()), 2), "std": round(float(v.std()), 2)} for k, v in samples.items()}
+    stats["reference"] = {"mean": round(float(ref.images.mean()), 2), "std": round(float(ref.images.std()), 2)}
+    caption_following = None if args.no_classifier else _caption_following(samples, prompts)
+    grid_path = _write_grids(args, trained, random_model, samples, ref)
     report = {
         "model": str(args.model or "embedded (natgrad_diffusion/assets/crater-ddim-32)"),
         "model_metadata": {k: trained.metadata.get(k) for k in ("steps", "train_minutes", "final_train_loss", "seed")},
@@ -272,7 +229,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         "prompts": "captions of a second fresh set (seed 20000)",
         "sampler": {"ddim_steps": args.steps, "guidance_scale": args.guidance, "eta": 0.0, "seed": args.seed},
         "mmd_bandwidth": "median pairwise distance of the reference features",
-        "feature_extractor": extractor.metadata,
+        "feature_extractor": extractor_meta,
         "metrics": results,
         "pixel_stats": stats,
         "caption_following": caption_following,
@@ -309,7 +266,7 @@ def _markdown(r: dict, grid_path: Path) -> str:
     lines = [
         "# Embedded crater model: evaluation",
         "",
-        f"Made by `python -m natgrad_diffusion.craters.evaluate_model` ({r['seconds']:.0f} s on the 2-core CPU).",
+        f"Made by `python scripts/evaluate_crater_model.py` ({r['seconds']:.0f} s on the 2-core CPU).",
         "",
         f"- model: {r['model']}; training: {r['model_metadata']}",
         f"- N = {r['n']} samples per model, one per prompt; prompts = {r['prompts']}",
@@ -367,12 +324,6 @@ def _markdown(r: dict, grid_path: Path) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def write_markdown(json_path: str | Path, md_path: str | Path, grid_path: str | Path) -> None:
-    """Re-write the markdown note from an evaluation JSON (no sampling)."""
-    r = json.loads(Path(json_path).read_text())
-    Path(md_path).write_text(_markdown(r, Path(grid_path)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

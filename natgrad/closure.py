@@ -1,0 +1,246 @@
+r"""From a ``torch.optim``-style closure to the pieces of a trust-region step.
+
+A closure ``() -> (loss, distribution)`` recomputes the surrogate loss (minimised) and the policy's
+:class:`torch.distributions.Distribution` over the batch (samples in the first batch dimension).  This module
+calls and checks it (:func:`call_closure`, :func:`check_sample_layout`), builds the Fisher operator from its
+graph or, with the module, from ``torch.func`` (:func:`fisher_from_closure`), and times the product methods
+(:func:`choose_fvp_method`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution
+
+from .families import detach_distribution, family_of
+from .fisher import FisherOperator, functional_product, graph_fisher_vector_product, resolve_method
+from .tree import tree_flatten
+
+__all__ = [
+    "Closure",
+    "SampleLayoutWarning",
+    "call_closure",
+    "check_sample_layout",
+    "choose_fvp_method",
+    "fisher_from_closure",
+    "reference_distribution",
+    "swap_parameters",
+]
+
+Closure = Callable[[], Any]
+
+
+class SampleLayoutWarning(UserWarning):
+    """The distribution's first batch dimension does not look like the samples the loss averages over."""
+
+
+def call_closure(closure: Closure) -> tuple[Tensor, Distribution]:
+    """``closure()`` checked to be ``(scalar loss tensor, Distribution)``; the loss reshaped to ``()``."""
+    out = closure()
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(
+            "the closure must return (loss, distribution): a scalar loss tensor and the policy's "
+            f"torch.distributions.Distribution over the batch; it returned {type(out).__name__}"
+        )
+    loss, dist = out
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        raise TypeError(
+            f"the closure's loss must be a scalar tensor, got {type(loss).__name__} "
+            f"{tuple(loss.shape) if isinstance(loss, Tensor) else ''}"
+        )
+    if not isinstance(dist, Distribution):
+        raise TypeError(
+            f"the closure's second value must be a torch.distributions.Distribution, got {type(dist).__name__}"
+        )
+    return loss.reshape(()), dist
+
+
+_FULL_REDUCTIONS = ("MeanBackward0", "SumBackward0")
+
+
+def _reduced_shapes(loss: Tensor, limit: int = 64) -> list[tuple[int, ...]]:
+    """Input shapes of the full reductions (``.mean()`` / ``.sum()`` to a scalar) nearest to ``loss`` in its
+    autograd graph, e.g. ``[(N,)]`` for ``-(ratio * adv).mean()``; at most ``limit`` nodes are visited."""
+    shapes: list[tuple[int, ...]] = []
+    seen: set[Any] = set()
+    queue = [loss.grad_fn]
+    while queue and len(seen) < limit:
+        node = queue.pop(0)
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if type(node).__name__ in _FULL_REDUCTIONS:
+            sizes = getattr(node, "_saved_self_sym_sizes", None)
+            if sizes:
+                shapes.append(tuple(int(x) for x in sizes))
+            continue
+        queue.extend(child for child, _ in node.next_functions)
+    return shapes
+
+
+def check_sample_layout(loss: Tensor, dist: Distribution) -> None:
+    """Warn (:class:`SampleLayoutWarning`) when ``dist`` cannot be indexed by samples in its first batch dimension
+    the way ``loss`` averages over them: no batch dimension, a transposed ``Normal`` (batch shape ``(A, N)``), or a
+    ``log_prob`` that broadcast to ``(N, N)``.  The KL of the trust region would be wrong by a large factor.
+
+    The loss's sample count is read off its autograd graph: the inputs of the full reductions (``.mean()``,
+    ``.sum()``) nearest to it.  It warns when one of them is ``(N, N)``, or when none has ``N`` rows.
+    """
+    batch = tuple(dist.batch_shape)
+    if not batch:
+        warnings.warn(
+            f"the {type(dist).__name__} has batch_shape (): natgrad reads the first batch dimension as the samples "
+            "and averages the KL over it; build the distribution with one row per sample, e.g. Normal(mu, std) "
+            "with mu of shape (N, A)",
+            SampleLayoutWarning,
+            stacklevel=3,
+        )
+        return
+    n = batch[0]
+    shapes = _reduced_shapes(loss)
+    broadcast = [s for s in shapes if len(s) >= 2 and s[0] == s[1] == n]
+    per_sample = [s for s in shapes if s[0] == n]  # a regulariser (a parameter's .sum()) may sit beside them
+    suspect = broadcast or ([] if per_sample else shapes)
+    if suspect:
+        warnings.warn(
+            f"the loss averages over a tensor of shape {suspect[0]}, but the {type(dist).__name__} has batch_shape "
+            f"{batch}: natgrad takes dim 0 ({n}) as the samples and sums the KL over the other dims. "
+            "Is the distribution transposed (it needs shape (N, ...)), or did log_prob broadcast (to (N, N))?",
+            SampleLayoutWarning,
+            stacklevel=3,
+        )
+
+
+def reference_distribution(dist: Distribution, recompute: Callable[[], Distribution]) -> Distribution:
+    """``dist`` detached from its graph, or (for distributions that cannot be rebuilt) recomputed without grad."""
+    try:
+        return detach_distribution(dist)
+    except TypeError:
+        with torch.no_grad():
+            return recompute()
+
+
+@contextmanager
+def swap_parameters(module: nn.Module, tensors: dict[str, Tensor]) -> Iterator[None]:
+    """Temporarily replace ``module``'s named parameters by ``tensors`` (as ``functional_call`` does)."""
+    saved = []
+    try:
+        for name, t in tensors.items():
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            saved.append((owner, leaf, owner._parameters[leaf]))
+            owner._parameters[leaf] = t
+        yield
+    finally:
+        for owner, leaf, old in reversed(saved):
+            owner._parameters[leaf] = old
+
+
+def _fisher_distribution(fisher_closure: Callable[[], Any]) -> Distribution:
+    out = fisher_closure()
+    dist = out[1] if isinstance(out, (tuple, list)) else out
+    if not isinstance(dist, Distribution):
+        raise TypeError(
+            f"fisher_closure must return a Distribution (or (loss, Distribution)), got {type(out).__name__}"
+        )
+    return dist
+
+
+def _parameter_names(model: nn.Module, params: Sequence[Tensor]) -> list[list[str]]:
+    """Every name of each parameter: a tied weight (one tensor under two names) is swapped under all of them."""
+    names_by_id: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        names_by_id.setdefault(id(p), []).append(n)
+    missing = [i for i, p in enumerate(params) if id(p) not in names_by_id]
+    if missing:
+        raise ValueError(f"parameters at positions {missing} do not belong to the model passed as model=")
+    return [names_by_id[id(p)] for p in params]
+
+
+def fisher_from_closure(
+    params: list[Tensor],
+    dist: Distribution,
+    closure: Closure,
+    method: str,
+    damping: float,
+    *,
+    fisher_closure: Callable[[], Any] | None = None,
+    model: nn.Module | None = None,
+    old_dist: Distribution | None = None,
+) -> FisherOperator:
+    """The operator ``(F + λI)`` of a closure's step.
+
+    ``"auto"``, ``"reverse"`` and ``"kl_hvp"`` reuse the graph of ``dist`` (or of ``fisher_closure()``'s
+    distribution, e.g. on a sub-sample); ``"jvp"`` and ``"linearize"`` re-run the closure with ``model``'s
+    parameters swapped for ``torch.func`` tensors.  ``old_dist``: the reference of ``"kl_hvp"``.
+    """
+    if fisher_closure is not None:
+        if method in ("jvp", "linearize"):
+            raise ValueError("fisher_closure works with fvp_method 'auto', 'reverse' or 'kl_hvp'")
+        with torch.enable_grad():
+            dist = _fisher_distribution(fisher_closure)
+        old_dist = None
+        if family_of(dist) is None or method == "kl_hvp":
+            old_dist = reference_distribution(dist, lambda: _fisher_distribution(fisher_closure))
+    if method not in ("jvp", "linearize"):
+        return graph_fisher_vector_product(dist, params, damping=damping, method=method, old_dist=old_dist)
+    if model is None:
+        raise ValueError(f"fvp_method={method!r} needs the module: TrustRegionOptimizer(..., model=policy)")
+    family = family_of(dist)
+    resolve_method(method, family)
+    names = _parameter_names(model, params)
+
+    def outputs_of(*tensors: Tensor) -> tuple[Tensor, ...]:
+        with swap_parameters(model, {n: t for ns, t in zip(names, tensors) for n in ns}):
+            _, d = call_closure(closure)
+        return family.outputs(d)  # type: ignore[union-attr]
+
+    leaves = [p.detach() for p in params]
+    product, n = functional_product(outputs_of, leaves, family, method)  # type: ignore[arg-type]
+    _, spec = tree_flatten(leaves)
+    return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
+
+
+def choose_fvp_method(
+    params: Sequence[Tensor],
+    closure: Closure,
+    model: nn.Module,
+    *,
+    damping: float = 0.1,
+    cg_iters: int = 10,
+    candidates: Sequence[str] = ("reverse", "jvp"),
+    repeats: int = 2,
+) -> str:
+    """Time the Fisher-vector product methods on this model and batch; return the cheapest.
+
+    The cost of a method is its setup plus ``cg_iters`` products (median of ``repeats``
+    after one warm-up).  ``reverse`` differentiates the closure's graph twice and wins on
+    small MLPs; ``jvp`` (forward mode) wins on convolutional networks, whose double
+    backward is expensive.  ``linearize`` is not a default candidate: it traces the
+    model and crashes on some attention kernels.
+    """
+    params = list(params)
+    costs: dict[str, float] = {}
+    for method in candidates:
+        with torch.enable_grad():
+            _, dist = call_closure(closure)
+        start = time.perf_counter()
+        op = fisher_from_closure(params, dist, closure, method, damping, model=model)
+        setup = time.perf_counter() - start
+        v = [torch.randn_like(p) for p in params]
+        op(v)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            op(v)
+            times.append(time.perf_counter() - start)
+        costs[method] = setup + cg_iters * sorted(times)[len(times) // 2]
+        del op, dist
+    return min(costs, key=costs.__getitem__)

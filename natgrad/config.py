@@ -1,0 +1,136 @@
+r"""The trust-region hyperparameters: one frozen, validated object, the only home of their defaults.
+
+:class:`TrustRegionConfig` is what :func:`~natgrad.trust_region_step`, :func:`~natgrad.trust_region_update` and
+:class:`~natgrad.TrustRegionOptimizer` take (keyword arguments of the same names override its fields), in the
+manner of lineax's solver objects: small, immutable, checked once when built.
+
+Example:
+    >>> import natgrad
+    >>> cfg = natgrad.TrustRegionConfig(max_kl=0.02, cg_iters=15)
+    >>> cfg.max_kl, cfg.damping
+    (0.02, 0.1)
+    >>> natgrad.TrustRegionConfig(max_kl=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_kl must be a finite number > 0, got -1.0
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+__all__ = ["FVP_METHODS", "TrustRegionConfig", "make_config"]
+
+#: the Fisher-vector-product methods (:mod:`natgrad.fisher`)
+FVP_METHODS = ("auto", "reverse", "jvp", "linearize", "kl_hvp")
+
+#: keyword aliases kept for backward compatibility
+_ALIASES = {"use_line_search": "line_search"}
+
+
+@dataclass(frozen=True)
+class TrustRegionConfig:
+    r"""Hyperparameters of a TRPO / natural-policy-gradient step.
+
+    Attributes:
+        max_kl: trust-region radius :math:`\delta` on the mean KL per sample (> 0).  In float32, KLs below about
+            1e-7 are within round-off: a measured KL below zero counts as 0.
+        damping: :math:`\lambda \ge 0` added to the Fisher.
+        cg_iters: conjugate-gradient iterations per step (≥ 1).
+        cg_rtol, cg_atol: CG stops when ``‖r‖ ≤ max(cg_rtol·‖g‖, cg_atol)`` (sb3-contrib's ``residual_tol=1e-10``
+            on ``‖r‖²`` is ``cg_atol=1e-5``).
+        backtrack_iters: line-search candidates at most (≥ 1).
+        backtrack_coeff: line-search shrink factor :math:`c \in (0, 1)`.
+        accept_ratio: minimal actual / expected improvement :math:`\rho \ge 0`.
+        line_search: ``False`` gives natural policy gradient: the full step, no search.
+        fvp_method: ``"auto"``, ``"reverse"``, ``"jvp"``, ``"linearize"`` or ``"kl_hvp"``
+            (:func:`natgrad.fisher.resolve_method`).
+        adaptive: adapt ``max_kl`` after each step (:class:`~natgrad.TrustRegionOptimizer` only): multiply by
+            ``grow`` when the improvement ratio exceeds ``grow_above`` at the full step, by ``shrink`` when the step
+            is rejected or the ratio is below ``shrink_below``; clamped to ``max_kl_bounds``.
+        warm_start: start CG from the previous step's solution (:class:`~natgrad.TrustRegionOptimizer` only).
+    """
+
+    max_kl: float = 0.01
+    damping: float = 0.1
+    cg_iters: int = 10
+    cg_rtol: float = 1e-10
+    cg_atol: float = 0.0
+    backtrack_iters: int = 10
+    backtrack_coeff: float = 0.8
+    accept_ratio: float = 0.1
+    line_search: bool = True
+    fvp_method: str = "auto"
+    adaptive: bool = False
+    max_kl_bounds: tuple[float, float] = (1e-4, 0.1)
+    grow: float = 1.5
+    shrink: float = 0.5
+    grow_above: float = 0.75
+    shrink_below: float = 0.25
+    warm_start: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_kl_bounds", tuple(self.max_kl_bounds))
+        for check in (_check_radius, _check_solver, _check_search, _check_adaptive):
+            check(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a plain dict (what a ``torch.optim`` parameter group holds)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def make_config(config: TrustRegionConfig | None = None, **overrides: Any) -> TrustRegionConfig:
+    """``config`` (default :class:`TrustRegionConfig()`) with keyword ``overrides``; an unknown keyword is a
+    ``TypeError`` naming it."""
+    base = config if config is not None else TrustRegionConfig()
+    if not isinstance(base, TrustRegionConfig):
+        raise TypeError(f"config must be a TrustRegionConfig, got {type(base).__name__}")
+    if not overrides:
+        return base
+    known = {f.name for f in fields(TrustRegionConfig)}
+    renamed = {_ALIASES.get(k, k): v for k, v in overrides.items()}
+    unknown = sorted(set(renamed) - known)
+    if unknown:
+        raise TypeError(f"unknown trust-region setting(s) {', '.join(unknown)}; the settings are {sorted(known)}")
+    return replace(base, **renamed)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_radius(c: TrustRegionConfig) -> None:
+    if not (isinstance(c.max_kl, (int, float)) and not isinstance(c.max_kl, bool)):
+        raise ValueError(f"max_kl must be a finite number > 0, got {c.max_kl!r}")
+    if not (c.max_kl > 0 and math.isfinite(c.max_kl)):
+        raise ValueError(f"max_kl must be a finite number > 0, got {c.max_kl!r}")
+    if not c.damping >= 0:
+        raise ValueError(f"damping must be >= 0, got {c.damping!r}")
+
+
+def _check_solver(c: TrustRegionConfig) -> None:
+    if not _is_int(c.cg_iters) or c.cg_iters < 1:
+        raise ValueError(f"cg_iters must be an integer >= 1, got {c.cg_iters!r}")
+    if not (c.cg_rtol >= 0 and c.cg_atol >= 0):
+        raise ValueError(f"cg_rtol and cg_atol must be >= 0, got {c.cg_rtol!r}, {c.cg_atol!r}")
+    if c.fvp_method not in FVP_METHODS:
+        raise ValueError(f"unknown fvp_method {c.fvp_method!r}; choose one of {FVP_METHODS}")
+
+
+def _check_search(c: TrustRegionConfig) -> None:
+    if not _is_int(c.backtrack_iters) or c.backtrack_iters < 1:
+        raise ValueError(f"backtrack_iters must be an integer >= 1, got {c.backtrack_iters!r}")
+    if not 0 < c.backtrack_coeff < 1:
+        raise ValueError(f"backtrack_coeff must lie in (0, 1), got {c.backtrack_coeff!r}")
+    if not c.accept_ratio >= 0:
+        raise ValueError(f"accept_ratio must be >= 0, got {c.accept_ratio!r}")
+
+
+def _check_adaptive(c: TrustRegionConfig) -> None:
+    lo, hi = c.max_kl_bounds
+    if not 0 < lo <= hi:
+        raise ValueError(f"max_kl_bounds must satisfy 0 < low <= high, got {c.max_kl_bounds!r}")
+    if not (c.grow >= 1 and 0 < c.shrink <= 1):
+        raise ValueError(f"need grow >= 1 and 0 < shrink <= 1, got grow={c.grow!r}, shrink={c.shrink!r}")

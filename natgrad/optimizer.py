@@ -1,0 +1,172 @@
+r""":class:`TrustRegionOptimizer`: TRPO as a ``torch.optim`` optimizer, the thin stateful shell over
+:func:`~natgrad.trust_region_step` (parameter groups, ``state_dict``, ``step(closure)``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .closure import Closure, choose_fvp_method
+from .config import TrustRegionConfig, make_config
+from .distributed import broadcast_parameters, check_parameters_in_sync, is_distributed
+from .trust_region import StepInfo, trust_region_step
+
+__all__ = ["TrustRegionOptimizer"]
+
+_HYPERPARAMETERS = tuple(f.name for f in fields(TrustRegionConfig))
+
+
+class TrustRegionOptimizer(torch.optim.Optimizer):
+    r"""TRPO as a ``torch.optim`` optimizer: natural-gradient steps inside a KL trust region.
+
+    Example:
+        >>> import torch, natgrad
+        >>> from torch.distributions import Categorical
+        >>> _ = torch.manual_seed(0)
+        >>> policy = torch.nn.Linear(4, 2)
+        >>> obs, adv = torch.randn(256, 4), torch.randn(256)
+        >>> with torch.no_grad():
+        ...     d0 = Categorical(logits=policy(obs))
+        ...     act = d0.sample()
+        ...     old_logp = d0.log_prob(act)
+        >>> opt = natgrad.TrustRegionOptimizer(policy.parameters(), max_kl=0.01)
+        >>> def closure():
+        ...     dist = Categorical(logits=policy(obs))          # a Distribution over the batch
+        ...     loss = -(torch.exp(dist.log_prob(act) - old_logp) * adv).mean()
+        ...     return loss, dist
+        >>> info = opt.step(closure)                              # a StepInfo
+        >>> info.accepted, info.kl <= 0.01, info.improvement > 0
+        (True, True, True)
+
+    ``step`` calls the closure once with grad (loss, gradient, curvature graph), then
+    again under ``torch.no_grad`` for each line-search candidate.  Parameters the loss
+    does not depend on get no step.  All parameter groups are solved jointly (the Fisher
+    couples them), so the trust-region hyperparameters are global: they are read from
+    the first group and every group must agree.
+
+    Args:
+        params: parameters or parameter groups (all must require grad).
+        config: the hyperparameters, a :class:`~natgrad.TrustRegionConfig` (its fields and defaults are
+            documented there); keyword arguments of the same names (``max_kl=0.02``, ``cg_iters=15``, ...)
+            override them.  The groups hold them as flat keys, ``torch.optim`` style (``group["max_kl"]``).
+        model: the policy module, for the ``torch.func`` products (``fvp_method`` ``"jvp"`` / ``"linearize"``)
+            and the automatic choice: with ``fvp_method="auto"`` and ``model`` given, the first step times
+            ``"reverse"`` against ``"jvp"`` on the actual model and batch and keeps the cheaper
+            (:func:`~natgrad.choose_fvp_method`; the choice is in ``tuned_fvp_method``).  Without ``model``,
+            ``"auto"`` is ``"reverse"`` on the closure's graph for Normal / Categorical / Bernoulli and
+            ``"kl_hvp"`` otherwise.
+        distributed: data-parallel over ``process_group`` (default: the world): each rank's closure
+            sees its share of the batch; parameters are broadcast from rank 0 here, and every
+            ``sync_check_every`` steps a checksum verifies that all ranks still agree
+            (:class:`~natgrad.distributed.ParametersOutOfSyncError` otherwise).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        config: TrustRegionConfig | float | None = None,
+        *,
+        model: nn.Module | None = None,
+        distributed: bool = False,
+        process_group: Any = None,
+        sync_check_every: int = 10,
+        **overrides: Any,
+    ) -> None:
+        if isinstance(config, (int, float)) and not isinstance(config, bool):
+            overrides = {"max_kl": config, **overrides}  # TrustRegionOptimizer(params, 0.02): max_kl, as before
+            config = None
+        cfg = make_config(config, **overrides)  # type: ignore[arg-type]
+        super().__init__(params, cfg.as_dict())
+        self.model = model
+        self.tuned_fvp_method: str | None = None
+        self.distributed = distributed
+        self.process_group = process_group
+        self.sync_check_every = int(sync_check_every)
+        self._config: tuple[dict[str, Any], TrustRegionConfig] = (cfg.as_dict(), cfg)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not p.requires_grad:
+                    raise ValueError(
+                        f"a parameter of shape {tuple(p.shape)} does not require grad; pass only trainable parameters"
+                    )
+        if distributed:
+            if not is_distributed(process_group):
+                raise RuntimeError(
+                    "distributed=True needs torch.distributed initialised with more than one rank "
+                    "(torch.distributed.init_process_group)"
+                )
+            broadcast_parameters([p for g in self.param_groups for p in g["params"]], group=process_group)
+
+    @property
+    def config(self) -> TrustRegionConfig:
+        """The hyperparameters in force, read from the parameter groups (validated once per change)."""
+        first = self.param_groups[0]
+        for i, group in enumerate(self.param_groups[1:], start=1):
+            for key in _HYPERPARAMETERS:
+                if group[key] != first[key]:
+                    raise ValueError(
+                        f"param group {i} sets {key}={group[key]!r} but group 0 has {first[key]!r}; "
+                        "trust-region hyperparameters are global"
+                    )
+        values = {k: first[k] for k in _HYPERPARAMETERS}
+        if values != self._config[0]:
+            self._config = (values, TrustRegionConfig(**values))
+        return self._config[1]
+
+    def step(self, closure: Closure | None = None, fisher_closure: Callable[[], Any] | None = None) -> StepInfo:  # type: ignore[override]
+        """Take one trust-region step; see the class docstring.  Returns a :class:`~natgrad.StepInfo`."""
+        if closure is None:
+            raise TypeError("TrustRegionOptimizer.step needs a closure returning (loss, distribution)")
+        cfg = self.config
+        params = [p for group in self.param_groups for p in group["params"]]
+        method = self._method(cfg, params, closure, fisher_closure)
+        step_cfg = cfg if method == cfg.fvp_method else replace(cfg, fvp_method=method)
+        x0 = [self.state[p].get("solution") for p in params] if cfg.warm_start else None
+        info, solution = trust_region_step(
+            params, closure, step_cfg, model=self.model, fisher_closure=fisher_closure, x0=x0,
+            distributed=self.distributed, process_group=self.process_group,
+        )  # fmt: skip
+        for p, s in zip(params, solution):
+            st = self.state[p]
+            st["step"] = st.get("step", 0) + 1
+            if cfg.warm_start and s is not None:
+                st["solution"] = s.detach().clone()
+        n_steps = self.state[params[0]]["step"]
+        if self.distributed and self.sync_check_every > 0 and n_steps % self.sync_check_every == 0:
+            check_parameters_in_sync(params, self.process_group)
+        if cfg.adaptive:
+            new_kl = adapted_max_kl(info, cfg)
+            for group in self.param_groups:
+                group["max_kl"] = new_kl
+        return info
+
+    def _method(
+        self, cfg: TrustRegionConfig, params: list[Tensor], closure: Closure, fisher_closure: Callable | None
+    ) -> str:
+        """The product method of this step: ``"auto"`` with a model is timed once on the first step."""
+        if cfg.fvp_method != "auto" or self.model is None or fisher_closure is not None:
+            return cfg.fvp_method
+        if self.tuned_fvp_method is None:
+            active = [p for p in params if p.requires_grad]
+            self.tuned_fvp_method = choose_fvp_method(
+                active, closure, self.model, damping=cfg.damping, cg_iters=cfg.cg_iters
+            )
+        return self.tuned_fvp_method
+
+
+def adapted_max_kl(info: StepInfo, cfg: TrustRegionConfig) -> float:
+    """The next radius of an adaptive trust region: ``max_kl × shrink`` after a rejected step or an improvement
+    ratio below ``shrink_below``, ``× grow`` after a full step with a ratio above ``grow_above``; clamped to
+    ``max_kl_bounds``."""
+    lo, hi = cfg.max_kl_bounds
+    kl = cfg.max_kl
+    ratio = info.improvement / info.expected_improvement if info.expected_improvement > 0 else 0.0
+    if not info.accepted or ratio < cfg.shrink_below:
+        kl *= cfg.shrink
+    elif ratio > cfg.grow_above and info.step_fraction == 1.0:
+        kl *= cfg.grow
+    return min(max(kl, lo), hi)

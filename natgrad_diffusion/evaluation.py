@@ -1,0 +1,176 @@
+"""Before/after evaluation: sample fixed prompts and seeds, compute the metrics against the reference, tabulate.
+
+:func:`evaluate_policy` samples ``eval_images_per_prompt`` images per evaluation prompt (seeds from ``eval_seed``)
+with the pretrained model or a policy and computes :func:`natgrad_diffusion.rewards.evaluate_metrics`;
+:func:`format_metrics_table` writes the rows as markdown; :func:`batch_metrics` are the cheap metrics logged per
+training episode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from .config import TRAINING, TrainingConfig
+from .feature_reward import images_uint8
+from .policies import DiffusionPolicy, PolicyMode
+from .rewards import (
+    evaluate_metrics,
+    mean_pairwise_distance_within_prompt,
+    mmd2_unbiased,
+    precision_recall_density_coverage,
+    vendi_score,
+    within_prompt_vendi_score,
+)
+from .sampling import sample
+
+__all__ = [
+    "EVAL_METRICS",
+    "batch_metrics",
+    "evaluate_policy",
+    "format_metrics_table",
+    "lora_disabled",
+    "sample_images",
+]
+
+#: metrics of the before/after table, in order, with their orientation
+EVAL_METRICS = (
+    ("mmd2", "MMD² ↓"),
+    ("fid", "FID ↓"),
+    ("vendi", "Vendi ↑"),
+    ("vendi_within_prompt", "Vendi within prompt ↑"),
+    ("pairwise_distance_within_prompt", "pairwise dist. within prompt ↑"),
+    ("precision", "precision ↑"),
+    ("recall", "recall ↑"),
+    ("coverage", "coverage ↑"),
+)
+
+
+def sample_images(
+    components: Any,
+    prompts: Sequence[str],
+    *,
+    policy: DiffusionPolicy | None = None,
+    images_per_prompt: int = TRAINING.eval_images_per_prompt,
+    steps: int = TRAINING.steps,
+    guidance_scale: float = TRAINING.guidance_scale,
+    eta: float = 0.0,
+    seed: int = TRAINING.eval_seed,
+    batch_prompts: int = 8,
+) -> tuple[np.ndarray, list[str]]:
+    """uint8 images (``(N, H, W)`` grayscale or ``(N, H, W, 3)``) and their prompts, prompt-major.
+
+    ``policy=None`` samples the model as it is (for ``LORA_UNET`` the UNet carries the adapters).  Image ``i``
+    uses seed ``seed + i`` whatever ``batch_prompts`` is.
+    """
+    out, out_prompts = [], []
+    prompts = list(prompts)
+    hook = policy if policy is not None and policy.mode is not PolicyMode.LORA_UNET else None
+    for start in range(0, len(prompts), batch_prompts):
+        traj = sample(
+            components,
+            prompts[start : start + batch_prompts],
+            num_images_per_prompt=images_per_prompt,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            eta=eta,
+            seed=seed + start * images_per_prompt,
+            hook=hook,
+            record_pred_original=False,
+        )
+        out.append(images_uint8(traj.images_float()))
+        out_prompts += traj.image_prompts
+    return np.concatenate(out), out_prompts
+
+
+@contextmanager
+def lora_disabled(policy: DiffusionPolicy | None) -> Iterator[None]:
+    """Sample the pretrained UNet although it carries the LoRA adapters of a ``LORA_UNET`` policy."""
+    if policy is None or policy.mode is not PolicyMode.LORA_UNET:
+        yield
+        return
+    unet = policy.unet  # type: ignore[attr-defined]
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+def evaluate_policy(
+    components: Any,
+    policy: DiffusionPolicy | None,
+    prompts: Sequence[str],
+    extractor: Callable[[np.ndarray], np.ndarray],
+    reference_features: np.ndarray,
+    config: TrainingConfig = TRAINING,
+    *,
+    pretrained: bool = False,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Sample ``config.eval_images_per_prompt`` images per prompt (seeds from ``config.eval_seed``) with ``policy``
+    and compute :func:`natgrad_diffusion.rewards.evaluate_metrics` against the reference.
+
+    ``pretrained=True`` (or ``policy=None``) samples the pretrained model instead: no sampling hook, and the LoRA
+    adapters of a ``LORA_UNET`` policy disabled.  Returns ``(metrics, images)``.
+    """
+    with lora_disabled(policy if pretrained else None):
+        images, image_prompts = sample_images(
+            components,
+            prompts,
+            policy=None if pretrained else policy,
+            images_per_prompt=config.eval_images_per_prompt,
+            steps=config.steps,
+            guidance_scale=config.guidance_scale,
+            eta=config.eta,  # type: ignore[arg-type]
+            seed=config.eval_seed,
+        )
+    metrics = evaluate_metrics(
+        extractor(images),
+        reference_features,
+        np.asarray(image_prompts),
+        vendi_kernel=config.vendi_kernel,  # type: ignore[arg-type]
+    )
+    return metrics, images
+
+
+def _cell(value: float, spread: float | None) -> str:
+    text = f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 or math.isnan(value) else f"{value:.2e}"
+    if spread is not None:
+        s = spread
+        text += f" ± {s:.2g}" if abs(s) >= 1e-3 or s == 0 or math.isnan(s) else f" ± {s:.1e}"
+    return text
+
+
+def format_metrics_table(rows: dict[str, dict[str, float]], *, std: dict[str, dict[str, float]] | None = None) -> str:
+    """A markdown table: one row per entry of ``rows`` (e.g. ``pretrained``, ``fine-tuned``), one column per
+    :data:`EVAL_METRICS`; with ``std``, cells read ``mean ± std``."""
+    header = "| | " + " | ".join(label for _, label in EVAL_METRICS) + " |"
+    lines = [header, "|---|" + "---:|" * len(EVAL_METRICS)]
+    for name, row in rows.items():
+        spreads = std.get(name) if std is not None else None
+        cells = [
+            _cell(row.get(key, math.nan), None if spreads is None else spreads.get(key, math.nan))
+            for key, _ in EVAL_METRICS
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def batch_metrics(
+    feats: np.ndarray, prompts: list[str], reference: np.ndarray, bandwidth: float, kernel: Any
+) -> dict[str, Any]:
+    """Cheap metrics of an episode's (gathered) batch; FID is left to the evaluation (a 512-d matrix square root
+    per episode costs seconds on a CPU and means little at batch sizes of tens)."""
+    codes = np.asarray(prompts)
+    n = feats.shape[0]
+    return {
+        "mmd2": mmd2_unbiased(feats, reference, bandwidth=bandwidth),
+        "vendi": vendi_score(feats, kernel=kernel, bandwidth=bandwidth),
+        "vendi_within_prompt": within_prompt_vendi_score(feats, codes, kernel=kernel, bandwidth=bandwidth),
+        "pairwise_distance_within_prompt": mean_pairwise_distance_within_prompt(feats, codes),
+        "coverage": precision_recall_density_coverage(reference, feats, k=5)["coverage"] if n > 5 else None,
+    }

@@ -1,0 +1,295 @@
+"""The fine-tuning job's configuration and inputs: checks, test mode, defaults, prompts, model, reference features.
+
+Everything here runs before training starts, so that a bad input fails in one line
+(:class:`TrainingError`) before any heavy work.  The configuration itself is
+:class:`~natgrad_diffusion.config.TrainingConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import (
+    CRATER_POLICY_OPTIONS,
+    TEST_MODE,
+    TRAINING,
+    PolicyMode,
+    TrainingConfig,
+    flat_names,
+    with_settings,
+)
+from .logs import read_metadata
+
+__all__ = [
+    "DEFAULT_EVAL_PROMPTS",
+    "DEFAULT_MODEL_DIR",
+    "DEFAULT_TRAIN_PROMPTS",
+    "TrainingError",
+    "apply_test_mode",
+    "check_model",
+    "feature_extractor",
+    "load_model",
+    "load_prompts",
+    "load_reference_features",
+    "load_run_config",
+    "parse_mode",
+    "resolve_defaults",
+    "validate_config",
+    "with_test_mode",
+]
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_MODEL_DIR = ASSETS / "crater-ddim-32"
+DEFAULT_TRAIN_PROMPTS = ASSETS / "prompts" / "crater_train.txt"
+DEFAULT_EVAL_PROMPTS = ASSETS / "prompts" / "crater_test.txt"
+_MODE_ALIASES = {m.name: m for m in PolicyMode} | {m.value.upper(): m for m in PolicyMode}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DIVERSITY_NAMES = ("narrow", "medium", "broad")
+
+
+class TrainingError(ValueError):
+    """A bad configuration or input (unknown mode, negative episodes, missing model or prompts, ...)."""
+
+
+def parse_mode(mode: str | PolicyMode) -> PolicyMode:
+    """``"DIVERSITY_POLICY"`` / ``"diversity"`` / :class:`PolicyMode` → :class:`PolicyMode`."""
+    if isinstance(mode, PolicyMode):
+        return mode
+    key = str(mode).strip().upper()
+    if key not in _MODE_ALIASES:
+        names = ", ".join(m.name for m in PolicyMode)
+        raise TrainingError(f"unknown mode {mode!r}; choose one of {names}")
+    return _MODE_ALIASES[key]
+
+
+def apply_test_mode(config: TrainingConfig, explicit: Iterable[str] = ()) -> TrainingConfig:
+    """``config`` with the :data:`~natgrad_diffusion.config.TEST_MODE` overrides, except for the fields in
+    ``explicit`` (those the user set)."""
+    keep = set(explicit)
+    return replace(config, **{k: v for k, v in TEST_MODE.items() if k not in keep}, test_mode=True)
+
+
+def with_test_mode(config: TrainingConfig, explicit: Iterable[str] | None = None) -> TrainingConfig:
+    """``config`` with :data:`~natgrad_diffusion.config.TEST_MODE` applied when ``config.test_mode`` is on, as
+    :func:`~natgrad_diffusion.training.train` runs it.  ``explicit``: the fields the user set (the CLI passes the
+    flags given, so that ``--test-mode --images-per-prompt 4`` keeps 4); ``None``: the fields that differ from
+    the defaults (idempotent)."""
+    if not config.test_mode:
+        return config
+    if explicit is None:
+        explicit = [k for k in TEST_MODE if getattr(config, k) != getattr(TRAINING, k)]
+    return apply_test_mode(config, explicit)
+
+
+def _check_positive_ints(c: TrainingConfig) -> None:
+    positive = ("batch_size", "images_per_prompt", "steps", "checkpoint_every", "grid_every", "reference_n")
+    for name in (*positive, "feature_image_size", "eval_images_per_prompt"):
+        value = getattr(c, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise TrainingError(f"{name} must be a positive integer, got {value!r}")
+    if not isinstance(c.episodes, int) or isinstance(c.episodes, bool) or c.episodes < 0:
+        raise TrainingError(f"episodes must be a non-negative integer, got {c.episodes!r}")
+    for name in ("images_per_prompt", "eval_images_per_prompt"):
+        if getattr(c, name) < 2:
+            raise TrainingError(f"{name} must be >= 2 (within-prompt rewards and metrics compare images of a prompt)")
+
+
+def _check_choices(c: TrainingConfig) -> None:
+    from .rewards import available_rewards
+
+    parse_mode(c.mode)
+    if c.algorithm not in ("trpo", "ppo"):
+        raise TrainingError(f"unknown algorithm {c.algorithm!r}; choose trpo or ppo")
+    if c.reward.strip().upper() not in available_rewards():
+        raise TrainingError(f"unknown reward {c.reward!r}; choose one of {', '.join(available_rewards())}")
+    if c.vendi_kernel not in ("rbf", "cosine"):
+        raise TrainingError(f"vendi_kernel must be rbf or cosine, got {c.vendi_kernel!r}")
+    diversity = c.reference_diversity
+    if diversity not in _DIVERSITY_NAMES:
+        try:
+            ok = 0 <= float(diversity) <= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise TrainingError(
+                f"reference_diversity must be one of {', '.join(_DIVERSITY_NAMES)} or a number in [0, 1], "
+                f"got {diversity!r}"
+            )
+
+
+def validate_config(config: TrainingConfig) -> None:
+    """Raise :class:`TrainingError` with a one-line message for a configuration that cannot run (no model or
+    reference is loaded: the checks take milliseconds)."""
+    c = config
+    _check_choices(c)
+    _check_positive_ints(c)
+    if c.batch_size % c.images_per_prompt:
+        raise TrainingError(
+            f"batch_size ({c.batch_size}) must be a multiple of images_per_prompt ({c.images_per_prompt})"
+        )
+    if c.batch_size < 3:
+        raise TrainingError(f"batch_size must be >= 3 (set-level rewards need 3 images), got {c.batch_size}")
+    if not c.guidance_scale >= 1:
+        raise TrainingError(f"guidance_scale must be >= 1, got {c.guidance_scale}")
+    if c.eta is not None and (not c.eta >= 0 or (parse_mode(c.mode) is PolicyMode.LORA_UNET and not c.eta > 0)):
+        raise TrainingError(f"eta must be >= 0 (> 0 for LORA_UNET), got {c.eta}")
+    if c.threads is not None and c.threads < 1:
+        raise TrainingError(f"threads must be >= 1, got {c.threads}")
+    if c.eval_max_prompts is not None and c.eval_max_prompts < 1:
+        raise TrainingError(f"eval_max_prompts must be >= 1, got {c.eval_max_prompts}")
+    for name in ("reward_options", "policy_options"):
+        if not isinstance(getattr(c, name), dict) and not (name == "policy_options" and c.policy_options is None):
+            raise TrainingError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
+    for name in ("prompts", "eval_prompts"):
+        load_prompts(getattr(c, name), default=DEFAULT_TRAIN_PROMPTS if name == "prompts" else DEFAULT_EVAL_PROMPTS)
+    if c.reference is not None and not Path(c.reference).is_file():
+        raise TrainingError(f"reference file {c.reference} not found")
+    check_model(c.model)
+
+
+def load_run_config(run_dir: str | os.PathLike) -> TrainingConfig:
+    """The configuration a run was trained with (its ``run.json``), defaults resolved; unknown keys are ignored."""
+    meta = read_metadata(run_dir)
+    saved = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{Path(run_dir) / 'run.json'} has no configuration: not a run directory")
+    try:
+        return resolve_defaults(with_settings(TRAINING, known_settings(saved)))
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"{Path(run_dir) / 'run.json'}: bad configuration ({exc})") from None
+
+
+def known_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """The entries of a saved configuration this version knows (a run written by an older version may carry
+    fields since removed); the former ``max_kl`` / ``ppo_lr`` fields map to their groups."""
+    known = set(TrainingConfig.__dataclass_fields__) | set(flat_names())
+    return {k: v for k, v in saved.items() if k in known and v is not None}
+
+
+def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
+    """Fill the mode-dependent defaults: ``eta=None`` (0, or 1 for ``LORA_UNET``) and ``policy_options`` (merged
+    over :data:`~natgrad_diffusion.config.CRATER_POLICY_OPTIONS`); the mode is written by its name."""
+    mode = parse_mode(config.mode)
+    eta = config.eta if config.eta is not None else (1.0 if mode is PolicyMode.LORA_UNET else 0.0)
+    options = {**CRATER_POLICY_OPTIONS.get(mode.name, {}), **(config.policy_options or {})}
+    return replace(config, mode=mode.name, eta=float(eta), policy_options=options)
+
+
+def load_prompts(path: str | os.PathLike | None, *, default: Path = DEFAULT_TRAIN_PROMPTS) -> list[str]:
+    """Non-empty, stripped lines of a prompt file (``None``: ``default``); :class:`TrainingError` if none."""
+    p = Path(path) if path is not None else default
+    if not p.is_file():
+        raise TrainingError(f"prompts file {p} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"cannot read prompts file {p}: {exc}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise TrainingError(f"prompts file {p} is empty")
+    return prompts
+
+
+def check_model(model: str | None) -> None:
+    """:class:`TrainingError` unless ``model`` (``None``: the embedded crater model) is a diffusers-layout
+    directory or looks like a hub id."""
+    if model is None:
+        if not DEFAULT_MODEL_DIR.is_dir():
+            raise TrainingError(f"the embedded crater model is missing ({DEFAULT_MODEL_DIR})")
+        return
+    path = Path(model)
+    if path.exists():
+        if not path.is_dir() or not (path / "unet").is_dir():
+            raise TrainingError(f"model directory {model} has no unet/ (expected the diffusers layout)")
+    elif not _HUB_ID.match(str(model)) or str(model).startswith((".", "/", "~")):
+        raise TrainingError(f"model directory {model} not found")
+
+
+def load_model(model: str | None, device: Any = None) -> Any:
+    """The :class:`~natgrad_diffusion.components.DiffusionComponents` of ``model`` (a diffusers-layout directory
+    or hub id; ``None``: the embedded crater model).  Raises :class:`TrainingError` with a one-line reason."""
+    from .components import load_components
+
+    check_model(model)
+    try:
+        return load_components(str(model) if model is not None else DEFAULT_MODEL_DIR, device=device)
+    except Exception as exc:  # hub / file errors are long; the CLI wants one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingError(f"cannot load model {model or DEFAULT_MODEL_DIR}: {first}") from exc
+
+
+def feature_extractor(config: TrainingConfig, device: Any = "cpu") -> Any:
+    """The image feature extractor of ``config`` (``features``, ``feature_image_size``, ``feature_weights``)."""
+    from .features import get_feature_extractor
+
+    kwargs: dict[str, Any] = {"image_size": config.feature_image_size, "device": device}
+    if config.feature_weights is not None:
+        kwargs["weights"] = config.feature_weights
+    try:
+        return get_feature_extractor(config.features, **kwargs)
+    except ValueError as exc:
+        raise TrainingError(str(exc)) from exc
+
+
+def load_reference_features(
+    config: TrainingConfig, extractor: Any, image_shape: tuple[int, int, int]
+) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """Reference features ``(m, d)``, their captions and a description.
+
+    ``config.reference``: a features ``.npz`` (used as is; a warning if its extractor differs), or a reference-set
+    ``.npz`` (its images go through ``extractor``; they must have the model's ``image_shape`` = ``(channels, height,
+    width)``); ``None`` renders ``reference_n`` craters at the model's size.
+    """
+    from .craters.reference import ReferenceFileError, generate_reference_set, load_reference_set
+    from .features import FeatureFileError, load_features
+    from .npz import npz_keys
+
+    channels, height, width = image_shape
+    if config.reference is None:
+        diversity = config.reference_diversity
+        ref = generate_reference_set(
+            config.reference_n,
+            seed=config.reference_seed,
+            size=height,
+            diversity=diversity if diversity in _DIVERSITY_NAMES else float(diversity),
+        )
+        return extractor(ref.images), list(ref.captions), {"source": "generated", **ref.meta}
+    path = Path(config.reference)
+    try:
+        if "features" in npz_keys(path, "reference", TrainingError):
+            return _reference_feature_file(load_features(path), path, extractor)
+        ref = load_reference_set(path)
+    except (ReferenceFileError, FeatureFileError) as exc:
+        raise TrainingError(str(exc)) from exc
+    got = (3 if ref.images.ndim == 4 else 1, *ref.images.shape[1:3])
+    if got != (channels, height, width):
+        describe = lambda s: f"{s[1]}×{s[2]} {'RGB' if s[0] == 3 else 'grayscale'}"  # noqa: E731
+        raise TrainingError(
+            f"{path}: reference images are {describe(got)}, the model makes {describe(image_shape)}; build the "
+            f"reference at its size (natgrad-diffusion build-reference --size {height})"
+        )
+    return extractor(ref.images), list(ref.captions), {"source": str(path), "kind": "reference", **ref.meta}
+
+
+def _reference_feature_file(fs: Any, path: Path, extractor: Any) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    meta = extractor.metadata
+    if fs.extractor.get("name") != meta.get("name") or fs.extractor.get("image_size") != meta.get("image_size"):
+        warnings.warn(
+            f"{path} was computed with {fs.extractor}, the run extracts with {meta}: "
+            "rewards compare features of two different extractors",
+            UserWarning,
+            stacklevel=3,
+        )
+    if fs.features.shape[0] < 2:
+        raise TrainingError(f"{path}: {fs.features.shape[0]} reference features; the rewards need at least 2")
+    if fs.features.shape[1] != extractor.dim:
+        raise TrainingError(f"{path}: {fs.features.shape[1]}-d features, the extractor gives {extractor.dim}")
+    return fs.features, fs.captions, {"source": str(path), "kind": "features", **fs.reference}

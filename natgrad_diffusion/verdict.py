@@ -1,0 +1,84 @@
+"""The end of a run in words: the before/after table, what went up and down, and where the outputs are.
+
+A new user reads this first; :func:`summary` says whether the fine-tuning did what it was asked (the reward's two
+goals: match the reference, vary the images of a prompt), what the "initial policy" row means, and marks the
+numbers of a ``--test-mode`` run as a smoke test.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .evaluation import EVAL_METRICS, format_metrics_table
+
+__all__ = ["changes", "summary"]
+
+#: metrics where lower is better (the others: higher is better)
+_LOWER_IS_BETTER = {key for key, label in EVAL_METRICS if label.endswith("↓")}
+_NAMES = {key: label.rstrip(" ↑↓") for key, label in EVAL_METRICS}
+
+
+def changes(before: dict[str, float], after: dict[str, float], rel_tol: float = 0.02) -> dict[str, list[str]]:
+    """``{"better": [...], "worse": [...], "same": [...]}``: each metric's move from ``before`` to ``after``
+    (relative change below ``rel_tol`` counts as the same), as ``"name a → b"`` strings."""
+    out: dict[str, list[str]] = {"better": [], "worse": [], "same": []}
+    for key, _ in EVAL_METRICS:
+        a, b = before.get(key, math.nan), after.get(key, math.nan)
+        if not (math.isfinite(a) and math.isfinite(b)):
+            continue
+        text = f"{_NAMES[key]} {a:.3g} → {b:.3g}"
+        if abs(b - a) <= rel_tol * max(abs(a), abs(b), 1e-12):
+            out["same"].append(text)
+        elif (b < a) == (key in _LOWER_IS_BETTER):
+            out["better"].append(text)
+        else:
+            out["worse"].append(text)
+    return out
+
+
+def _verdict(evaluation: dict[str, dict[str, float]]) -> list[str]:
+    moved = changes(evaluation["pretrained"], evaluation["fine-tuned"])
+    lines = [
+        "Fine-tuned vs pretrained: "
+        + (f"better: {', '.join(moved['better'])}" if moved["better"] else "nothing improved")
+        + (f"; worse: {', '.join(moved['worse'])}" if moved["worse"] else "; nothing got worse")
+        + "."
+    ]
+    if "initial policy" in evaluation:
+        from_start = changes(evaluation["initial policy"], evaluation["fine-tuned"])
+        lines.append(
+            "The 'initial policy' row is the untrained policy (its random initial actions, before any update); "
+            f"what training itself changed: {len(from_start['better'])} metric(s) better, "
+            f"{len(from_start['worse'])} worse than that row."
+        )
+    return lines
+
+
+def summary(result: Any) -> str:
+    """The text that ends ``natgrad-diffusion train`` and the crater example (``result``: a
+    :class:`~natgrad_diffusion.training.TrainResult`)."""
+    c, run = result.config, result.run_dir
+    head = (
+        f"{run}: {result.episodes} episodes of {c.mode} with {c.algorithm.upper()} (reward {c.reward}), "
+        f"{c.batch_size} images × {c.steps} DDIM steps each"
+    )
+    lines = [head]
+    if c.test_mode:
+        lines.append("SMOKE TEST (--test-mode): tiny sets and 2 steps; the numbers below only show that it runs.")
+    if result.evaluation:
+        fe = result.feature_extractor
+        lines += ["", f"Held-out prompts, features: {fe.get('name')} ({fe.get('weights')})", ""]
+        lines.append(format_metrics_table(result.evaluation))
+        if "fine-tuned" in result.evaluation and "pretrained" in result.evaluation:
+            lines += ["", *_verdict(result.evaluation)]
+        lines += [
+            "",
+            f"Grids (one row per prompt): {run}/eval_pretrained.png (before), {run}/eval_fine-tuned.png (after); "
+            f"training curves: {run}/plots/training_curves.png; per-episode log: {run}/train.csv.",
+        ]
+    else:
+        lines.append(f"No evaluation (--no-evaluate); per-episode log: {run}/train.csv.")
+    if result.episodes == 0:
+        lines.append("0 episodes: nothing was trained (the fine-tuned row equals the initial policy).")
+    return "\n".join(lines)
