@@ -145,6 +145,12 @@ def test_cnn_policy_on_images_puts_the_shared_extractor_in_the_trust_region():
     assert any(n.startswith("features_extractor.") for n in actor)  # shared with the critic: the actor's (sb3-contrib)
     assert not any("value" in n for n in actor) and "log_std" in actor
     assert model.step_info is not None and np.isfinite(model.step_info.loss_after)
+    # the critic's Adam steps leave the actor's (shared) parameters alone
+    before = {n: p.detach().clone() for n, p in model.policy.named_parameters()}
+    model._critic_update()
+    after = dict(model.policy.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in actor)
+    assert not torch.equal(before["value_net.weight"], after["value_net.weight"])
 
 
 def test_multi_input_policy_with_sub_sampling():
