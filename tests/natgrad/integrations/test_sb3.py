@@ -194,7 +194,12 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.predict(obs, deterministic=True)[0], before)
     loaded.learn(128)  # the loaded model trains on (its trust region is rebuilt for the new policy)
     assert loaded.step_info is not None
-    # files are interchangeable with sb3-contrib's TRPO
+    # files are interchangeable with sb3-contrib's TRPO, both ways
+    theirs = sb3_contrib.TRPO("MlpPolicy", env, n_steps=128, seed=0)
+    theirs.save(tmp_path / "theirs.zip")
+    ours = TRPO.load(tmp_path / "theirs.zip", env=env)
+    assert isinstance(ours, TRPO) and ours.trust_region_kwargs == {}
+    np.testing.assert_array_equal(ours.predict(obs, deterministic=True)[0], theirs.predict(obs, deterministic=True)[0])
     np.testing.assert_array_equal(
         sb3_contrib.TRPO.load(tmp_path / "model.zip").predict(obs, deterministic=True)[0], before
     )
