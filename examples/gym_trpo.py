@@ -3,11 +3,16 @@
     python examples/gym_trpo.py --env CartPole-v1 --timesteps 100000
     python examples/gym_trpo.py --env Pendulum-v1 --timesteps 100000
     python examples/gym_trpo.py --env HalfCheetah-v5 --timesteps 1000000
+    python examples/gym_trpo.py --env Pendulum-v1 --tensorboard runs/tb   # then: tensorboard --logdir runs/tb
 
 Vectorised environments, Discrete and Box action spaces, GAE(γ, λ), advantage
 normalisation, a critic trained with Adam over minibatch epochs, optional
 observation / reward normalisation, a deterministic evaluation at the end, a
-progress bar, a CSV of per-update statistics and a PNG learning curve.
+progress bar, a CSV of per-update statistics and a PNG learning curve; with
+``--tensorboard DIR``, TensorBoard scalars under sb3-contrib's TRPO keys
+(``train/kl_divergence_loss``, ``rollout/ep_rew_mean``, ...) plus natgrad's step statistics
+(``train/cg_iterations``, ``train/cg_residual``, ``train/step_size``, ...), so the curves sit
+next to an sb3-contrib run's in the same TensorBoard.
 
 Hyperparameters carry sb3-contrib's names where the meaning is the same
 (``n_steps``, ``batch_size``, ``gamma``, ``gae_lambda``, ``n_critic_updates``,
@@ -76,6 +81,7 @@ class Config:
     threads: int = 0  # torch threads (0: leave torch's default)
     out: str = ""
     progress: bool = True
+    tensorboard: str = ""  # a directory: write TensorBoard scalars into DIR/natgrad_<env>_seed<seed> (off when empty)
 
 
 # rl-baselines3-zoo's TRPO hyperparameters (hyperparams/trpo.yml); Pendulum as stated in our benchmark issue
@@ -243,6 +249,12 @@ def compute_gae(
     return adv, adv + values
 
 
+def explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """``1 - Var[returns - values] / Var[returns]`` (NaN when the returns are constant), as sb3 logs it."""
+    var = float(returns.var())
+    return float("nan") if var == 0 else 1.0 - float((returns - values).var()) / var
+
+
 # ----------------------------------------------------------------------------- the agent
 class TRPOAgent:
     def __init__(self, cfg: Config):
@@ -263,7 +275,7 @@ class TRPOAgent:
         obs_dim = int(np.prod(obs_space.shape))
         self.actor = Actor(obs_dim, act_space, cfg.net_arch, cfg.log_std_init)
         # sb3-contrib averages the Gaussian KL over action dimensions; see the module docstring
-        kl_scale = 1 if isinstance(act_space, gym.spaces.Discrete) else int(np.prod(act_space.shape))
+        self.kl_scale = kl_scale = 1 if isinstance(act_space, gym.spaces.Discrete) else int(np.prod(act_space.shape))
         self.critic = Critic(obs_dim, cfg.net_arch)
         self.policy_opt = natgrad.TrustRegionOptimizer(
             self.actor.parameters(),
@@ -286,6 +298,7 @@ class TRPOAgent:
         self.ep_return = np.zeros(cfg.n_envs)
         self.ep_length = np.zeros(cfg.n_envs, dtype=int)
         self.finished: list[float] = []
+        self.finished_lengths: list[int] = []
 
     def _env_action(self, a: np.ndarray) -> np.ndarray:
         return np.clip(a, self.act_low, self.act_high) if self.box else a
@@ -313,6 +326,7 @@ class TRPOAgent:
                 reward_n[e] += cfg.gamma * float(self.critic(torch.as_tensor(final, dtype=torch.float32))[0])
             for e in np.flatnonzero(done):
                 self.finished.append(float(self.ep_return[e]))
+                self.finished_lengths.append(int(self.ep_length[e]))
                 self.ep_return[e], self.ep_length[e] = 0.0, 0
             obs_buf[t] = obs_t
             act_buf.append(action)
@@ -328,6 +342,7 @@ class TRPOAgent:
             "actions": actions.reshape(T * E, *actions.shape[2:]),
             "advantages": adv.reshape(-1),
             "returns": ret.reshape(-1),
+            "values": val_buf.reshape(-1),
         }
 
     def update(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -365,6 +380,11 @@ class TRPOAgent:
                 losses.append(loss.item())
         return {
             "kl": info.kl,
+            # sb3-contrib's log: the KL averaged over action dimensions, 0 when the step was rejected
+            "kl_divergence_loss": info.kl / self.kl_scale if info.accepted else 0.0,
+            "policy_objective": -info.loss_after,
+            "explained_variance": explained_variance(batch["values"], returns),
+            "std": float(self.actor.log_std.detach().exp().mean()) if self.box else float("nan"),
             "step_size": info.step_size,
             "improvement": info.improvement,
             "cg_iterations": info.cg_iterations,
@@ -413,6 +433,52 @@ def save_curve(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+# sb3-contrib's TRPO TensorBoard keys, from the columns of progress.csv
+SB3_TENSORBOARD_KEYS = {
+    "rollout/ep_rew_mean": "mean_return_100",
+    "rollout/ep_len_mean": "mean_length_100",
+    "time/fps": "fps",
+    "train/learning_rate": "learning_rate",
+    "train/policy_objective": "policy_objective",
+    "train/value_loss": "critic_loss",
+    "train/kl_divergence_loss": "kl_divergence_loss",
+    "train/explained_variance": "explained_variance",
+    "train/is_line_search_success": "line_search_accepted",
+    "train/std": "std",
+}
+# natgrad's step statistics
+NATGRAD_TENSORBOARD_KEYS = {
+    "train/cg_iterations": "cg_iterations",
+    "train/cg_residual": "cg_residual",
+    "train/step_size": "step_size",
+    "train/line_search_iterations": "line_search_iterations",
+}
+
+
+class TensorBoardLog:
+    """TensorBoard scalars under sb3-contrib's TRPO keys plus natgrad's, one point per update
+    at the number of environment steps so far; non-finite values (no finished episode yet,
+    ``train/std`` for Discrete actions) are skipped, as sb3 does."""
+
+    def __init__(self, directory: str, cfg: Config):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ImportError('--tensorboard needs TensorBoard: pip install tensorboard (or "natgrad[sb3]")') from exc
+        self.log_dir = Path(directory) / f"natgrad_{cfg.env}_seed{cfg.seed}"
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def write(self, row: dict[str, Any]) -> None:
+        for key, column in {**SB3_TENSORBOARD_KEYS, **NATGRAD_TENSORBOARD_KEYS}.items():
+            value = float(row[column])
+            if math.isfinite(value):
+                self.writer.add_scalar(key, value, row["timesteps"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Train, evaluate and write ``progress.csv``, ``learning_curve.png``, ``result.json`` and
     ``policy.pt`` into ``cfg.out``.  Returns the result dictionary."""
@@ -428,6 +494,7 @@ def train(cfg: Config) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_updates * per_update, unit="step", desc=f"TRPO {cfg.env}")
+    tensorboard = TensorBoardLog(cfg.tensorboard, cfg) if cfg.tensorboard else None
     with open(out / "progress.csv", "w", newline="") as fh:
         writer = None
         for k in range(n_updates):
@@ -435,16 +502,20 @@ def train(cfg: Config) -> dict[str, Any]:
             batch = agent.collect()
             t_rollout = time.perf_counter() - t0
             stats = agent.update(batch)
-            recent = agent.finished[-100:]
+            recent, lengths = agent.finished[-100:], agent.finished_lengths[-100:]
+            wall = time.perf_counter() - start
             row = {
                 "update": k + 1,
                 "timesteps": (k + 1) * per_update,
                 "mean_return_100": float(np.mean(recent)) if recent else float("nan"),
+                "mean_length_100": float(np.mean(lengths)) if lengths else float("nan"),
                 "episodes": len(agent.finished),
                 **stats,
+                "learning_rate": cfg.learning_rate,
                 "time_rollout_s": t_rollout,
                 "time_update_s": stats["time_policy_s"] + stats["time_critic_s"],
-                "wall_s": time.perf_counter() - start,
+                "wall_s": wall,
+                "fps": (k + 1) * per_update / wall,
             }
             rows.append(row)
             if writer is None:
@@ -452,11 +523,15 @@ def train(cfg: Config) -> dict[str, Any]:
                 writer.writeheader()
             writer.writerow(row)
             fh.flush()
+            if tensorboard is not None:
+                tensorboard.write(row)
             if bar is not None:
                 bar.update(per_update)
                 bar.set_postfix(ret=f"{row['mean_return_100']:.1f}", kl=f"{row['kl']:.4f}")
     if bar is not None:
         bar.close()
+    if tensorboard is not None:
+        tensorboard.close()
     train_time = time.perf_counter() - start
     eval_returns = agent.evaluate(cfg.eval_episodes)
     agent.envs.close()

@@ -105,3 +105,41 @@ def test_cartpole_learns(tmp_path):
 def test_cli_rejects_unknown_env():
     with pytest.raises(SystemExit):
         gym_trpo.main(["--env", "NoSuchEnv-v0", "--timesteps", "10"])
+
+
+def test_tensorboard_scalars_carry_sb3_contrib_keys_and_natgrad_statistics(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb_dir = tmp_path / "tb"
+    argv = "--env Pendulum-v1 --timesteps 1024 --n-steps 256 --eval-episodes 1 --no-progress".split()
+    result = gym_trpo.main([*argv, "--out", str(tmp_path / "run"), "--tensorboard", str(tb_dir)])
+    assert result["updates"] == 2
+    (run_dir,) = tb_dir.iterdir()
+    assert run_dir.name == "natgrad_Pendulum-v1_seed0"
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    expected = set(gym_trpo.SB3_TENSORBOARD_KEYS) | set(gym_trpo.NATGRAD_TENSORBOARD_KEYS)
+    assert {
+        "train/kl_divergence_loss",
+        "train/std",
+        "rollout/ep_rew_mean",
+        "time/fps",
+        "train/cg_iterations",
+    } <= expected
+    assert tags == expected
+    kl = events.Scalars("train/kl_divergence_loss")
+    assert [e.step for e in kl] == [512, 1024]
+    assert all(0 <= e.value <= 0.01 for e in kl)
+    assert all(e.value >= 1 for e in events.Scalars("train/cg_iterations"))
+    # Pendulum episodes last 200 steps
+    assert [e.value for e in events.Scalars("rollout/ep_len_mean")] == [200.0, 200.0]
+
+
+def test_no_tensorboard_by_default(tmp_path):
+    cfg = gym_trpo.config_for("CartPole-v1", timesteps=512, n_steps=256, eval_episodes=1, progress=False)
+    assert cfg.tensorboard == ""
+    cfg.out = str(tmp_path)
+    gym_trpo.train(cfg)
+    assert not any(p.name.startswith("events.out.tfevents") for p in tmp_path.rglob("*"))
