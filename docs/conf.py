@@ -4,6 +4,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.abspath(".."))
+sys.path.insert(0, os.path.abspath("_ext"))
 
 project = "natgrad"
 author = "natgrad developers"
@@ -14,13 +15,14 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.napoleon",
-    "sphinx.ext.mathjax",
+    "mathml",  # formulas as MathML at build time: the site works offline
     "sphinx.ext.viewcode",
     "sphinx.ext.doctest",
     "myst_parser",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 myst_enable_extensions = ["dollarmath", "amsmath"]
+html_math_renderer = "mathml"
 myst_heading_anchors = 3
 autosummary_generate = False
 autodoc_member_order = "bysource"

@@ -235,15 +235,35 @@ def load_components(
     has_vae = _has_subfolder(model, "vae", **({"revision": revision} if revision else {}))
     if use_vae is True and not has_vae:
         raise FileNotFoundError(f"{model} has no vae/ subfolder but use_vae=True")
-    unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **net_kw)
-    scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kw)
-    text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **net_kw)
-    tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **net_kw) if has_vae and use_vae is not False else None
+    with quiet_loading():
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", **net_kw)
+        scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kw)
+        text_encoder = CLIPTextModel.from_pretrained(model, subfolder="text_encoder", **net_kw)
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
+        use = has_vae and use_vae is not False
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", **net_kw) if use else None
     comps = DiffusionComponents(unet, scheduler, text_encoder, tokenizer, vae)
     if device is not None:
         comps.to(device)
     return comps
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No per-tensor "Loading weights" progress bars from transformers / diffusers while loading a model."""
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+
+    was_on = (transformers_logging.is_progress_bar_enabled(), diffusers_logging.is_progress_bar_enabled())
+    transformers_logging.disable_progress_bar()
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on[0]:
+            transformers_logging.enable_progress_bar()
+        if was_on[1]:
+            diffusers_logging.enable_progress_bar()
 
 
 def bytes_to_unicode() -> dict[int, str]:

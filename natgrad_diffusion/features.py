@@ -7,7 +7,7 @@ normalised with the ImageNet mean/std (ResNet) or the CLIP mean/std.
 
 Weights: pretrained ones from a hub id or a local directory (``weights=...``, or the environment variable
 ``NATGRAD_RESNET18`` / ``NATGRAD_CLIP``) when they can be loaded **without network access** (local files or the
-local hub cache); otherwise a fixed-seed random initialisation, with a loud :class:`UserWarning`. Which one was
+local hub cache); otherwise a fixed-seed random initialisation, with a one-line :class:`RandomFeaturesWarning`. Which one was
 used is in :attr:`FeatureExtractor.metadata` and is written into every features file, so numbers computed with
 random features are never mistaken for ImageNet-feature numbers.
 
@@ -36,6 +36,7 @@ __all__ = [
     "FeatureExtractor",
     "FeatureFileError",
     "FeatureSet",
+    "RandomFeaturesWarning",
     "ResNet18Features",
     "build_reference_features",
     "extract_features",
@@ -77,18 +78,30 @@ def _to_tensor(images: np.ndarray, size: int, mean: tuple[float, ...], std: tupl
     return (x - m) / s
 
 
-def _load_pretrained(cls, candidates: list[str]) -> tuple[object | None, str | None, str | None]:
-    """Try ``cls.from_pretrained`` on each candidate without network access; returns (model, source, error)."""
-    last_err = None
-    for cand in candidates:
-        if not cand:
-            continue
+class RandomFeaturesWarning(UserWarning):
+    """A feature extractor found no pretrained weights on this machine and uses a seeded random initialisation."""
+
+
+def _load_pretrained(cls, candidates: list[str]) -> tuple[object | None, str | None, list[str]]:
+    """Try ``cls.from_pretrained`` on each non-empty candidate with ``local_files_only=True`` (never a download);
+    returns ``(model, source, candidates tried)``."""
+    tried = [c for c in candidates if c]
+    for cand in tried:
         try:
-            model = cls.from_pretrained(cand, local_files_only=True)
-            return model, cand, None
-        except Exception as e:  # missing files, no cache, wrong architecture, ...
-            last_err = f"{cand}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    return None, None, last_err
+            return cls.from_pretrained(cand, local_files_only=True), cand, tried
+        except Exception:  # missing files, not in the local cache, wrong architecture, ...
+            continue
+    return None, None, tried
+
+
+def _warn_random(name: str, env: str, tried: list[str], seed: int) -> None:
+    where = " or ".join(tried) if tried else "nothing"
+    warnings.warn(
+        f"{name} features use a random initialisation (seed {seed}): no pretrained weights on this machine (looked "
+        f"for {where} in local files only, no download); set {env}=DIR for real weights",
+        RandomFeaturesWarning,
+        stacklevel=4,
+    )
 
 
 class FeatureExtractor:
@@ -125,7 +138,7 @@ class ResNet18Features(FeatureExtractor):
 
     ``weights``: hub id or local directory of ResNet-18 weights; default: ``$NATGRAD_RESNET18``, then
     ``microsoft/resnet-18`` from the local hub cache. If none loads, a random initialisation with
-    ``torch.manual_seed(seed)`` is used and a :class:`UserWarning` says so.
+    ``torch.manual_seed(seed)`` is used and a :class:`RandomFeaturesWarning` says so.
     """
 
     name = "resnet18"
@@ -145,19 +158,12 @@ class ResNet18Features(FeatureExtractor):
         candidates = (
             [str(weights)] if weights is not None else [os.environ.get("NATGRAD_RESNET18", ""), RESNET18_HUB_ID]
         )
-        model, source, err = _load_pretrained(ResNetModel, candidates)
+        model, source, tried = _load_pretrained(ResNetModel, candidates)
         if model is not None and tuple(model.config.hidden_sizes)[-1] != 512:
-            model, source, err = None, None, f"{source}: not a ResNet-18 (hidden sizes {model.config.hidden_sizes})"
+            model, source = None, None  # not a ResNet-18
         pretrained = model is not None
         if not pretrained:
-            warnings.warn(
-                "\n" + "!" * 78 + "\nResNet-18 feature extractor: NO PRETRAINED WEIGHTS could be loaded "
-                f"(tried {candidates}; last error: {err}).\nUsing a RANDOM initialisation (seed {seed}); features, "
-                "MMD and FID are then random-feature numbers, not ImageNet-feature numbers.\n"
-                "Pass weights=<hub id or local dir> or set NATGRAD_RESNET18 to use real weights.\n" + "!" * 78,
-                UserWarning,
-                stacklevel=2,
-            )
+            _warn_random("ResNet-18", "NATGRAD_RESNET18", tried, seed)
             cfg = ResNetConfig(
                 embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"
             )
@@ -208,17 +214,10 @@ class CLIPFeatures(FeatureExtractor):
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         candidates = [str(weights)] if weights is not None else [os.environ.get("NATGRAD_CLIP", ""), CLIP_HUB_ID]
-        model, source, err = _load_pretrained(CLIPVisionModelWithProjection, candidates)
+        model, source, tried = _load_pretrained(CLIPVisionModelWithProjection, candidates)
         pretrained = model is not None
         if not pretrained:
-            warnings.warn(
-                "\n"
-                + "!" * 78
-                + f"\nCLIP feature extractor: NO PRETRAINED WEIGHTS could be loaded (tried {candidates};"
-                f" last error: {err}).\nUsing a RANDOM ViT-B/32-shaped initialisation (seed {seed}).\n" + "!" * 78,
-                UserWarning,
-                stacklevel=2,
-            )
+            _warn_random("CLIP", "NATGRAD_CLIP", tried, seed)
             cfg = CLIPVisionConfig(image_size=image_size, patch_size=32, projection_dim=512)
             state = torch.random.get_rng_state()
             torch.manual_seed(seed)

@@ -55,7 +55,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
         'natgrad.integrations.sb3 needs stable-baselines3 and sb3-contrib: pip install "natgrad[sb3]"'
     ) from exc
 
-from ..trust_region import StepInfo, TrustRegionOptimizer
+from ..optimizer import TrustRegionOptimizer
+from ..trust_region import StepInfo
 
 __all__ = ["TRPO", "MultiCategorical", "kl_terms_per_sample", "torch_distribution"]
 
