@@ -47,8 +47,13 @@ __all__ = [
     "mars_caption",
     "mars_reference_sets",
     "pycda_data_dir",
+    "shipped_mars_reference",
     "split_crops",
 ]
+
+#: the crops of the default build (:func:`build_mars_reference` with its defaults), shipped with the package
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "mars-craters"
+
 
 SPLITS = ("reference", "validation", "evaluation")
 TILE = "holdout_tile.pgm"
@@ -344,3 +349,14 @@ def build_mars_reference(out_dir: str | os.PathLike, **kwargs: object) -> dict[s
     sets = mars_reference_sets(**kwargs)  # type: ignore[arg-type]
     out = Path(out_dir)
     return {name: save_reference_set(ref, out / f"{name}.npz") for name, ref in sets.items()}
+
+
+def shipped_mars_reference(split: str = "reference") -> ReferenceSet:
+    """One split of the real Mars crater crops shipped with the package (the default build of
+    :func:`build_mars_reference`; ``assets/mars-craters/README.md`` gives the attribution and the command that
+    regenerates them from pycda)."""
+    from natgrad_diffusion.craters.reference import load_reference_set
+
+    if split not in SPLITS:
+        raise MarsDataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return load_reference_set(SHIPPED_DIR / f"{split}.npz")

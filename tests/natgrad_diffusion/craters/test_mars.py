@@ -288,3 +288,31 @@ def test_real_tile_labels_and_splits():
                     & (boxes[b][:, 1] < p[3])
                 )
                 assert not hit.any(), (a, b, p)
+
+
+def test_shipped_crops_are_the_real_data_with_provenance():
+    """The crops shipped in the package: three disjoint splits of real craters, provenance in every file."""
+    from natgrad_diffusion.craters.mars import shipped_mars_reference
+
+    sets = {name: shipped_mars_reference(name) for name in ("reference", "validation", "evaluation")}
+    assert {k: len(v) for k, v in sets.items()} == {"reference": 114, "validation": 57, "evaluation": 62}
+    boxes = {k: np.asarray(v.meta["boxes"]) for k, v in sets.items()}
+    for a, b in [("reference", "validation"), ("reference", "evaluation"), ("validation", "evaluation")]:
+        for box in boxes[a]:  # no crop of one split shares a pixel with a crop of another
+            overlap = (np.minimum(box[2], boxes[b][:, 2]) > np.maximum(box[0], boxes[b][:, 0])) & (
+                np.minimum(box[3], boxes[b][:, 3]) > np.maximum(box[1], boxes[b][:, 1])
+            )
+            assert not overlap.any(), (a, b, box)
+    for name, ref in sets.items():
+        assert ref.images.shape[1:] == (32, 32) and ref.images.dtype == np.uint8
+        assert ref.meta["split"] == name and ref.meta["licence"] == "MIT (pycda)"
+
+
+@needs_pycda
+def test_shipped_crops_equal_a_fresh_build_from_pycda(tmp_path):
+    from natgrad_diffusion.craters.mars import build_mars_reference, shipped_mars_reference
+
+    for name, path in build_mars_reference(tmp_path).items():
+        fresh, shipped = load_reference_set(path), shipped_mars_reference(name)
+        np.testing.assert_array_equal(fresh.images, shipped.images)
+        assert fresh.captions == shipped.captions and fresh.meta == shipped.meta
