@@ -37,21 +37,18 @@ from natgrad_diffusion.features import get_feature_extractor
 from natgrad_diffusion.logs import read_metadata
 from natgrad_diffusion.plots import save_image_grid
 from natgrad_diffusion.policies import make_policy
-from natgrad_diffusion.training import (
+from natgrad_diffusion.evaluation import EVAL_METRICS, evaluate_policy, format_metrics_table
+from natgrad_diffusion.job import (
     DEFAULT_EVAL_PROMPTS,
-    EVAL_METRICS,
-    evaluate_policy,
-    format_metrics_table,
     load_model,
-    load_policy_from_run,
     load_prompts,
     load_reference_features,
     load_run_config,
     parse_mode,
     resolve_defaults,
-    train,
     with_test_mode,
 )
+from natgrad_diffusion.training import load_policy_from_run, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -150,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
             image_size=config.feature_image_size,
             **({"weights": config.feature_weights} if config.feature_weights else {}),
         )
-        reference, _, _ = load_reference_features(config, extractor, components.default_size()[0])
+        reference, _, _ = load_reference_features(config, extractor, components.image_shape())
         prompts = load_prompts(config.eval_prompts, default=DEFAULT_EVAL_PROMPTS)[: config.eval_max_prompts]
         eval_config = replace(config, eval_seed=config.eval_seed + seed * EVAL_SEED_STRIDE)
         torch.manual_seed(seed)  # the initial policy of this seed, as train() builds it
@@ -198,7 +195,7 @@ Produced by `python benchmarks/crater_compare.py{" --test-mode" if args.test_mod
 
 * job: `{config.mode}` policy, reward `{config.reward}`, {config.episodes} episodes × {config.batch_size} images
   ({samples} images per run, the same for TRPO and PPO), {config.steps} DDIM steps, guidance {config.guidance_scale},
-  eta {config.eta}; TRPO max KL {config.max_kl or "0.01 (default)"}, PPO lr {config.ppo_lr or "3e-4 (default)"}.
+  eta {config.eta}; TRPO max KL {config.trust_region.max_kl}, PPO lr {config.ppo.lr}.
 * evaluation: {n_prompts} held-out prompts × {config.eval_images_per_prompt} images; seed `i` draws the same
   initial noise for every row; mean ± standard deviation over the {args.seeds} seeds.  "no fine-tuning" is the
   pretrained model, "initial policy" the policy TRPO and PPO start from (no update).

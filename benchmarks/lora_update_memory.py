@@ -53,6 +53,7 @@ def worker(steps: int, chunked: bool, images_per_prompt: int, threads: int) -> d
         from dataclasses import replace
 
         from natgrad_diffusion.agents import TRPOAgent
+        from natgrad_diffusion.chunked_trpo import fisher_subsample
         from natgrad_diffusion.components import build_tiny_components
         from natgrad_diffusion.config import CHUNKS, SAMPLING
         from natgrad_diffusion.policies import make_policy
@@ -78,7 +79,7 @@ def worker(steps: int, chunked: bool, images_per_prompt: int, threads: int) -> d
         "steps": steps,
         "chunked": chunked,
         "decisions": len(rollout.decisions),
-        "fisher_decisions": agent._fisher_subsample(len(rollout.decisions)) or len(rollout.decisions),
+        "fisher_decisions": fisher_subsample(chunks, len(rollout.decisions)) or len(rollout.decisions),
         "lora_params": sum(p.numel() for p in policy.trainable_parameters().values()),
         "unet_params": sum(p.numel() for p in comps.unet.parameters()),
         "seconds": seconds,

@@ -36,6 +36,7 @@ from .sampling import step_distribution
 __all__ = [
     "OldSteps",
     "Ranks",
+    "fisher_subsample",
     "chunked_evaluation",
     "chunked_fisher",
     "chunked_trust_region_step",

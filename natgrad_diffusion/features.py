@@ -36,6 +36,7 @@ __all__ = [
     "FeatureExtractor",
     "FeatureFileError",
     "FeatureSet",
+    "PixelFeatures",
     "RandomFeaturesWarning",
     "ResNet18Features",
     "build_reference_features",
@@ -247,7 +248,31 @@ class CLIPFeatures(FeatureExtractor):
         return self.model(pixel_values=x).image_embeds
 
 
-_EXTRACTORS = {"resnet18": ResNet18Features, "clip": CLIPFeatures}
+class PixelFeatures(FeatureExtractor):
+    """The image itself, downsampled: grayscale (channel mean) resized to ``image_size × image_size`` (area-style
+    antialiased bilinear) and flattened, values in ``[0, 1]``; ``dim = image_size²``.
+
+    A feature-free space for evaluation: no network, nothing learned, nothing a reward could have adapted to.
+    16 px keeps the crater's shape and shading and drops pixel grain.
+    """
+
+    name = "pixels"
+
+    def __init__(self, image_size: int = 16, batch_size: int = 256, device: str | torch.device = "cpu", **_: object):
+        super().__init__(image_size, batch_size, device, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+        self.dim = self.image_size**2
+        self.metadata = {"name": self.name, "dim": self.dim, "pretrained": False, "weights": "none (pixels)",
+                         "image_size": self.image_size, "resize": "bilinear, antialias", "output": "grayscale pixels in [0, 1]"}  # fmt: skip
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1).flatten(1)
+
+
+_EXTRACTORS: dict[str, type[FeatureExtractor]] = {
+    "resnet18": ResNet18Features,
+    "clip": CLIPFeatures,
+    "pixels": PixelFeatures,
+}
 _DEFAULT: dict[tuple, FeatureExtractor] = {}
 
 
