@@ -33,11 +33,8 @@ import numpy as np
 import torch
 
 from natgrad_diffusion.config import TRAINING, TrainingConfig
-from natgrad_diffusion.features import get_feature_extractor
-from natgrad_diffusion.logs import read_metadata
-from natgrad_diffusion.plots import save_image_grid
-from natgrad_diffusion.policies import make_policy
 from natgrad_diffusion.evaluation import EVAL_METRICS, evaluate_policy, format_metrics_table
+from natgrad_diffusion.features import get_feature_extractor
 from natgrad_diffusion.job import (
     DEFAULT_EVAL_PROMPTS,
     load_model,
@@ -48,6 +45,9 @@ from natgrad_diffusion.job import (
     resolve_defaults,
     with_test_mode,
 )
+from natgrad_diffusion.logs import read_metadata
+from natgrad_diffusion.plots import save_image_grid
+from natgrad_diffusion.policies import make_policy
 from natgrad_diffusion.training import load_policy_from_run, train
 
 ROOT = Path(__file__).resolve().parents[1]

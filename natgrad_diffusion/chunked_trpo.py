@@ -36,10 +36,10 @@ from .sampling import step_distribution
 __all__ = [
     "OldSteps",
     "Ranks",
-    "fisher_subsample",
     "chunked_evaluation",
     "chunked_fisher",
     "chunked_trust_region_step",
+    "fisher_subsample",
     "importance_ratio",
     "surrogate_gradient",
 ]
