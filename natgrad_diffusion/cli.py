@@ -61,7 +61,11 @@ _HELP = {
     "out": "run directory",
     "prompts": "training prompts file, one per line (default: the embedded crater prompts)",
     "eval_prompts": "evaluation prompts file (default: the embedded crater test prompts)",
-    "reference": "reference set .npz (build-reference) or features .npz (build-features); default: render craters",
+    "reference": "what the reward compares with: mars (real Mars crops shipped with the package), render, or a"
+    " reference set .npz (build-reference) / features .npz (build-features)",
+    "validation_reference": "image set for choosing settings (default: the validation split of --reference's kind)",
+    "eval_reference": "held-out image set of the evaluation (default: the evaluation split of --reference's kind)",
+    "eval_features": "further evaluation feature spaces, comma-separated, e.g. resnet18,pixels",
     "reference_n": "craters to render when no --reference is given",
     "reference_seed": "seed of the rendered reference",
     "reference_diversity": "diversity of the rendered reference (narrow, medium, broad or a number in [0, 1])",
@@ -154,6 +158,11 @@ def _json_dict(text: str) -> dict[str, Any]:
     return value
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """``"resnet18,pixels"`` → ``("resnet18", "pixels")`` (an empty string: none)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
 def _number(text: str) -> int | float:
     """An int when the text is one (``--fvp-subsample 64`` is a count, ``0.25`` a fraction)."""
     try:
@@ -174,6 +183,8 @@ def _add_option(p: argparse.ArgumentParser, name: str, annotation: str, default:
         p.add_argument(flag, action=action, **kw)
     elif name in ("reward_options", "policy_options"):
         p.add_argument(flag, type=_json_dict, metavar="JSON", **kw)
+    elif annotation.startswith("tuple[str"):
+        p.add_argument(flag, type=_names, metavar="A,B", **kw)
     elif annotation.startswith("tuple"):
         p.add_argument(flag, type=_json_value, metavar="JSON", **kw)
     else:

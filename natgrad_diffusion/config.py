@@ -269,13 +269,20 @@ class TrainingConfig:
             (``natgrad_diffusion/assets/crater-ddim-32``).
         out: run directory (CSV, metadata, checkpoints, grids, plots).
         prompts, eval_prompts: prompt files (one per line); ``None`` are the embedded crater train / test prompts.
-        reference: a reference-set ``.npz`` (``build-reference``) or a features ``.npz`` (``build-features``);
-            ``None`` renders ``reference_n`` procedural craters (seed ``reference_seed``, diversity
-            ``reference_diversity``) at the model's image size.
-        features, feature_image_size, feature_weights: the image feature extractor of rewards and metrics
+        reference: what the reward compares with: ``"mars"`` (the real Mars crater crops shipped with the package,
+            their ``reference`` split), ``"render"`` or ``None`` (``reference_n`` procedural craters, seed
+            ``reference_seed``, diversity ``reference_diversity``, at the model's image size), or the path of a
+            reference-set ``.npz`` (``build-reference``) or of a features ``.npz`` (``build-features``).
+        validation_reference, eval_reference: the image sets for choosing settings (the baselines' best prompt, the
+            TRPO-vs-PPO study) and for the held-out evaluation: ``None`` takes the ``validation`` / ``evaluation``
+            split of ``reference``'s kind (the Mars splits are spatially disjoint; renders use seeds
+            ``reference_seed + 1`` / ``+ 2``), or ``"mars"``, ``"render"``, a reference-set path.
+        features, feature_image_size, feature_weights: the image feature extractor of the reward
             (:func:`natgrad_diffusion.features.get_feature_extractor`), the size images are resized to, and its
-            weights (``None``: ``$NATGRAD_RESNET18`` or the local hub cache, else a seeded random init with a
-            warning; which one was used is in the run metadata).
+            weights (for ``resnet18``: ``None`` is ``$NATGRAD_RESNET18`` or the local hub cache, else a seeded random
+            init with a warning; which one was used is in the run metadata).
+        eval_features: further feature spaces of the evaluation, which the reward does not see (names of
+            :func:`~natgrad_diffusion.features.get_feature_extractor`; each at its own default image size).
         vendi_kernel: kernel of the Vendi scores in the logs and the evaluation: ``"rbf"`` (bandwidth: the reference's
             median heuristic; sensitive with any features) or ``"cosine"`` (the usual choice with pretrained features;
             nearly constant with a randomly initialised extractor).
@@ -312,12 +319,15 @@ class TrainingConfig:
     prompts: str | None = None
     eval_prompts: str | None = None
     reference: str | None = None
+    validation_reference: str | None = None
+    eval_reference: str | None = None
     reference_n: int = 512
     reference_seed: int = 0
     reference_diversity: str = "broad"
     features: str = "resnet18"
     feature_image_size: int = 64
     feature_weights: str | None = None
+    eval_features: tuple[str, ...] = ()
     vendi_kernel: str = "rbf"
     critic: bool = True
     trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.03))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,15 +27,20 @@ from .rewards import (
     vendi_score,
     within_prompt_vendi_score,
 )
+from .rewards.grain import grain_ratio
 from .sampling import sample
 
 __all__ = [
     "EVAL_METRICS",
+    "Spaces",
     "batch_metrics",
     "evaluate_policy",
     "format_metrics_table",
+    "image_metrics",
     "lora_disabled",
+    "make_spaces",
     "sample_images",
+    "table_columns",
 ]
 
 #: metrics of the before/after table, in order, with their orientation
@@ -48,6 +54,71 @@ EVAL_METRICS = (
     ("recall", "recall ↑"),
     ("coverage", "coverage ↑"),
 )
+
+
+@dataclass
+class Spaces:
+    """The feature spaces of an evaluation and the held-out reference in each.
+
+    Attributes:
+        names: the spaces, the reward's first.
+        extractors: ``name -> uint8 images -> (N, d) features``.
+        reference: ``name ->`` the held-out reference's features ``(m, d)``.
+        reference_images: the held-out reference images (uint8), for the grain statistic.
+    """
+
+    names: list[str]
+    extractors: dict[str, Callable[[np.ndarray], np.ndarray]]
+    reference: dict[str, np.ndarray]
+    reference_images: np.ndarray
+
+    @property
+    def reward_space(self) -> str:
+        return self.names[0]
+
+
+def make_spaces(
+    reward_space: str, reward_extractor: Any, others: Sequence[str], reference_images: np.ndarray
+) -> Spaces:
+    """:class:`Spaces` of the reward's extractor and the named ``others`` (each at its default image size)."""
+    from .features import get_feature_extractor
+
+    extractors = {reward_space: reward_extractor}
+    for name in others:
+        extractors[name] = get_feature_extractor(name)
+    reference = {name: np.asarray(e(reference_images)) for name, e in extractors.items()}
+    return Spaces([reward_space, *others], extractors, reference, np.asarray(reference_images))
+
+
+def image_metrics(
+    images: np.ndarray, prompts: Sequence[str], spaces: Spaces, vendi_kernel: str = "rbf"
+) -> dict[str, float]:
+    """Every metric of :func:`~natgrad_diffusion.rewards.evaluate_metrics` in every space (keys
+    ``"space/metric"``), the grain ratio to the reference (``grain_ratio``, 1 = as grainy as the reference) and
+    the pixel mean / std (``pixel_mean``, ``pixel_std``, in ``[0, 255]``)."""
+    codes = np.asarray(prompts)
+    out: dict[str, float] = {}
+    for name in spaces.names:
+        metrics = evaluate_metrics(
+            spaces.extractors[name](images),
+            spaces.reference[name],
+            codes,
+            vendi_kernel=vendi_kernel,  # type: ignore[arg-type]
+        )
+        out.update({f"{name}/{key}": value for key, value in metrics.items()})
+    out["grain_ratio"] = grain_ratio(images, spaces.reference_images)
+    out["pixel_mean"], out["pixel_std"] = float(np.mean(images)), float(np.std(images))
+    return out
+
+
+def table_columns(spaces: Spaces) -> list[tuple[str, str]]:
+    """The columns of the before/after table: MMD² and within-prompt Vendi in every space (the reward's marked
+    ``*``), the grain ratio and the reward space's coverage."""
+    star = {n: "*" if n == spaces.reward_space else "" for n in spaces.names}
+    cols = [(f"{n}/mmd2", f"MMD² {n}{star[n]} ↓") for n in spaces.names]
+    cols += [(f"{n}/vendi_within_prompt", f"Vendi within prompt {n}{star[n]} ↑") for n in spaces.names]
+    cols += [("grain_ratio", "grain ratio (1 = reference)"), (f"{spaces.reward_space}/coverage", "coverage* ↑")]
+    return cols
 
 
 def sample_images(
@@ -105,22 +176,25 @@ def evaluate_policy(
     components: Any,
     policy: DiffusionPolicy | None,
     prompts: Sequence[str],
-    extractor: Callable[[np.ndarray], np.ndarray],
-    reference_features: np.ndarray,
+    spaces: Spaces,
     config: TrainingConfig = TRAINING,
     *,
     pretrained: bool = False,
+    sample_prompts: Sequence[str] | None = None,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
     """Sample ``config.eval_images_per_prompt`` images per prompt (seeds from ``config.eval_seed``) with ``policy``
-    and compute :func:`natgrad_diffusion.rewards.evaluate_metrics` against the reference.
+    and compute :func:`image_metrics` in ``spaces``; returns ``(metrics, images)``.
 
     ``pretrained=True`` (or ``policy=None``) samples the pretrained model instead: no sampling hook, and the LoRA
-    adapters of a ``LORA_UNET`` policy disabled.  Returns ``(metrics, images)``.
+    adapters of a ``LORA_UNET`` policy disabled.  ``sample_prompts`` replaces the prompts the images are sampled
+    with (one per entry of ``prompts``, same seeds; the within-prompt metrics still group by ``prompts``);
+    ``transform`` post-processes the uint8 images (a baseline's brightness map).
     """
     with lora_disabled(policy if pretrained else None):
-        images, image_prompts = sample_images(
+        images, _ = sample_images(
             components,
-            prompts,
+            list(sample_prompts) if sample_prompts is not None else prompts,
             policy=None if pretrained else policy,
             images_per_prompt=config.eval_images_per_prompt,
             steps=config.steps,
@@ -128,13 +202,10 @@ def evaluate_policy(
             eta=config.eta,  # type: ignore[arg-type]
             seed=config.eval_seed,
         )
-    metrics = evaluate_metrics(
-        extractor(images),
-        reference_features,
-        np.asarray(image_prompts),
-        vendi_kernel=config.vendi_kernel,  # type: ignore[arg-type]
-    )
-    return metrics, images
+    if transform is not None:
+        images = transform(images)
+    groups = [p for p in prompts for _ in range(config.eval_images_per_prompt)]
+    return image_metrics(images, groups, spaces, config.vendi_kernel), images
 
 
 def _cell(value: float, spread: float | None) -> str:
@@ -145,16 +216,20 @@ def _cell(value: float, spread: float | None) -> str:
     return text
 
 
-def format_metrics_table(rows: dict[str, dict[str, float]], *, std: dict[str, dict[str, float]] | None = None) -> str:
+def format_metrics_table(
+    rows: dict[str, dict[str, float]],
+    *,
+    std: dict[str, dict[str, float]] | None = None,
+    columns: Sequence[tuple[str, str]] = EVAL_METRICS,
+) -> str:
     """A markdown table: one row per entry of ``rows`` (e.g. ``pretrained``, ``fine-tuned``), one column per
-    :data:`EVAL_METRICS`; with ``std``, cells read ``mean ± std``."""
-    header = "| | " + " | ".join(label for _, label in EVAL_METRICS) + " |"
-    lines = [header, "|---|" + "---:|" * len(EVAL_METRICS)]
+    ``(key, label)`` of ``columns`` (default :data:`EVAL_METRICS`); with ``std``, cells read ``mean ± std``."""
+    header = "| | " + " | ".join(label for _, label in columns) + " |"
+    lines = [header, "|---|" + "---:|" * len(columns)]
     for name, row in rows.items():
         spreads = std.get(name) if std is not None else None
         cells = [
-            _cell(row.get(key, math.nan), None if spreads is None else spreads.get(key, math.nan))
-            for key, _ in EVAL_METRICS
+            _cell(row.get(key, math.nan), None if spreads is None else spreads.get(key, math.nan)) for key, _ in columns
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from natgrad_diffusion.npz import read_npz
 
 __all__ = [
     "FEATURES_VERSION",
+    "FEATURE_EXTRACTORS",
     "CLIPFeatures",
     "FeatureExtractor",
     "FeatureFileError",
@@ -268,7 +269,7 @@ class PixelFeatures(FeatureExtractor):
         return x.mean(1).flatten(1)
 
 
-_EXTRACTORS: dict[str, type[FeatureExtractor]] = {
+FEATURE_EXTRACTORS: dict[str, type[FeatureExtractor]] = {
     "resnet18": ResNet18Features,
     "clip": CLIPFeatures,
     "pixels": PixelFeatures,
@@ -279,9 +280,9 @@ _DEFAULT: dict[tuple, FeatureExtractor] = {}
 def get_feature_extractor(name: str = "resnet18", **kwargs) -> FeatureExtractor:
     """Construct a feature extractor by name (``"resnet18"`` or ``"clip"``); kwargs go to its constructor."""
     try:
-        cls = _EXTRACTORS[name]
+        cls = FEATURE_EXTRACTORS[name]
     except KeyError:
-        raise ValueError(f"unknown feature extractor {name!r}; choose from {sorted(_EXTRACTORS)}") from None
+        raise ValueError(f"unknown feature extractor {name!r}; choose from {sorted(FEATURE_EXTRACTORS)}") from None
     return cls(**kwargs)
 
 

@@ -41,6 +41,7 @@ __all__ = [
     "load_reference_features",
     "load_run_config",
     "parse_mode",
+    "reference_set",
     "resolve_defaults",
     "validate_config",
     "with_test_mode",
@@ -125,6 +126,19 @@ def _check_choices(c: TrainingConfig) -> None:
             )
 
 
+def _check_feature_names(c: TrainingConfig) -> None:
+    from .features import FEATURE_EXTRACTORS
+
+    names = (c.features, *c.eval_features)
+    unknown = [n for n in names if n not in FEATURE_EXTRACTORS]
+    if unknown:
+        raise TrainingError(
+            f"unknown feature space(s) {', '.join(unknown)}; choose from {', '.join(FEATURE_EXTRACTORS)}"
+        )
+    if c.features in c.eval_features:
+        raise TrainingError(f"eval_features lists {c.features!r}, the reward's own space (it is always evaluated)")
+
+
 def validate_config(config: TrainingConfig) -> None:
     """Raise :class:`TrainingError` with a one-line message for a configuration that cannot run (no model or
     reference is loaded: the checks take milliseconds)."""
@@ -150,9 +164,12 @@ def validate_config(config: TrainingConfig) -> None:
             raise TrainingError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
     for name in ("prompts", "eval_prompts"):
         load_prompts(getattr(c, name), default=DEFAULT_TRAIN_PROMPTS if name == "prompts" else DEFAULT_EVAL_PROMPTS)
-    if c.reference is not None and not Path(c.reference).is_file():
-        raise TrainingError(f"reference file {c.reference} not found")
+    for name in ("reference", "validation_reference", "eval_reference"):
+        value = getattr(c, name)
+        if value not in (None, "mars", "render") and not Path(value).is_file():
+            raise TrainingError(f"{name} file {value} not found (or use mars / render)")
     check_model(c.model)
+    _check_feature_names(c)  # last: it imports the feature extractors (and torch)
 
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainingConfig:
@@ -239,44 +256,85 @@ def feature_extractor(config: TrainingConfig, device: Any = "cpu") -> Any:
         raise TrainingError(str(exc)) from exc
 
 
-def load_reference_features(
-    config: TrainingConfig, extractor: Any, image_shape: tuple[int, int, int]
-) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    """Reference features ``(m, d)``, their captions and a description.
+#: the render seed offset of each split
+_RENDER_SEED_OFFSET = {"reference": 0, "validation": 1, "evaluation": 2}
 
-    ``config.reference``: a features ``.npz`` (used as is; a warning if its extractor differs), or a reference-set
-    ``.npz`` (its images go through ``extractor``; they must have the model's ``image_shape`` = ``(channels, height,
-    width)``); ``None`` renders ``reference_n`` craters at the model's size.
-    """
+
+def _spec(config: TrainingConfig, split: str) -> str:
+    """``"mars"``, ``"render"`` or a path: the image set of ``split`` (``None`` falls back to ``reference``'s kind)."""
+    own = {"reference": config.reference, "validation": config.validation_reference,
+           "evaluation": config.eval_reference}[split]  # fmt: skip
+    if own is not None:
+        return str(own)
+    kind = config.reference if config.reference in ("mars", "render") else "render"
+    if split != "reference" and config.reference not in (None, "mars", "render"):
+        return str(config.reference)  # a reference file given: it serves every role
+    return "render" if kind is None else kind
+
+
+def reference_set(config: TrainingConfig, split: str, image_shape: tuple[int, int, int]) -> Any:
+    """The :class:`~natgrad_diffusion.craters.reference.ReferenceSet` of ``split`` (``"reference"``,
+    ``"validation"`` or ``"evaluation"``), its images of the model's ``image_shape = (channels, height, width)``;
+    ``None`` when ``config.reference`` is a features file (no images)."""
+    from .craters.mars import shipped_mars_reference
     from .craters.reference import ReferenceFileError, generate_reference_set, load_reference_set
-    from .features import FeatureFileError, load_features
     from .npz import npz_keys
 
-    channels, height, width = image_shape
-    if config.reference is None:
+    spec = _spec(config, split)
+    _, height, _ = image_shape
+    if spec == "mars":
+        ref = shipped_mars_reference(split)
+    elif spec == "render":
         diversity = config.reference_diversity
         ref = generate_reference_set(
             config.reference_n,
-            seed=config.reference_seed,
+            seed=config.reference_seed + _RENDER_SEED_OFFSET[split],
             size=height,
             diversity=diversity if diversity in _DIVERSITY_NAMES else float(diversity),
         )
-        return extractor(ref.images), list(ref.captions), {"source": "generated", **ref.meta}
-    path = Path(config.reference)
-    try:
-        if "features" in npz_keys(path, "reference", TrainingError):
-            return _reference_feature_file(load_features(path), path, extractor)
-        ref = load_reference_set(path)
-    except (ReferenceFileError, FeatureFileError) as exc:
-        raise TrainingError(str(exc)) from exc
-    got = (3 if ref.images.ndim == 4 else 1, *ref.images.shape[1:3])
-    if got != (channels, height, width):
+    else:
+        path = Path(spec)
+        try:
+            if "features" in npz_keys(path, "reference", TrainingError):
+                return None
+            ref = load_reference_set(path)
+        except ReferenceFileError as exc:
+            raise TrainingError(str(exc)) from exc
+    _check_shape(ref.images, image_shape, spec)
+    return ref
+
+
+def _check_shape(images: np.ndarray, image_shape: tuple[int, int, int], where: str) -> None:
+    got = (3 if images.ndim == 4 else 1, *images.shape[1:3])
+    if got != tuple(image_shape):
         describe = lambda s: f"{s[1]}×{s[2]} {'RGB' if s[0] == 3 else 'grayscale'}"  # noqa: E731
         raise TrainingError(
-            f"{path}: reference images are {describe(got)}, the model makes {describe(image_shape)}; build the "
-            f"reference at its size (natgrad-diffusion build-reference --size {height})"
+            f"{where}: reference images are {describe(got)}, the model makes {describe(image_shape)}; build the "
+            f"reference at its size (natgrad-diffusion build-reference --size {image_shape[1]})"
         )
-    return extractor(ref.images), list(ref.captions), {"source": str(path), "kind": "reference", **ref.meta}
+
+
+def load_reference_features(
+    config: TrainingConfig, extractor: Any, image_shape: tuple[int, int, int]
+) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """The reward's reference: features ``(m, d)`` in ``extractor``'s space, their captions and a description.
+
+    ``config.reference``: ``"mars"``, ``"render"`` / ``None`` or a reference-set ``.npz`` (its images go through
+    ``extractor``; they must have the model's ``image_shape`` = ``(channels, height, width)``), or a features
+    ``.npz`` (used as is; a warning if its extractor differs).
+    """
+    from .features import FeatureFileError, load_features
+
+    ref = reference_set(config, "reference", image_shape)
+    if ref is None:
+        path = Path(str(config.reference))
+        try:
+            return _reference_feature_file(load_features(path), path, extractor)
+        except FeatureFileError as exc:
+            raise TrainingError(str(exc)) from exc
+    spec = _spec(config, "reference")
+    source = "generated" if spec == "render" else spec
+    return extractor(ref.images), list(ref.captions), {"source": source, "kind": "reference", **ref.meta}
 
 
 def _reference_feature_file(fs: Any, path: Path, extractor: Any) -> tuple[np.ndarray, list[str], dict[str, Any]]:

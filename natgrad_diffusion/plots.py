@@ -263,3 +263,23 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     fig.savefig(paths[0], dpi=100)
     plt.close(fig)
     return paths
+
+
+def save_comparison_grid(
+    blocks: dict[str, np.ndarray], row_labels: list[str], per_row: int, path: str | os.PathLike, scale: float = 2.0
+) -> Path:
+    """A grid with one row per label and, side by side, ``per_row`` images of each block (e.g. ``real``,
+    ``pretrained``, ``fine-tuned``; each block's images in row-major order), a blank column between blocks and the
+    block names in the title."""
+    rows = []
+    for r in range(len(row_labels)):
+        parts = []
+        for images in blocks.values():
+            a = np.asarray(images)
+            cell = a[(r * per_row + np.arange(per_row)) % len(a)]
+            parts.append(cell)
+            parts.append(np.full_like(cell[:1], 255))  # a blank column between blocks
+        rows.append(np.concatenate(parts[:-1]))
+    ncols = len(rows[0])
+    title = "   |   ".join(blocks)
+    return save_image_grid(np.concatenate(rows), path, ncols=ncols, row_labels=row_labels, title=title, scale=scale)

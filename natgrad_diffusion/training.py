@@ -51,10 +51,20 @@ import numpy as np
 import torch
 
 from .agents import DiffusionAgent, PPOAgent, TRPOAgent
+from .baselines import best_fixed_prompt, brightness_contrast_map
 from .checkpoints import export_policy, resolve_resume, restore, save_checkpoint
 from .config import CRITIC, SAMPLING, TRAINING, TrainingConfig, config_dict
 from .critic import Critic
-from .evaluation import batch_metrics, evaluate_policy, format_metrics_table
+from .evaluation import (
+    Spaces,
+    batch_metrics,
+    evaluate_policy,
+    format_metrics_table,
+    image_metrics,
+    make_spaces,
+    sample_images,
+    table_columns,
+)
 from .feature_reward import FeatureReward, images_uint8
 from .job import (
     DEFAULT_EVAL_PROMPTS,
@@ -66,12 +76,13 @@ from .job import (
     load_prompts,
     load_reference_features,
     parse_mode,
+    reference_set,
     resolve_defaults,
     validate_config,
     with_test_mode,
 )
 from .logs import CSVLogger, atomic_write_text, library_versions, read_csv, update_metadata, write_metadata
-from .plots import plot_run, save_image_grid
+from .plots import plot_run, save_comparison_grid, save_image_grid
 from .policies import DiffusionPolicy, load_policy, make_policy
 from .processes import (
     Processes,
@@ -143,6 +154,8 @@ class TrainResult:
         evaluation: ``{"pretrained" | "initial policy" | "fine-tuned": metrics}`` (empty without evaluation).
         policy: the trained policy; components: the model it samples with.
         feature_extractor: the extractor's metadata (``pretrained`` says whether real weights were used).
+        columns: the ``(key, label)`` columns of the evaluation table (:func:`~natgrad_diffusion.evaluation.table_columns`).
+        best_prompt: the baseline's best fixed prompt (``None`` when not evaluated).
     """
 
     run_dir: Path
@@ -153,6 +166,8 @@ class TrainResult:
     policy: DiffusionPolicy | None = None
     components: Any = None
     feature_extractor: dict[str, Any] = field(default_factory=dict)
+    columns: list[tuple[str, str]] = field(default_factory=list)
+    best_prompt: str | None = None
 
 
 def make_agent(
@@ -236,6 +251,9 @@ class Trainer:
         self.resume, self.overwrite, self.progress, self.say = resume, overwrite, progress, say
         self.run_dir = Path(config.out)
         self.evaluation: dict[str, dict[str, float]] = {}
+        self.images: dict[str, np.ndarray] = {}
+        self.best_prompt: str | None = None
+        self.spaces: Spaces | None = None
         self.episodes_done = 0
         self._stack = ExitStack()
 
@@ -281,12 +299,24 @@ class Trainer:
         for w in caught:  # one copy of the extractor's warnings, from rank 0
             if self.procs.main:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        self.reference, _, self.reference_info = load_reference_features(
-            c, self.extractor, self.components.image_shape()
-        )
+        shape = self.components.image_shape()
+        self.reference, _, self.reference_info = load_reference_features(c, self.extractor, shape)
         reward = get_reward(c.reward, self.reference, **c.reward_options)
         self.reward_fn = FeatureReward(self.extractor, reward, self.procs)
         self.bandwidth = median_heuristic_bandwidth(self.reference)
+        if c.evaluate and self.procs.main:
+            self.spaces = self._evaluation_spaces(shape)
+
+    def _evaluation_spaces(self, shape: tuple[int, int, int]) -> Spaces:
+        """The reward's space and ``eval_features``, against the held-out evaluation set (the reward's reference
+        features alone when it is a features file)."""
+        c = self.config
+        held_out = reference_set(c, "evaluation", shape)
+        if held_out is None:
+            return Spaces([c.features], {c.features: self.extractor}, {c.features: self.reference}, None)  # type: ignore[arg-type]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a random-init extractor of the evaluation says so in the table header
+            return make_spaces(c.features, self.extractor, c.eval_features, held_out.images)
 
     def _open_agent(self) -> None:
         c = self.config
@@ -330,21 +360,46 @@ class Trainer:
     def _eval_path(self) -> Path:
         return self.run_dir / f"{EVALUATION_FILE}.json"
 
-    def _evaluate_row(self, name: str, pretrained: bool) -> None:
+    def _evaluate_row(self, name: str, pretrained: bool, **kwargs: Any) -> np.ndarray:
         metrics, images = evaluate_policy(
-            self.components, self.agent.policy, self.eval_prompts, self.extractor, self.reference, self.config,
-            pretrained=pretrained,
+            self.components, self.agent.policy, self.eval_prompts, self.spaces, self.config, pretrained=pretrained,
+            **kwargs,
         )  # fmt: skip
         self.evaluation[name] = metrics
-        per_prompt = self.config.eval_images_per_prompt
-        labels = [self.eval_prompts[i] for i in range(len(images) // per_prompt)]
-        save_image_grid(
-            images, self.run_dir / f"eval_{name.replace(' ', '_')}.png", ncols=per_prompt, row_labels=labels, scale=3
-        )
+        labels = self.eval_prompts[: len(images) // self.config.eval_images_per_prompt]
+        path = self.run_dir / f"eval_{name.split(',')[0].replace(' ', '_')}.png"
+        save_image_grid(images, path, ncols=self.config.eval_images_per_prompt, row_labels=labels, scale=3)
+        self.images[name] = images
+        return images
+
+    def _evaluate_baselines(self) -> None:
+        """The pretrained model as it is, with the reference's brightness and contrast, and with the best fixed
+        prompt (chosen on the validation set); then the untrained policy."""
+        c = self.config
+        pre = self._evaluate_row("pretrained", True)
+        reference_images = reference_set(c, "reference", self.components.image_shape())
+        if reference_images is not None and self.spaces.reference_images is not None:
+            metrics = image_metrics(
+                brightness_contrast_map(pre, reference_images.images),
+                [p for p in self.eval_prompts for _ in range(c.eval_images_per_prompt)], self.spaces, c.vendi_kernel,
+            )  # fmt: skip
+            self.evaluation["pretrained + brightness/contrast map"] = metrics
+        validation = reference_set(c, "validation", self.components.image_shape())
+        if validation is not None:
+            best, _ = best_fixed_prompt(
+                lambda ps: sample_images(self.components, ps, images_per_prompt=c.eval_images_per_prompt,
+                                         steps=c.steps, guidance_scale=c.guidance_scale, eta=c.eta,
+                                         seed=c.eval_seed + 7919)[0],
+                self.prompts, self.extractor, self.extractor(validation.images),
+            )  # fmt: skip
+            self.best_prompt = best
+            self._evaluate_row("pretrained, best fixed prompt", True, sample_prompts=[best] * len(self.eval_prompts))
+        self._evaluate_row("initial policy", False)
 
     def evaluate(self, when: str) -> None:
-        """``when="before"``: the pretrained model and the initial policy (reused on resume); ``"after"``: the
-        fine-tuned policy, and ``evaluation.md``.  Rank 0 only."""
+        """``when="before"``: the pretrained model, the baselines and the initial policy (reused on resume);
+        ``"after"``: the fine-tuned policy, ``evaluation.md`` and the real | pretrained | fine-tuned grid.  Rank 0
+        only."""
         if not (self.config.evaluate and self.procs.main):
             return
         if when == "before":
@@ -352,22 +407,36 @@ class Trainer:
                 saved = json.loads(self._eval_path.read_text())
                 self.evaluation = {k: v for k, v in saved.items() if k != "fine-tuned"}
                 return
-            self.say("evaluating the pretrained model and the initial policy ...")
-            for name, pretrained in (("pretrained", True), ("initial policy", False)):
-                self._evaluate_row(name, pretrained)
+            self.say("evaluating the pretrained model, the baselines and the initial policy ...")
+            self._evaluate_baselines()
         else:
             self.say("evaluating the fine-tuned policy ...")
             self._evaluate_row("fine-tuned", False)
+            self._write_comparison()
         atomic_write_text(self._eval_path, json.dumps(self.evaluation, indent=2) + "\n")
         if when == "after":
-            c = self.config
-            header = (
-                f"Eval prompts: {len(self.eval_prompts)} × {c.eval_images_per_prompt} images, {c.steps} steps; "
-                f"reference: {self.reference.shape[0]} images; features: {self.extractor.metadata.get('weights')}.\n\n"
-            )
-            atomic_write_text(
-                self.run_dir / f"{EVALUATION_FILE}.md", header + format_metrics_table(self.evaluation) + "\n"
-            )
+            atomic_write_text(self.run_dir / f"{EVALUATION_FILE}.md", self._evaluation_text())
+
+    def _write_comparison(self) -> None:
+        per = self.config.eval_images_per_prompt
+        blocks = {"real (held out)": self.spaces.reference_images} if self.spaces.reference_images is not None else {}
+        if "pretrained" in self.images:
+            blocks["pretrained"] = self.images["pretrained"]
+        blocks["fine-tuned"] = self.images["fine-tuned"]
+        save_comparison_grid(blocks, self.eval_prompts, per, self.run_dir / "eval_comparison.png")
+
+    def _evaluation_text(self) -> str:
+        c, sp = self.config, self.spaces
+        ref = self.reference_info
+        lines = [
+            f"Held-out evaluation: {len(self.eval_prompts)} prompts × {c.eval_images_per_prompt} images, {c.steps} "
+            f"steps, against {len(sp.reference_images) if sp.reference_images is not None else 'the reward'}'s "
+            f"held-out images ({c.eval_reference or c.reference or 'render'}, evaluation split).",
+            f"The reward ({c.reward}) used the **{sp.reward_space}** space (marked *) and the reference "
+            f"{ref.get('source')} ({ref.get('split', 'reference')} split); the other spaces are ones it never saw.",
+            "",
+        ]
+        return "\n".join(lines) + format_metrics_table(self.evaluation, columns=table_columns(sp)) + "\n"
 
     # ------------------------------------------------------------------ the loop
     def restore(self) -> None:
@@ -470,6 +539,8 @@ class Trainer:
             policy=self.agent.policy,
             components=self.components,
             feature_extractor=dict(self.extractor.metadata),
+            columns=table_columns(self.spaces) if self.spaces is not None else [],
+            best_prompt=self.best_prompt,
         )
 
     def abort(self) -> None:

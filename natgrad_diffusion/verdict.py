@@ -8,37 +8,41 @@ numbers of a ``--test-mode`` run as a smoke test.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from .evaluation import EVAL_METRICS, format_metrics_table
 
 __all__ = ["changes", "summary"]
 
-#: metrics where lower is better (the others: higher is better)
-_LOWER_IS_BETTER = {key for key, label in EVAL_METRICS if label.endswith("↓")}
-_NAMES = {key: label.rstrip(" ↑↓") for key, label in EVAL_METRICS}
 
-
-def changes(before: dict[str, float], after: dict[str, float], rel_tol: float = 0.02) -> dict[str, list[str]]:
-    """``{"better": [...], "worse": [...], "same": [...]}``: each metric's move from ``before`` to ``after``
-    (relative change below ``rel_tol`` counts as the same), as ``"name a → b"`` strings."""
+def changes(
+    before: dict[str, float],
+    after: dict[str, float],
+    columns: Sequence[tuple[str, str]] = EVAL_METRICS,
+    rel_tol: float = 0.02,
+) -> dict[str, list[str]]:
+    """``{"better": [...], "worse": [...], "same": [...]}``: each column's move from ``before`` to ``after`` (relative
+    change below ``rel_tol`` counts as the same), as ``"name a → b"`` strings.  A label ending in ``↓`` is better
+    lower, ``↑`` higher; a grain ratio is better closer to 1; other columns are left out."""
     out: dict[str, list[str]] = {"better": [], "worse": [], "same": []}
-    for key, _ in EVAL_METRICS:
+    for key, label in columns:
         a, b = before.get(key, math.nan), after.get(key, math.nan)
         if not (math.isfinite(a) and math.isfinite(b)):
             continue
-        text = f"{_NAMES[key]} {a:.3g} → {b:.3g}"
+        name = label.rstrip(" ↑↓")
+        text = f"{name} {a:.3g} → {b:.3g}"
         if abs(b - a) <= rel_tol * max(abs(a), abs(b), 1e-12):
             out["same"].append(text)
-        elif (b < a) == (key in _LOWER_IS_BETTER):
-            out["better"].append(text)
-        else:
-            out["worse"].append(text)
+        elif key == "grain_ratio":
+            out["better" if abs(b - 1) < abs(a - 1) else "worse"].append(text)
+        elif label.endswith(("↓", "↑")):
+            out["better" if (b < a) == label.endswith("↓") else "worse"].append(text)
     return out
 
 
-def _verdict(evaluation: dict[str, dict[str, float]]) -> list[str]:
-    moved = changes(evaluation["pretrained"], evaluation["fine-tuned"])
+def _verdict(evaluation: dict[str, dict[str, float]], columns: Sequence[tuple[str, str]]) -> list[str]:
+    moved = changes(evaluation["pretrained"], evaluation["fine-tuned"], columns)
     lines = [
         "Fine-tuned vs pretrained: "
         + (f"better: {', '.join(moved['better'])}" if moved["better"] else "nothing improved")
@@ -46,7 +50,7 @@ def _verdict(evaluation: dict[str, dict[str, float]]) -> list[str]:
         + "."
     ]
     if "initial policy" in evaluation:
-        from_start = changes(evaluation["initial policy"], evaluation["fine-tuned"])
+        from_start = changes(evaluation["initial policy"], evaluation["fine-tuned"], columns)
         lines.append(
             "The 'initial policy' row is the untrained policy (its random initial actions, before any update); "
             f"what training itself changed: {len(from_start['better'])} metric(s) better, "
@@ -69,12 +73,22 @@ def summary(result: Any) -> str:
     if result.evaluation:
         fe = result.feature_extractor
         lines += ["", f"Held-out prompts, features: {fe.get('name')} ({fe.get('weights')})", ""]
-        lines.append(format_metrics_table(result.evaluation))
+        columns = result.columns or EVAL_METRICS
+        lines.append(format_metrics_table(result.evaluation, columns=columns))
+        if any(label.rstrip(" ↑↓").endswith("*") for _, label in columns):
+            reward_space = next(label for _, label in columns if "*" in label).split()[-2].rstrip("*")
+            lines.append(f"* the space the reward used ({reward_space}); the other spaces never entered training.")
         if "fine-tuned" in result.evaluation and "pretrained" in result.evaluation:
-            lines += ["", *_verdict(result.evaluation)]
+            lines += ["", *_verdict(result.evaluation, columns)]
+        for baseline in [k for k in result.evaluation if k.startswith("pretrained ") or k.startswith("pretrained,")]:
+            moved = changes(result.evaluation[baseline], result.evaluation.get("fine-tuned", {}), columns)
+            lines.append(
+                f"Fine-tuned vs '{baseline}': {len(moved['better'])} column(s) better, {len(moved['worse'])} worse."
+            )
         lines += [
             "",
-            f"Grids (one row per prompt): {run}/eval_pretrained.png (before), {run}/eval_fine-tuned.png (after); "
+            f"Grids (one row per prompt): {run}/eval_comparison.png (real | pretrained | fine-tuned), "
+            f"{run}/eval_pretrained.png, {run}/eval_fine-tuned.png; "
             f"training curves: {run}/plots/training_curves.png; per-episode log: {run}/train.csv.",
         ]
     else:
