@@ -249,12 +249,21 @@ class CLIPFeatures(FeatureExtractor):
         return self.model(pixel_values=x).image_embeds
 
 
-_EXTRACTORS = {"resnet18": ResNet18Features, "clip": CLIPFeatures}
+def _crater_features(**kwargs: object) -> FeatureExtractor:
+    """:class:`~natgrad_diffusion.encoder.CraterEncoderFeatures` (imported lazily: that module imports this one)."""
+    from natgrad_diffusion.encoder import CraterEncoderFeatures
+
+    return CraterEncoderFeatures(**kwargs)  # type: ignore[arg-type]
+
+
+#: name → extractor class (or factory); ``"crater"`` is the small encoder learned on craters (shipped weights)
+_EXTRACTORS = {"resnet18": ResNet18Features, "clip": CLIPFeatures, "crater": _crater_features}
 _DEFAULT: dict[tuple, FeatureExtractor] = {}
 
 
 def get_feature_extractor(name: str = "resnet18", **kwargs) -> FeatureExtractor:
-    """Construct a feature extractor by name (``"resnet18"`` or ``"clip"``); kwargs go to its constructor."""
+    """Construct a feature extractor by name (``"resnet18"``, ``"clip"`` or ``"crater"``, the encoder learned on
+    craters of :mod:`natgrad_diffusion.encoder`); kwargs go to its constructor."""
     try:
         cls = _EXTRACTORS[name]
     except KeyError:
@@ -356,8 +365,8 @@ def build_reference_features(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: ``python -m natgrad_diffusion.features REF.npz OUT.npz [--extractor resnet18|clip --weights ID
-    --image-size 224]``."""
+    """CLI: ``python -m natgrad_diffusion.features REF.npz OUT.npz [--extractor resnet18|clip|crater --weights ID
+    --image-size 224]``; the image size defaults to 224, or 32 for ``crater``."""
     import argparse
 
     p = argparse.ArgumentParser(description="compute the features of a reference set .npz")
@@ -365,11 +374,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--extractor", default="resnet18", choices=sorted(_EXTRACTORS))
     p.add_argument("--weights", default=None)
-    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--image-size", type=int, default=None, help="default 224 (32 for crater)")
     p.add_argument("--batch-size", type=int, default=32)
     a = p.parse_args(argv)
+    size = a.image_size if a.image_size is not None else (32 if a.extractor == "crater" else 224)
     fs = build_reference_features(
-        a.reference, a.out, a.extractor, weights=a.weights, image_size=a.image_size, batch_size=a.batch_size
+        a.reference, a.out, a.extractor, weights=a.weights, image_size=size, batch_size=a.batch_size
     )
     print(f"wrote features {fs.features.shape} to {a.out} (extractor: {json.dumps(fs.extractor)})")
 
