@@ -331,7 +331,9 @@ def run(args: argparse.Namespace) -> Trainer:
     """Train until ``--until`` (default ``--steps``) or ``--minutes``; saves the state and writes the weights."""
     tr = build_trainer(args)
     state = Path(args.state)
-    if args.resume and state.exists():
+    if args.resume:
+        if not state.exists():
+            raise SystemExit(f"--resume: no state file at {state}")
         load_state(tr, state)
     until = min(args.steps, args.until if args.until is not None else args.steps)
     start, t0 = tr.step, time.monotonic()
