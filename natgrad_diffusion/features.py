@@ -1,4 +1,7 @@
-"""Image feature extractors (ResNet-18 by default, CLIP vision as an option) and reference-feature files.
+"""Image feature extractors (ResNet-18 by default, CLIP vision and the crater encoder as options) and feature files.
+
+``"crater"`` (:class:`~natgrad_diffusion.encoder.CraterEncoderFeatures`) is a small CNN learned on crater renders and
+real Mars crops whose weights ship with the package (128-d, 32 px, offline); see :mod:`natgrad_diffusion.encoder`.
 
 ``extract_features(images_uint8) -> (N, 512) float32``. Images are uint8 grayscale ``(N, H, W)`` (replicated to
 three channels) or RGB ``(N, H, W, 3)``; they are resized (bilinear, antialiased) to ``image_size`` (224 by
