@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -127,8 +128,9 @@ def load_crater_encoder(path: str | os.PathLike | None = None) -> tuple[CraterEn
 class CraterEncoderFeatures(FeatureExtractor):
     """:class:`CraterEncoder` embeddings, ``(N, 128)`` float32, of uint8 images ``(N, H, W)`` or ``(N, H, W, 3)``.
 
-    Images are resized to ``image_size`` (32, what the encoder was trained at), scaled to ``[0, 1]``, averaged to
-    gray and normalised as ``(x − 0.5)/0.25``. ``weights``: a directory written by
+    Images are resized to the size the encoder was trained at (32; another ``image_size`` is ignored with a
+    :class:`UserWarning`: the features are only meaningful at that scale), scaled to ``[0, 1]``, averaged to gray
+    and normalised as ``(x − 0.5)/0.25``. ``weights``: a directory written by
     :func:`~natgrad_diffusion.encoder.save_crater_encoder` (default: the shipped one); ``model``: an encoder
     instance instead (e.g. an untrained one for comparisons). ``seed`` is accepted for registry compatibility.
     """
@@ -139,19 +141,26 @@ class CraterEncoderFeatures(FeatureExtractor):
     def __init__(
         self,
         weights: str | os.PathLike | None = None,
-        image_size: int = 32,
+        image_size: int | None = None,
         batch_size: int = 256,
         device: str | torch.device = "cpu",
         seed: int = 0,
         model: CraterEncoder | None = None,
     ) -> None:
-        mean, std = (PIXEL_MEAN,) * 3, (PIXEL_STD,) * 3
-        super().__init__(image_size, batch_size, device, mean, std)
         if model is None:
             model, cfg = load_crater_encoder(weights)
             source = str(Path(weights) if weights is not None else ENCODER_DIR)
         else:
             cfg, source = {"architecture": model.arch}, "in-memory model"
+        trained_size = int(model.arch["image_size"])
+        if image_size is not None and int(image_size) != trained_size:
+            warnings.warn(
+                f"the crater encoder was trained on {trained_size}×{trained_size} images; image_size={image_size} "
+                f"is ignored and images are resized to {trained_size}",
+                UserWarning,
+                stacklevel=2,
+            )
+        super().__init__(trained_size, batch_size, device, (PIXEL_MEAN,) * 3, (PIXEL_STD,) * 3)
         self.model = model.eval().to(self.device)
         self.dim = int(model.embed_dim)
         self.metadata = {

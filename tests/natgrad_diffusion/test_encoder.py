@@ -56,6 +56,12 @@ def test_shapes_dtype_and_determinism(learned: CraterEncoderFeatures, size: int)
     assert learned(imgs[:0]).shape == (0, 128)
 
 
+def test_other_image_size_is_ignored_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="trained on 32"):
+        ex = get_feature_extractor("crater", image_size=64)
+    assert ex.image_size == 32
+
+
 def _vendi_rise_under_noise(ex: FeatureExtractor, sigma: float = 0.05) -> float:
     """Relative change of the within-prompt RBF Vendi score of 8 groups × 8 near-identical renders (narrow sets, the
     situation of one prompt's images) when Gaussian pixel noise of std ``sigma`` is added. The bandwidth is the median
