@@ -1,4 +1,7 @@
-"""Image feature extractors (ResNet-18 by default, CLIP vision as an option) and reference-feature files.
+"""Image feature extractors (ResNet-18 by default, CLIP vision and the crater encoder as options) and feature files.
+
+``"crater"`` (:class:`~natgrad_diffusion.encoder.CraterEncoderFeatures`) is a small CNN learned on crater renders and
+real Mars crops whose weights ship with the package (128-d, 32 px, offline); see :mod:`natgrad_diffusion.encoder`.
 
 ``extract_features(images_uint8) -> (N, 512) float32``. Images are uint8 grayscale ``(N, H, W)`` (replicated to
 three channels) or RGB ``(N, H, W, 3)``; they are resized (bilinear, antialiased) to ``image_size`` (224 by
@@ -23,6 +26,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -269,7 +273,16 @@ class PixelFeatures(FeatureExtractor):
         return x.mean(1).flatten(1)
 
 
-FEATURE_EXTRACTORS: dict[str, type[FeatureExtractor]] = {
+def _crater_features(**kwargs: object) -> FeatureExtractor:
+    """:class:`~natgrad_diffusion.encoder.CraterEncoderFeatures` (imported lazily: that module imports this one)."""
+    from natgrad_diffusion.encoder import CraterEncoderFeatures
+
+    return CraterEncoderFeatures(**kwargs)  # type: ignore[arg-type]
+
+
+#: name → extractor class (or factory); ``"crater"`` is the small encoder learned on craters (shipped weights)
+FEATURE_EXTRACTORS: dict[str, Any] = {
+    "crater": _crater_features,
     "resnet18": ResNet18Features,
     "clip": CLIPFeatures,
     "pixels": PixelFeatures,
@@ -278,7 +291,8 @@ _DEFAULT: dict[tuple, FeatureExtractor] = {}
 
 
 def get_feature_extractor(name: str = "resnet18", **kwargs) -> FeatureExtractor:
-    """Construct a feature extractor by name (``"resnet18"`` or ``"clip"``); kwargs go to its constructor."""
+    """Construct a feature extractor by name (``"resnet18"``, ``"clip"`` or ``"crater"``, the encoder learned on
+    craters of :mod:`natgrad_diffusion.encoder`); kwargs go to its constructor."""
     try:
         cls = FEATURE_EXTRACTORS[name]
     except KeyError:
