@@ -69,8 +69,8 @@ _HELP = {
     "reference_n": "craters to render when no --reference is given",
     "reference_seed": "seed of the rendered reference",
     "reference_diversity": "diversity of the rendered reference (narrow, medium, broad or a number in [0, 1])",
-    "features": "feature extractor: resnet18 or clip",
-    "feature_image_size": "images are resized to this size for the feature extractor",
+    "features": "the reward's feature space: crater (the encoder learned on craters), resnet18, clip or pixels",
+    "feature_image_size": "images are resized to this size for the feature extractor (default: its own)",
     "feature_weights": "feature-extractor weights (hub id or directory; default $NATGRAD_RESNET18 / local cache)",
     "vendi_kernel": "kernel of the logged / evaluated Vendi scores: rbf or cosine",
     "critic": "fit a value critic (--no-critic: per-prompt normalised rewards)",
@@ -225,11 +225,15 @@ def _add_data_commands(sub: Any) -> None:
     f = sub.add_parser("build-features", help="feature file of a reference set (.npz)")
     f.add_argument("reference", type=Path, help="reference set .npz")
     f.add_argument("out", type=Path, help="features .npz to write")
-    f.add_argument("--extractor", default=TRAINING.features, help=f"resnet18 or clip (default: {TRAINING.features})")
+    f.add_argument(
+        "--extractor",
+        default=TRAINING.features,
+        help=f"crater, resnet18, clip or pixels (default: {TRAINING.features})",
+    )
     f.add_argument("--weights", default=TRAINING.feature_weights, help="extractor weights: hub id or directory")
     f.add_argument(
-        "--image-size", type=int, default=TRAINING.feature_image_size,
-        help=f"images are resized to this size (default: {TRAINING.feature_image_size})",
+        "--image-size", type=int, default=None,
+        help="images are resized to this size (default: the extractor's own: 32 for crater, 224 for resnet18)",
     )  # fmt: skip
 
 

@@ -80,7 +80,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     prompts_file = args.eval_prompts if args.eval_prompts is not None else config.eval_prompts
     prompts = load_prompts(prompts_file, default=DEFAULT_EVAL_PROMPTS)[: config.eval_max_prompts]
     validate_config(config)
-    from .evaluation import evaluate_policy, format_metrics_table
+    from .evaluation import evaluate_policy, evaluation_spaces, format_metrics_table, table_columns
     from .job import feature_extractor, load_model, load_reference_features
     from .logs import atomic_write_text
     from .training import load_policy_from_run
@@ -89,12 +89,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     policy = load_policy_from_run(args.run, components)
     extractor = feature_extractor(config)
     reference, _, _ = load_reference_features(config, extractor, components.image_shape())
+    spaces = evaluation_spaces(config, extractor, reference, components.image_shape())
     rows = {}
     for name, pretrained in (("pretrained", True), ("fine-tuned", False)):
-        rows[name], _ = evaluate_policy(
-            components, policy, prompts, extractor, reference, config, pretrained=pretrained
-        )
-    table = format_metrics_table(rows)
+        rows[name], _ = evaluate_policy(components, policy, prompts, spaces, config, pretrained=pretrained)
+    table = format_metrics_table(rows, columns=table_columns(spaces))
     print(table)
     if args.out is not None:
         atomic_write_text(args.out, table + "\n")
@@ -164,9 +163,10 @@ def _cmd_build_features(args: argparse.Namespace) -> None:
     n = len(load_reference_set(args.reference))
     if n < 2:
         fail(f"{args.reference} holds {n} images; a reference needs at least 2")
-    fs = build_reference_features(
-        args.reference, args.out, args.extractor, weights=args.weights, image_size=args.image_size
-    )
+    options = {"weights": args.weights} if args.weights is not None else {}
+    if args.image_size is not None:
+        options["image_size"] = args.image_size
+    fs = build_reference_features(args.reference, args.out, args.extractor, **options)
     source = fs.extractor.get("weights")
     print(f"wrote features {fs.features.shape} to {args.out} (extractor {fs.extractor.get('name')}, weights {source})")
 

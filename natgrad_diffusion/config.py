@@ -278,7 +278,8 @@ class TrainingConfig:
             split of ``reference``'s kind (the Mars splits are spatially disjoint; renders use seeds
             ``reference_seed + 1`` / ``+ 2``), or ``"mars"``, ``"render"``, a reference-set path.
         features, feature_image_size, feature_weights: the image feature extractor of the reward
-            (:func:`natgrad_diffusion.features.get_feature_extractor`), the size images are resized to, and its
+            (:func:`natgrad_diffusion.features.get_feature_extractor`; ``"crater"``: the encoder learned on craters,
+            :mod:`natgrad_diffusion.encoder`), the size images are resized to (``None``: the extractor's own), and its
             weights (for ``resnet18``: ``None`` is ``$NATGRAD_RESNET18`` or the local hub cache, else a seeded random
             init with a warning; which one was used is in the run metadata).
         eval_features: further feature spaces of the evaluation, which the reward does not see (names of
@@ -318,16 +319,16 @@ class TrainingConfig:
     out: str = "runs/crater"
     prompts: str | None = None
     eval_prompts: str | None = None
-    reference: str | None = None
+    reference: str | None = "mars"
     validation_reference: str | None = None
     eval_reference: str | None = None
     reference_n: int = 512
     reference_seed: int = 0
     reference_diversity: str = "broad"
-    features: str = "resnet18"
-    feature_image_size: int = 64
+    features: str = "crater"
+    feature_image_size: int | None = None
     feature_weights: str | None = None
-    eval_features: tuple[str, ...] = ()
+    eval_features: tuple[str, ...] = ("resnet18", "pixels")
     vendi_kernel: str = "rbf"
     critic: bool = True
     trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.03))
@@ -356,7 +357,6 @@ TEST_MODE: dict[str, Any] = {
     "images_per_prompt": 2,
     "steps": 2,
     "reference_n": 16,
-    "feature_image_size": 32,
     "checkpoint_every": 1,
     "grid_every": 1,
     "eval_images_per_prompt": 2,

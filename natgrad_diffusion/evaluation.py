@@ -9,6 +9,7 @@ training episode.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -77,6 +78,11 @@ class Spaces:
         return self.names[0]
 
 
+#: the evaluation spaces' image sizes where they differ from the extractor's default (ResNet-18 at 64 px, as the
+#: project's random-feature numbers have always been computed; 224 px costs 12× more on a CPU)
+EVAL_IMAGE_SIZES: dict[str, dict[str, int]] = {"resnet18": {"image_size": 64}}
+
+
 def make_spaces(
     reward_space: str, reward_extractor: Any, others: Sequence[str], reference_images: np.ndarray
 ) -> Spaces:
@@ -85,9 +91,24 @@ def make_spaces(
 
     extractors = {reward_space: reward_extractor}
     for name in others:
-        extractors[name] = get_feature_extractor(name)
+        extractors[name] = get_feature_extractor(name, **EVAL_IMAGE_SIZES.get(name, {}))
     reference = {name: np.asarray(e(reference_images)) for name, e in extractors.items()}
     return Spaces([reward_space, *others], extractors, reference, np.asarray(reference_images))
+
+
+def evaluation_spaces(
+    config: TrainingConfig, extractor: Any, reward_reference: np.ndarray, image_shape: tuple[int, int, int]
+) -> Spaces:
+    """The reward's space and ``config.eval_features``, against the held-out evaluation set of ``config``; the
+    reward's space alone, against ``reward_reference`` (its features), when the reference is a features file."""
+    from .job import reference_set
+
+    held_out = reference_set(config, "evaluation", image_shape)
+    if held_out is None:
+        return Spaces([config.features], {config.features: extractor}, {config.features: reward_reference}, None)  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a random-init evaluation extractor: the table header names its weights
+        return make_spaces(config.features, extractor, config.eval_features, held_out.images)
 
 
 def image_metrics(

@@ -92,7 +92,9 @@ def with_test_mode(config: TrainingConfig, explicit: Iterable[str] | None = None
 
 def _check_positive_ints(c: TrainingConfig) -> None:
     positive = ("batch_size", "images_per_prompt", "steps", "checkpoint_every", "grid_every", "reference_n")
-    for name in (*positive, "feature_image_size", "eval_images_per_prompt"):
+    if c.feature_image_size is not None:
+        positive += ("feature_image_size",)
+    for name in (*positive, "eval_images_per_prompt"):
         value = getattr(c, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise TrainingError(f"{name} must be a positive integer, got {value!r}")
@@ -247,7 +249,9 @@ def feature_extractor(config: TrainingConfig, device: Any = "cpu") -> Any:
     """The image feature extractor of ``config`` (``features``, ``feature_image_size``, ``feature_weights``)."""
     from .features import get_feature_extractor
 
-    kwargs: dict[str, Any] = {"image_size": config.feature_image_size, "device": device}
+    kwargs: dict[str, Any] = {"device": device}
+    if config.feature_image_size is not None:
+        kwargs["image_size"] = config.feature_image_size
     if config.feature_weights is not None:
         kwargs["weights"] = config.feature_weights
     try:
@@ -281,7 +285,7 @@ def reference_set(config: TrainingConfig, split: str, image_shape: tuple[int, in
     from .npz import npz_keys
 
     spec = _spec(config, split)
-    _, height, _ = image_shape
+    channels, height, _ = image_shape
     if spec == "mars":
         ref = shipped_mars_reference(split)
     elif spec == "render":
@@ -291,6 +295,7 @@ def reference_set(config: TrainingConfig, split: str, image_shape: tuple[int, in
             seed=config.reference_seed + _RENDER_SEED_OFFSET[split],
             size=height,
             diversity=diversity if diversity in _DIVERSITY_NAMES else float(diversity),
+            rgb=channels == 3,
         )
     else:
         path = Path(spec)

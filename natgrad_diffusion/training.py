@@ -59,9 +59,9 @@ from .evaluation import (
     Spaces,
     batch_metrics,
     evaluate_policy,
+    evaluation_spaces,
     format_metrics_table,
     image_metrics,
-    make_spaces,
     sample_images,
     table_columns,
 )
@@ -305,18 +305,7 @@ class Trainer:
         self.reward_fn = FeatureReward(self.extractor, reward, self.procs)
         self.bandwidth = median_heuristic_bandwidth(self.reference)
         if c.evaluate and self.procs.main:
-            self.spaces = self._evaluation_spaces(shape)
-
-    def _evaluation_spaces(self, shape: tuple[int, int, int]) -> Spaces:
-        """The reward's space and ``eval_features``, against the held-out evaluation set (the reward's reference
-        features alone when it is a features file)."""
-        c = self.config
-        held_out = reference_set(c, "evaluation", shape)
-        if held_out is None:
-            return Spaces([c.features], {c.features: self.extractor}, {c.features: self.reference}, None)  # type: ignore[arg-type]
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a random-init extractor of the evaluation says so in the table header
-            return make_spaces(c.features, self.extractor, c.eval_features, held_out.images)
+            self.spaces = evaluation_spaces(c, self.extractor, self.reference, shape)
 
     def _open_agent(self) -> None:
         c = self.config

@@ -88,7 +88,7 @@ def test_build_reference_features_and_plot(tmp_path, capsys):
     with np.load(tmp_path / "ref.npz") as z:
         assert z["images"].shape == (6, 16, 16)
     with np.load(tmp_path / "feat.npz") as z:
-        assert z["features"].shape == (6, 512)
+        assert z["features"].shape == (6, 128)  # the default extractor: the crater encoder
     assert "wrote 6 crater images" in capsys.readouterr().out
     with CSVLogger(tmp_path / "run" / "train.csv", CSV_COLUMNS) as log:
         for e in range(1, 4):
@@ -101,7 +101,7 @@ def test_train_sample_evaluate_end_to_end(tiny_model, tmp_path, capsys):  # noqa
     run_dir = tmp_path / "run"
     flags = ["--model", str(tiny_model / "model"), "--prompts", str(tiny_model / "prompts.txt")]
     flags += ["--eval-prompts", str(tiny_model / "prompts.txt"), "--out", str(run_dir), "--no-progress"]
-    flags += ["--feature-image-size", "32", "--reference-n", "12", "--eval-max-prompts", "2", "--episodes", "2"]
+    flags += ["--reference", "render", "--reference-n", "12", "--eval-max-prompts", "2", "--episodes", "2"]
     flags += ["--reward", "MMD_VENDI", "--steps", "2", "--batch-size", "4", "--images-per-prompt", "2"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -245,7 +245,7 @@ def test_sample_and_plot_without_a_run_directory(tiny_model, tmp_path, capsys): 
 def test_zero_episodes_still_ends_with_a_summary(tiny_model, tmp_path, capsys):  # noqa: F811
     flags = ["--model", str(tiny_model / "model"), "--prompts", str(tiny_model / "prompts.txt")]
     flags += ["--eval-prompts", str(tiny_model / "prompts.txt"), "--out", str(tmp_path / "run"), "--no-progress"]
-    flags += ["--feature-image-size", "32", "--reference-n", "12", "--eval-max-prompts", "2", "--episodes", "0"]
+    flags += ["--reference", "render", "--reference-n", "12", "--eval-max-prompts", "2", "--episodes", "0"]
     flags += ["--steps", "2", "--batch-size", "4", "--images-per-prompt", "2", "--eval-images-per-prompt", "2"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,6 +10,7 @@ from natgrad_diffusion.craters.reference import generate_reference_set, save_ref
 from natgrad_diffusion.features import (
     CLIPFeatures,
     FeatureFileError,
+    RandomFeaturesWarning,
     ResNet18Features,
     build_reference_features,
     extract_features,
@@ -24,7 +25,7 @@ SIZE = 64  # feature-extractor input size in the tests (224 in real use)
 @pytest.fixture(scope="module")
 def extractor() -> ResNet18Features:
     torch.set_num_threads(1)
-    with pytest.warns(UserWarning, match="NO PRETRAINED WEIGHTS"):
+    with pytest.warns(RandomFeaturesWarning, match="random initialisation .seed 0.: no pretrained weights"):
         return ResNet18Features(image_size=SIZE, weights=None)
 
 
@@ -52,7 +53,7 @@ def test_resnet_features_shape_dtype_and_metadata(extractor: ResNet18Features):
 
 def test_random_init_is_fixed_by_the_seed_and_extract_features_caches(extractor: ResNet18Features):
     imgs = generate_reference_set(3, seed=1, size=32).images
-    with pytest.warns(UserWarning, match="RANDOM"):
+    with pytest.warns(RandomFeaturesWarning, match="random initialisation"):
         other = get_feature_extractor("resnet18", image_size=SIZE)
     np.testing.assert_allclose(other(imgs), extractor(imgs), rtol=1e-5, atol=1e-6)
     with pytest.warns(UserWarning):

@@ -38,6 +38,7 @@ def config_for(tiny_model, out, **kw):
         batch_size=4,
         images_per_prompt=2,
         steps=2,
+        reference="render",
         reference_n=12,
         feature_image_size=32,
         checkpoint_every=2,
@@ -100,7 +101,7 @@ def test_resume_is_exact(tiny_model, tmp_path, mode, algorithm):
         assert all(r["ppo_loss"] != "" and r["cg_iterations"] == "" for r in rows)
     meta = json.loads((tmp_path / "split" / "run.json").read_text())
     assert meta["resumes"][0]["resumed_at_episode"] == 2 and meta["config"]["mode"] == mode
-    assert meta["feature_extractor"]["name"] == "resnet18" and "pretrained" in meta["feature_extractor"]
+    assert meta["feature_extractor"]["name"] == "crater" and "pretrained" in meta["feature_extractor"]
 
 
 def test_killed_run_keeps_a_readable_csv_and_resumes_exactly(tiny_model, tmp_path, monkeypatch):
@@ -137,14 +138,19 @@ def test_run_directory_and_evaluation(tiny_model, tmp_path):
         assert (out / name).is_file(), name
     assert (out / "policy" / "natgrad_policy.json").is_file()
     assert (out / "grids" / "episode_00002.png").is_file() and (out / "plots" / "training_curves.png").is_file()
-    assert set(result.evaluation) == {"pretrained", "initial policy", "fine-tuned"}
+    baselines = {"pretrained + brightness/contrast map", "pretrained, best fixed prompt"}
+    assert set(result.evaluation) == {"pretrained", "initial policy", "fine-tuned", *baselines}
     ev = result.evaluation
-    assert ev["pretrained"]["n"] == 4 and ev["pretrained"]["n_prompts"] == 2
-    # LoRA starts at B = 0: the initial policy is the pretrained model, image for image
-    assert ev["initial policy"]["mmd2"] == ev["pretrained"]["mmd2"]
-    assert ev["fine-tuned"]["mmd2"] != ev["pretrained"]["mmd2"]
+    assert ev["pretrained"]["crater/n"] == 4 and ev["pretrained"]["crater/n_prompts"] == 2
+    for space in ("crater", "resnet18", "pixels"):  # the reward's space and two it never sees
+        # LoRA starts at B = 0: the initial policy is the pretrained model, image for image
+        assert ev["initial policy"][f"{space}/mmd2"] == ev["pretrained"][f"{space}/mmd2"]
+        assert ev["fine-tuned"][f"{space}/mmd2"] != ev["pretrained"][f"{space}/mmd2"]
+    assert ev["pretrained"]["grain_ratio"] > 0 and result.best_prompt in {"a crater", "two craters", "three small craters"}
     table = (out / "evaluation.md").read_text()
-    assert "| fine-tuned |" in table and "MMD²" in table and "coverage" in table
+    assert "| fine-tuned |" in table and "MMD² crater* ↓" in table and "coverage" in table
+    assert "used the **crater** space" in table
+    assert (out / "eval_comparison.png").is_file()
     # an existing run is not overwritten by accident, and a resume may not change the experiment
     with pytest.raises(TrainingError, match="--resume"):
         run(cfg)
