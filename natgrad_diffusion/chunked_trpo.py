@@ -5,9 +5,10 @@ The three passes over the ``M`` recorded decisions (image × denoising step) of 
 1. :func:`surrogate_gradient`: :math:`L(\theta_0) = -\frac1M\sum_m r_m \hat A_m` and :math:`g = \nabla L`,
    accumulated over chunks of ``grad_chunk`` decisions with grad; the old step means and standard deviations
    are kept on the CPU for the KL;
-2. :func:`chunked_fisher`: :math:`v \mapsto (F + \lambda I)v` by :func:`natgrad.fisher_vector_product`
-   (``method="jvp"``: ``torch.func`` jvp + vjp under :func:`~natgrad_diffusion.components.math_attention`) on a
-   sub-sample of decisions in chunks of ``fvp_chunk``, nothing cached between products;
+2. :func:`chunked_fisher`: :math:`v \mapsto (F + \lambda I)v` by :func:`natgrad.fisher_vector_product` on a
+   sub-sample of decisions, under :func:`~natgrad_diffusion.components.math_attention`: ``fvp_method="jvp"``
+   (``torch.func`` jvp + vjp in chunks of ``fvp_chunk``, nothing cached between products) or ``"reverse"`` (the
+   sub-sample's graph built once, two backward passes per product);
 3. :func:`chunked_evaluation`: the line search's loss and mean KL in no-grad chunks of ``eval_chunk``.
 
 :func:`chunked_trust_region_step` puts them together with :func:`natgrad.trust_region_update`.  Data-parallel
@@ -39,6 +40,7 @@ __all__ = [
     "chunked_evaluation",
     "chunked_fisher",
     "chunked_trust_region_step",
+    "decision_subsample",
     "fisher_subsample",
     "importance_ratio",
     "surrogate_gradient",
@@ -107,10 +109,8 @@ def surrogate_gradient(
 class _MathAttentionOperator:
     """A Fisher operator whose products run under the math attention kernel (forward-mode AD through the UNet)."""
 
-    method = "jvp"
-
-    def __init__(self, op: Callable[[list[Tensor]], list[Tensor]]) -> None:
-        self.op = op
+    def __init__(self, op: Callable[[list[Tensor]], list[Tensor]], method: str) -> None:
+        self.op, self.method = op, method
 
     def __call__(self, v: list[Tensor]) -> list[Tensor]:
         with math_attention():
@@ -134,18 +134,19 @@ def chunked_fisher(
     def model_fn(p_list: list[Tensor], *tensors: Tensor) -> Any:
         return policy.distribution(dict(zip(names, p_list)), d.from_tensors(tensors))
 
+    reverse = chunks.fvp_method == "reverse"
     with math_attention():
         op = natgrad.fisher_vector_product(
             model_fn,
             [p.detach() for p in params.values()],
             *d.tensors(),
             damping=damping,
-            method="jvp",
+            method=chunks.fvp_method,
             subsample=subsample,
-            chunk_size=chunks.fvp_chunk,
+            chunk_size=None if reverse else chunks.fvp_chunk,
             generator=generator,
         )
-    fvp: Callable[[list[Tensor]], list[Tensor]] = _MathAttentionOperator(op)
+    fvp: Callable[[list[Tensor]], list[Tensor]] = _MathAttentionOperator(op, chunks.fvp_method)
     if ranks.distributed:
         fvp = natgrad.distributed.distributed_operator(fvp, subsample or len(d), ranks.group)
     return fvp
@@ -186,14 +187,28 @@ def chunked_evaluation(
     return evaluate
 
 
+def _count(value: float | int, m: int, minimum: int = 1) -> int | None:
+    """How many of ``m`` a fraction (float) or count (int) selects, at least ``minimum``; ``None``: all ``m``."""
+    k = round(value * m) if isinstance(value, float) else int(value)
+    k = max(1, minimum, k)
+    return None if k >= m else k
+
+
 def fisher_subsample(chunks: ChunkConfig, m: int) -> int | None:
     """Decisions in the Fisher sub-sample of an update over ``m`` decisions (``None``: all of them)."""
-    sub = chunks.fvp_subsample
-    if sub is None:
-        return None
-    k = round(sub * m) if isinstance(sub, float) else int(sub)
-    k = max(1, chunks.fvp_min_decisions, k)
-    return None if k >= m else k
+    return _count(chunks.fvp_subsample, m, chunks.fvp_min_decisions)
+
+
+def decision_subsample(
+    d: Decisions, adv: Tensor, chunks: ChunkConfig, generator: torch.Generator
+) -> tuple[Decisions, Tensor]:
+    """The decisions (and their advantages) of this update: ``chunks.decision_subsample`` of them, drawn without
+    replacement and kept in order (all of them by default)."""
+    k = _count(chunks.decision_subsample, len(d))
+    if k is None:
+        return d, adv
+    index = torch.randperm(len(d), generator=generator)[:k].sort().values
+    return d.select(index), adv[index]
 
 
 def chunked_trust_region_step(
@@ -207,6 +222,7 @@ def chunked_trust_region_step(
     ranks: Ranks = Ranks(),
 ) -> natgrad.StepInfo:
     """One TRPO step of ``policy`` on the decisions ``d`` with advantages ``adv`` (module docstring)."""
+    d, adv = decision_subsample(d, adv, chunks, generator)
     params = policy.trainable_parameters()
     loss_before, grads, old = surrogate_gradient(policy, params, d, adv, chunks.grad_chunk, ranks)
     subsample = fisher_subsample(chunks, len(d))

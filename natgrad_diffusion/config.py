@@ -117,6 +117,13 @@ class ChunkConfig:
             Fisher-vector products (drawn once per update, over images and steps jointly).
         fvp_min_decisions: never sub-sample below this many decisions (a Fisher from a handful of
             decisions misses most directions, and the line search then has to backtrack far).
+        decision_subsample: fraction (float in (0, 1]) or count (int) of the update's decisions (images × steps)
+            that enter its surrogate, gradient and line search, drawn afresh every update (an unbiased estimate of
+            the full surrogate; DDPO trains on a fraction of the timesteps the same way).  1.0: all.
+        fvp_method: ``"jvp"``: each product recomputes the sub-sample chunk by chunk (``torch.func`` jvp + vjp;
+            memory bounded by one chunk, the forward paid on every product); ``"reverse"``: the sub-sample's graph is
+            built once per update and every product is two backward passes through it (no forward; memory grows
+            with the sub-sample, fine for small UNets and sub-samples).
     """
 
     grad_chunk: int = 8
@@ -124,15 +131,20 @@ class ChunkConfig:
     eval_chunk: int = 16
     fvp_subsample: float | int = 0.25
     fvp_min_decisions: int = 64
+    decision_subsample: float | int = 1.0
+    fvp_method: str = "jvp"
 
     def __post_init__(self) -> None:
+        if self.fvp_method not in ("jvp", "reverse"):
+            raise ValueError(f"fvp_method of a LORA_UNET update must be jvp or reverse, got {self.fvp_method!r}")
         for name in ("grad_chunk", "fvp_chunk", "eval_chunk", "fvp_min_decisions"):
             _positive_int(name, getattr(self, name))
-        sub = self.fvp_subsample
-        if isinstance(sub, float) and not 0 < sub <= 1:
-            raise ValueError(f"fvp_subsample must be a fraction in (0, 1] or a count >= 1, got {sub!r}")
-        if not isinstance(sub, float):
-            _positive_int("fvp_subsample", sub)
+        for name in ("fvp_subsample", "decision_subsample"):
+            sub = getattr(self, name)
+            if isinstance(sub, float) and not 0 < sub <= 1:
+                raise ValueError(f"{name} must be a fraction in (0, 1] or a count >= 1, got {sub!r}")
+            if not isinstance(sub, float):
+                _positive_int(name, sub)
 
 
 @dataclass(frozen=True)
