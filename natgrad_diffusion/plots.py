@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad_diffusion.craters.render import ATTRIBUTES, parse_caption
+from natgrad_diffusion.craters.captions import ATTRIBUTES, parse_caption
 
 __all__ = [
     "caption_attribute_table",

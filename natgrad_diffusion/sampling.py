@@ -262,6 +262,239 @@ def _quantize(x: Tensor, dtype: torch.dtype) -> Tensor:
     return x if x.dtype == dtype else x.to(dtype).to(x.dtype)
 
 
+def _per_image_noise(
+    generators: list[torch.Generator], shape: Sequence[int], device: object, dtype: torch.dtype
+) -> Tensor:
+    """``(N, *shape)`` standard normal noise, row ``i`` from ``generators[i]`` (as ``StableDiffusionPipeline``)."""
+    return torch.cat([torch.randn((1, *shape), generator=g, device=device, dtype=dtype) for g in generators])
+
+
+def _generators(
+    seed: int | Sequence[int], n: int, device: torch.device
+) -> tuple[list[int], object, list[torch.Generator]]:
+    """Per-image seeds (``seed + i``, or the ``n`` given seeds), the generators' device and the generators."""
+    seeds = list(seed) if isinstance(seed, Sequence) else [int(seed) + i for i in range(n)]
+    if len(seeds) != n:
+        raise ValueError(f"got {len(seeds)} seeds for {n} images")
+    gen_device = "cpu" if device.type == "mps" else device
+    return seeds, gen_device, [torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds]
+
+
+@dataclass
+class _Schedule:
+    """The timesteps of a batch.
+
+    Attributes:
+        timesteps, prev_timesteps: ``(N, T)`` int64 on the CPU, as recorded.
+        default, prev_default: ``(T,)`` the scheduler's default schedule.
+        per_image: a hook set per-image timesteps: each step takes ``(N,)`` timesteps; otherwise each step
+            takes the default schedule's ints, as ``DDIMScheduler.step`` does.
+    """
+
+    timesteps: Tensor
+    prev_timesteps: Tensor
+    default: Tensor
+    prev_default: Tensor
+    per_image: bool
+
+    def step_args(self, k: int, n: int, device: torch.device) -> tuple[int | Tensor, int | Tensor, Tensor]:
+        """Step ``k``: :math:`t` and :math:`t'` for :func:`ddim_step`, and the UNet's ``(N,)`` timesteps."""
+        if self.per_image:
+            return self.timesteps[:, k], self.prev_timesteps[:, k], self.timesteps[:, k].to(device)
+        return int(self.default[k]), int(self.prev_default[k]), self.default[k].to(device).expand(n)
+
+
+def _schedule(controls: SamplingControls, default: Tensor, prev_default: Tensor, n: int, steps: int) -> _Schedule:
+    """The hook's per-image timesteps (targets default to the next row entry, then -1 = final), checked; or the
+    default schedule for every image."""
+    if controls.timesteps is None:
+        return _Schedule(
+            default.expand(n, -1).clone(), prev_default.expand(n, -1).clone(), default, prev_default, False
+        )
+    timesteps = controls.timesteps.to("cpu", torch.long)
+    prev_timesteps = controls.prev_timesteps
+    if prev_timesteps is None:
+        prev_timesteps = torch.cat([timesteps[:, 1:], torch.full((n, 1), -1, dtype=torch.long)], dim=1)
+    prev_timesteps = prev_timesteps.to("cpu", torch.long)
+    if timesteps.shape != (n, steps) or prev_timesteps.shape != timesteps.shape:
+        raise ValueError(f"per-image timesteps must be ({n}, {steps})")
+    if bool((prev_timesteps >= timesteps).any()):
+        raise ValueError("every step's target timestep must be smaller than its timestep")
+    return _Schedule(timesteps, prev_timesteps, default, prev_default, True)
+
+
+@dataclass
+class _Inputs:
+    r"""What the denoising loop starts from (``N`` images), the hook's controls applied.
+
+    Attributes:
+        x: ``(N, C, h, w)`` :math:`x_T` (plus the hook's offset), rounded to the storage dtype.
+        embeds: ``(N, L, D)`` prompt embeddings (plus the hook's offset), rounded to the storage dtype.
+        pooled: ``(N, D)`` pooled prompt embeddings.
+        negative: ``(1, L, D)`` unconditional embedding (rounded) when classifier-free guidance runs, else ``None``.
+        w, eta: :math:`w` and :math:`\eta` as the step functions take them: the call's floats, or ``(N,)`` on the
+            device where the hook set them per image.
+        guidance_scale, etas: ``(N,)`` the recorded values (``guidance_scale`` is ones without guidance).
+        schedule: the timesteps.
+        controls: the hook's controls (their actions are recorded).
+    """
+
+    x: Tensor
+    embeds: Tensor
+    pooled: Tensor
+    negative: Tensor | None
+    w: float | Tensor
+    eta: float | Tensor
+    guidance_scale: Tensor
+    etas: Tensor
+    schedule: _Schedule
+    controls: SamplingControls
+
+
+def _apply_controls(
+    components: DiffusionComponents,
+    controls: SamplingControls,
+    *,
+    embeds: Tensor,
+    pooled: Tensor,
+    x: Tensor,
+    guidance_scale: float,
+    eta: float,
+    schedule_default: tuple[Tensor, Tensor],
+    negative_prompt: str,
+    steps: int,
+    storage: torch.dtype,
+) -> _Inputs:
+    """The loop's inputs from :func:`sample`'s: the hook's per-image guidance, eta and timesteps (checked) and
+    offsets, rounding to the storage dtype, the negative prompt when classifier-free guidance runs."""
+    device, dtype, n = components.device, components.dtype, x.shape[0]
+    guid = _per_image(controls.guidance_scale, guidance_scale, n)
+    etas = _per_image(controls.eta, eta, n)
+    if bool((etas < 0).any()):
+        raise ValueError("eta must be >= 0")
+    schedule = _schedule(controls, *schedule_default, n, steps)
+    if controls.embeds_offset is not None:
+        embeds = embeds + controls.embeds_offset.to(device, dtype)
+    if controls.initial_noise_offset is not None:
+        x = x + controls.initial_noise_offset.to(device, dtype)
+    embeds = _quantize(embeds, storage)
+    x = _quantize(x, storage)
+
+    per_image_guidance = controls.guidance_scale is not None
+    use_cfg = per_image_guidance or guidance_scale > 1
+    negative = None
+    if use_cfg:
+        negative = _quantize(components.encode_prompts([negative_prompt]).embeds.to(device, dtype), storage)
+    w: float | Tensor = guid.to(device) if per_image_guidance else float(guidance_scale)
+    eta_arg: float | Tensor = etas.to(device) if controls.eta is not None else float(eta)
+    recorded_guidance = guid if use_cfg else torch.ones(n)
+    return _Inputs(x, embeds, pooled, negative, w, eta_arg, recorded_guidance, etas, schedule, controls)
+
+
+@dataclass
+class _Record:
+    r"""The recorded chain: ``latents`` ``(N, T+1, C, h, w)`` and ``pred_original`` ``(N, T, C, h, w)`` (or
+    ``None``) in the storage dtype, per-step ``log_probs`` ``(N, T)`` float32 (0 for deterministic steps) and
+    ``stochastic`` ``(N, T)`` bool (:math:`\sigma_t > 0`)."""
+
+    latents: Tensor
+    pred_original: Tensor | None
+    log_probs: Tensor
+    stochastic: Tensor
+
+    @classmethod
+    def start(
+        cls, x: Tensor, shape: tuple[int, int, int], steps: int, storage: torch.dtype, record_pred_original: bool
+    ) -> _Record:
+        """An empty record of ``steps`` steps whose first latent is :math:`x_T` ``(N, *shape)``."""
+        n = x.shape[0]
+        latents = torch.empty((n, steps + 1, *shape), dtype=storage)
+        latents[:, 0] = x.cpu()
+        pred_x0 = torch.empty((n, steps, *shape), dtype=storage) if record_pred_original else None
+        return cls(
+            latents, pred_x0, torch.zeros((n, steps), dtype=torch.float32), torch.zeros((n, steps), dtype=torch.bool)
+        )
+
+
+def _denoising_step(
+    components: DiffusionComponents,
+    inputs: _Inputs,
+    x: Tensor,
+    k: int,
+    noise: tuple[list[torch.Generator], object, tuple[int, int, int]],
+    storage: torch.dtype,
+    record: _Record,
+) -> Tensor:
+    r"""Step ``k``, :math:`x_t \to x_{t'}` (module docstring), recorded in ``record``; returns :math:`x_{t'}`.
+
+    ``noise`` is ``(generators, their device, latent shape)``. The step noise is drawn from the per-image
+    generators whenever :math:`\eta > 0` or :math:`\eta` is per image (so that every image's stream stays
+    aligned), and used where :math:`\sigma_t > 0`; :math:`x_{t'}` is rounded to the storage dtype before its
+    log-probability is taken.
+    """
+    scheduler, device, n = components.scheduler, components.device, x.shape[0]
+    t_arg, p_arg, t_in = inputs.schedule.step_args(k, n, device)
+    eps = guided_noise_prediction(
+        components.unet, scheduler.scale_model_input(x, t_in[0]), t_in, inputs.embeds, inputs.negative, inputs.w
+    )
+    step = ddim_step(scheduler, eps, t_arg, p_arg, x, inputs.eta)
+    std = torch.as_tensor(step.std, dtype=x.dtype, device=device)
+    noisy = (std.reshape(-1) > 0).expand(n) if std.dim() > 0 else torch.full((n,), bool(std > 0))
+    draw = bool(inputs.eta > 0) if isinstance(inputs.eta, float) else True  # per-image eta: keep streams aligned
+    if draw:
+        generators, gen_device, shape = noise
+        step_noise = _per_image_noise(generators, shape, gen_device, components.dtype)
+    if draw and bool(noisy.any()):
+        x_next = step.mean + step.std * step_noise.to(device)
+    else:
+        x_next = step.mean
+    x_next = _quantize(x_next, storage)
+    if bool(noisy.any()):
+        lp = gaussian_log_prob(x_next, step.mean, torch.where(std > 0, std, torch.ones_like(std)))
+        record.log_probs[:, k] = torch.where(noisy, lp, torch.zeros_like(lp)).cpu()
+    record.stochastic[:, k] = noisy.cpu()
+    record.latents[:, k + 1] = x_next.cpu()
+    if record.pred_original is not None:
+        record.pred_original[:, k] = step.pred_original.cpu()
+    return x_next
+
+
+def _trajectory(
+    components: DiffusionComponents,
+    prompts: list[str],
+    seeds: list[int],
+    prompt_index: Tensor,
+    shape: tuple[int, int, int],
+    inputs: _Inputs,
+    record: _Record,
+    images: Tensor | None,
+) -> Trajectory:
+    """The :class:`~natgrad_diffusion.trajectory.Trajectory` of a finished chain (CPU tensors)."""
+    controls = inputs.controls
+    return Trajectory(
+        latents=record.latents,
+        timesteps=inputs.schedule.timesteps,
+        prev_timesteps=inputs.schedule.prev_timesteps,
+        log_probs=record.log_probs,
+        stochastic=record.stochastic,
+        prompt_embeds=inputs.embeds.cpu(),
+        pooled_embeds=inputs.pooled.float().cpu(),
+        guidance_scale=inputs.guidance_scale,
+        eta=inputs.etas,
+        prompt_index=prompt_index,
+        seeds=torch.tensor(seeds, dtype=torch.long),
+        prompts=prompts,
+        negative_embeds=inputs.negative.cpu() if inputs.negative is not None else None,
+        pred_original=record.pred_original,
+        actions=None if controls.actions is None else controls.actions.detach().float().cpu(),
+        action_log_probs=None
+        if controls.action_log_probs is None
+        else controls.action_log_probs.detach().float().cpu(),
+        images=images,
+        meta={"prediction_type": components.scheduler.config.prediction_type, "latent_shape": shape},
+    )
+
+
 @torch.no_grad()
 def sample(
     components: DiffusionComponents,
@@ -309,123 +542,41 @@ def sample(
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     storage = _DTYPES[storage_dtype] if isinstance(storage_dtype, str) else storage_dtype
-    unet, scheduler = components.unet, components.scheduler
     device, dtype = components.device, components.dtype
     n = len(prompts) * num_images_per_prompt
-    seeds = list(seed) if isinstance(seed, Sequence) else [int(seed) + i for i in range(n)]
-    if len(seeds) != n:
-        raise ValueError(f"got {len(seeds)} seeds for {n} images")
-    gen_device = "cpu" if device.type == "mps" else device
-    generators = [torch.Generator(device=gen_device).manual_seed(int(s)) for s in seeds]
+    seeds, gen_device, generators = _generators(seed, n, device)
 
     enc = components.encode_prompts(prompts)
     prompt_index = torch.arange(len(prompts)).repeat_interleave(num_images_per_prompt)
     embeds = enc.embeds.repeat_interleave(num_images_per_prompt, dim=0).to(device, dtype)
     pooled = enc.pooled.repeat_interleave(num_images_per_prompt, dim=0)
-
     shape = components.latent_shape(height, width)
-    x = torch.cat([torch.randn((1, *shape), generator=g, device=gen_device, dtype=dtype) for g in generators])
-    x = x.to(device) * scheduler.init_noise_sigma
+    x = _per_image_noise(generators, shape, gen_device, dtype).to(device) * components.scheduler.init_noise_sigma
 
-    ts_default, prev_default = default_timesteps(scheduler, num_inference_steps)
+    ts_default, prev_default = default_timesteps(components.scheduler, num_inference_steps)
     controls = SamplingControls()
     if hook is not None:
         batch = SamplingBatch(
             embeds, pooled, x, generators, ts_default, prev_default, float(guidance_scale), float(eta), components
         )
         controls = hook.prepare(batch)
-    guid = _per_image(controls.guidance_scale, guidance_scale, n)
-    etas = _per_image(controls.eta, eta, n)
-    if bool((etas < 0).any()):
-        raise ValueError("eta must be >= 0")
-    per_image_t = controls.timesteps is not None
-    if per_image_t:
-        timesteps = controls.timesteps.to("cpu", torch.long)
-        prev_timesteps = controls.prev_timesteps
-        if prev_timesteps is None:
-            prev_timesteps = torch.cat([timesteps[:, 1:], torch.full((n, 1), -1, dtype=torch.long)], dim=1)
-        prev_timesteps = prev_timesteps.to("cpu", torch.long)
-        if timesteps.shape != (n, num_inference_steps) or prev_timesteps.shape != timesteps.shape:
-            raise ValueError(f"per-image timesteps must be ({n}, {num_inference_steps})")
-        if bool((prev_timesteps >= timesteps).any()):
-            raise ValueError("every step's target timestep must be smaller than its timestep")
-    else:
-        timesteps = ts_default.expand(n, -1).clone()
-        prev_timesteps = prev_default.expand(n, -1).clone()
-    if controls.embeds_offset is not None:
-        embeds = embeds + controls.embeds_offset.to(device, dtype)
-    if controls.initial_noise_offset is not None:
-        x = x + controls.initial_noise_offset.to(device, dtype)
-    embeds = _quantize(embeds, storage)
-    x = _quantize(x, storage)
-
-    per_image_guidance = controls.guidance_scale is not None
-    use_cfg = per_image_guidance or guidance_scale > 1
-    negative = None
-    if use_cfg:
-        negative = _quantize(components.encode_prompts([negative_prompt]).embeds.to(device, dtype), storage)
-    w: float | Tensor = guid.to(device) if per_image_guidance else float(guidance_scale)
-    eta_arg: float | Tensor = etas.to(device) if controls.eta is not None else float(eta)
-
-    steps = num_inference_steps
-    latents = torch.empty((n, steps + 1, *shape), dtype=storage)
-    latents[:, 0] = x.cpu()
-    pred_x0 = torch.empty((n, steps, *shape), dtype=storage) if record_pred_original else None
-    log_probs = torch.zeros((n, steps), dtype=torch.float32)
-    stochastic = torch.zeros((n, steps), dtype=torch.bool)
-    for k in range(steps):
-        if per_image_t:
-            t_arg: int | Tensor = timesteps[:, k]
-            p_arg: int | Tensor = prev_timesteps[:, k]
-            t_in = timesteps[:, k].to(device)
-        else:
-            t_arg, p_arg = int(ts_default[k]), int(prev_default[k])
-            t_in = ts_default[k].to(device).expand(n)
-        eps = guided_noise_prediction(unet, scheduler.scale_model_input(x, t_in[0]), t_in, embeds, negative, w)
-        step = ddim_step(scheduler, eps, t_arg, p_arg, x, eta_arg)
-        std = torch.as_tensor(step.std, dtype=x.dtype, device=device)
-        noisy = (std.reshape(-1) > 0).expand(n) if std.dim() > 0 else torch.full((n,), bool(std > 0))
-        draw = bool(eta_arg > 0) if isinstance(eta_arg, float) else True  # per-image eta: keep streams aligned
-        if draw:
-            noise = torch.cat(
-                [torch.randn((1, *shape), generator=g, device=gen_device, dtype=dtype) for g in generators]
-            )
-        if draw and bool(noisy.any()):
-            x_next = step.mean + step.std * noise.to(device)
-        else:
-            x_next = step.mean
-        x_next = _quantize(x_next, storage)
-        if bool(noisy.any()):
-            lp = gaussian_log_prob(x_next, step.mean, torch.where(std > 0, std, torch.ones_like(std)))
-            log_probs[:, k] = torch.where(noisy, lp, torch.zeros_like(lp)).cpu()
-        stochastic[:, k] = noisy.cpu()
-        latents[:, k + 1] = x_next.cpu()
-        if pred_x0 is not None:
-            pred_x0[:, k] = step.pred_original.cpu()
-        x = x_next
-
-    images = None
-    if decode:
-        images = (components.decode(x) * 255).round().to(torch.uint8).cpu()
-    return Trajectory(
-        latents=latents,
-        timesteps=timesteps,
-        prev_timesteps=prev_timesteps,
-        log_probs=log_probs,
-        stochastic=stochastic,
-        prompt_embeds=embeds.cpu(),
-        pooled_embeds=pooled.float().cpu(),
-        guidance_scale=guid if use_cfg else torch.ones(n),
-        eta=etas,
-        prompt_index=prompt_index,
-        seeds=torch.tensor(seeds, dtype=torch.long),
-        prompts=prompts,
-        negative_embeds=negative.cpu() if negative is not None else None,
-        pred_original=pred_x0,
-        actions=None if controls.actions is None else controls.actions.detach().float().cpu(),
-        action_log_probs=None
-        if controls.action_log_probs is None
-        else controls.action_log_probs.detach().float().cpu(),
-        images=images,
-        meta={"prediction_type": scheduler.config.prediction_type, "latent_shape": shape},
+    inputs = _apply_controls(
+        components,
+        controls,
+        embeds=embeds,
+        pooled=pooled,
+        x=x,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        schedule_default=(ts_default, prev_default),
+        negative_prompt=negative_prompt,
+        steps=num_inference_steps,
+        storage=storage,
     )
+
+    x = inputs.x
+    record = _Record.start(x, shape, num_inference_steps, storage, record_pred_original)
+    for k in range(num_inference_steps):
+        x = _denoising_step(components, inputs, x, k, (generators, gen_device, shape), storage, record)
+    images = (components.decode(x) * 255).round().to(torch.uint8).cpu() if decode else None
+    return _trajectory(components, prompts, seeds, prompt_index, shape, inputs, record, images)

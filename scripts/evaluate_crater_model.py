@@ -37,9 +37,10 @@ import numpy as np
 import torch
 
 import natgrad_diffusion
+from natgrad_diffusion.craters.captions import ATTRIBUTES, parse_caption
 from natgrad_diffusion.craters.model import build_crater_model, load_crater_model
 from natgrad_diffusion.craters.reference import generate_reference_set
-from natgrad_diffusion.craters.render import ATTRIBUTES, parse_caption, render_batch
+from natgrad_diffusion.craters.render import render_batch
 from natgrad_diffusion.rewards import frechet_distance_features, median_heuristic_bandwidth, mmd2_unbiased
 
 __all__ = ["evaluate", "train_attribute_classifier"]

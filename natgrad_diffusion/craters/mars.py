@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from natgrad_diffusion.craters.captions import size_class
 from natgrad_diffusion.craters.reference import ReferenceFileError, ReferenceSet, resize_square, save_reference_set
-from natgrad_diffusion.craters.render import size_class
 
 __all__ = [
     "SPLITS",
@@ -249,7 +249,7 @@ def split_crops(
 
 def mars_caption(diameter: float, side: int) -> str:
     """Caption in the renderer's vocabulary: size word from ``diameter / side`` (the renderer's classes of rim
-    diameter over image width, :func:`~natgrad_diffusion.craters.render.size_class`), lit from the west."""
+    diameter over image width, :func:`~natgrad_diffusion.craters.captions.size_class`), lit from the west."""
     return f"a {size_class(diameter / side)} crater, lit from the west"
 
 

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from natgrad_diffusion.components import bytes_to_unicode
-from natgrad_diffusion.craters.render import VOCABULARY
+from natgrad_diffusion.craters.captions import VOCABULARY
 
 __all__ = [
     "DEFAULT_MODEL_DIR",

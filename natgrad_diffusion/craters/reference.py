@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad_diffusion.craters.render import render_batch, scene_to_json
+from natgrad_diffusion.craters.render import render_batch
+from natgrad_diffusion.craters.scene import scene_to_json
 from natgrad_diffusion.npz import read_npz
 
 __all__ = [
@@ -35,7 +36,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-#: named diversity levels of :func:`generate_reference_set` (see :func:`~natgrad_diffusion.craters.render.sample_scene`)
+#: named diversity levels of :func:`generate_reference_set` (see :func:`~natgrad_diffusion.craters.sampler.sample_scene`)
 DIVERSITY_PRESETS = {"narrow": 0.05, "medium": 0.5, "broad": 1.0}
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _KEYS = ("images", "captions", "params", "meta", "version")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from natgrad_diffusion.craters.reference import generate_reference_set
-from natgrad_diffusion.craters.render import sample_scene
+from natgrad_diffusion.craters.sampler import sample_scene
 from natgrad_diffusion.encoder import ENCODER_DIR, CraterEncoder, CraterEncoderFeatures, load_crater_encoder
 from natgrad_diffusion.features import FeatureExtractor, ResNet18Features, get_feature_extractor
 from natgrad_diffusion.rewards import median_heuristic_bandwidth, within_prompt_vendi_score

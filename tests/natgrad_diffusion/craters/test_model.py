@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from natgrad_diffusion.craters.captions import VOCABULARY, parse_caption
 from natgrad_diffusion.craters.model import (
     DEFAULT_MODEL_DIR,
     CraterModelConfig,
@@ -14,7 +15,7 @@ from natgrad_diffusion.craters.model import (
     load_crater_model,
     to_model_space,
 )
-from natgrad_diffusion.craters.render import VOCABULARY, parse_caption, render_batch
+from natgrad_diffusion.craters.render import render_batch
 
 PROMPTS_DIR = DEFAULT_MODEL_DIR.parent / "prompts"
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from natgrad_diffusion.craters.captions import parse_caption
 from natgrad_diffusion.craters.reference import (
     FORMAT_VERSION,
     ReferenceFileError,
@@ -19,7 +20,7 @@ from natgrad_diffusion.craters.reference import (
     resize_square,
     save_reference_set,
 )
-from natgrad_diffusion.craters.render import parse_caption, scene_from_json
+from natgrad_diffusion.craters.scene import scene_from_json
 
 
 @pytest.fixture(scope="module")

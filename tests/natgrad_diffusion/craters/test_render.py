@@ -144,3 +144,13 @@ def test_scene_json_roundtrip_and_rgb_tint():
     rgb = render(scene, size=16, rgb=True)
     assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
     assert rgb[..., 0].mean() > rgb[..., 2].mean()  # reddish
+
+
+def test_render_re_exports_the_public_names_of_the_split_modules():
+    from natgrad_diffusion.craters import captions, render, sampler, scene, terrain
+
+    for module in (captions, sampler, scene, terrain):
+        for name in module.__all__:
+            if name != "fractal_field":
+                assert getattr(render, name) is getattr(module, name), name
+    assert set(render.__all__) <= set(dir(render))
