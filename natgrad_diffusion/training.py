@@ -55,6 +55,7 @@ from .baselines import best_fixed_prompt, brightness_contrast_map
 from .checkpoints import export_policy, resolve_resume, restore, save_checkpoint
 from .config import CRITIC, SAMPLING, TRAINING, TrainingConfig, config_dict
 from .critic import Critic
+from .episode_log import CSV_COLUMNS, policy_std, update_columns
 from .evaluation import (
     Spaces,
     batch_metrics,
@@ -86,7 +87,6 @@ from .plots import plot_run, save_comparison_grid, save_image_grid
 from .policies import DiffusionPolicy, load_policy, make_policy
 from .processes import (
     Processes,
-    all_gather_objects,
     barrier,
     broadcast_object,
     check_same_settings,
@@ -96,49 +96,8 @@ from .processes import (
 from .rewards import get_reward, median_heuristic_bandwidth
 from .rundir import CSV_FILE, EVALUATION_FILE, RunDirectoryBusy, RunLock, clear_run
 
-__all__ = ["CSV_COLUMNS", "UPDATE_COLUMNS", "TrainResult", "Trainer", "load_policy_from_run", "make_agent", "train"]
+__all__ = ["TrainResult", "Trainer", "load_policy_from_run", "make_agent", "train"]
 
-#: the columns copied from the policy update's statistics (the TRPO agent's; PPO leaves most empty)
-UPDATE_COLUMNS = (
-    "max_kl",
-    "step_size",
-    "step_fraction",
-    "accepted",
-    "cg_iterations",
-    "cg_residual",
-    "line_search_iterations",
-    "loss_before",
-    "loss_after",
-    "improvement",
-    "expected_improvement",
-    "grad_norm",
-)
-#: the per-episode CSV columns (``time_*`` and ``wall_s`` are timings and differ between identical runs)
-CSV_COLUMNS = (
-    "episode",
-    "samples",
-    "reward_mean",
-    "reward_std",
-    "reward_value",
-    "kl",
-    *UPDATE_COLUMNS,
-    "clip_fraction",
-    "ppo_loss",
-    "critic_loss",
-    "policy_std",
-    "guidance_mean",
-    "eta_mean",
-    "mmd2",
-    "vendi",
-    "vendi_within_prompt",
-    "pairwise_distance_within_prompt",
-    "coverage",
-    "time_sample_s",
-    "time_reward_s",
-    "time_update_s",
-    "time_episode_s",
-    "wall_s",
-)
 _SEED_STRIDE = 10_000_000
 
 
@@ -200,33 +159,6 @@ def make_agent(
             fisher_seed=config.seed, **common,
         )  # fmt: skip
     return PPOAgent(components, policy, reward_fn, ppo=config.ppo, shuffle_seed=config.seed, **common)
-
-
-def _policy_std(policy: DiffusionPolicy) -> float | None:
-    log_std = getattr(policy, "log_std", None)
-    return None if log_std is None else float(log_std.detach().exp().mean())
-
-
-def _update_columns(stats: dict, procs: Processes) -> dict[str, Any]:
-    """The update's CSV columns; PPO's per-rank statistics and the critic loss averaged over the ranks."""
-    policy = stats.get("policy", {})
-    kl = policy.get("kl")
-    if procs.on and "clip_fraction" in policy:
-        vals = all_gather_objects((kl, policy.get("clip_fraction"), policy.get("loss")), procs)
-        kl = float(np.mean([v[0] for v in vals]))
-        policy = {
-            **policy,
-            "clip_fraction": float(np.mean([v[1] for v in vals])),
-            "loss": float(np.mean([v[2] for v in vals])),
-        }
-    critic_loss = stats.get("critic_loss")
-    if procs.on and critic_loss is not None:
-        critic_loss = float(np.mean(all_gather_objects(critic_loss, procs)))
-    row: dict[str, Any] = {"kl": kl, "critic_loss": critic_loss, "clip_fraction": policy.get("clip_fraction")}
-    for key in UPDATE_COLUMNS:
-        row[key] = policy.get(key)
-    row["ppo_loss"] = policy.get("loss")
-    return row
 
 
 class Trainer:
@@ -463,8 +395,8 @@ class Trainer:
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std(unbiased=False)),
             "reward_value": reward_fn.last["value"],
-            **_update_columns(stats, p),
-            "policy_std": _policy_std(self.agent.policy),
+            **update_columns(stats, p),
+            "policy_std": policy_std(self.agent.policy),
             "guidance_mean": float(rollout.trajectory.guidance_scale.float().mean()),
             "eta_mean": float(rollout.trajectory.eta.float().mean()),
             **batch_metrics(

@@ -10,8 +10,8 @@ import pytest
 
 from natgrad_diffusion.cli import build_parser, load_config_file, main, training_config
 from natgrad_diffusion.config import TEST_MODE, TRAINING, config_dict
+from natgrad_diffusion.episode_log import CSV_COLUMNS
 from natgrad_diffusion.logs import CSVLogger, read_csv
-from natgrad_diffusion.training import CSV_COLUMNS
 
 from .test_training import tiny_model  # noqa: F401  (the fixture)
 

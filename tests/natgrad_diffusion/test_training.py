@@ -9,10 +9,11 @@ import torch
 
 from natgrad_diffusion.components import build_tiny_components
 from natgrad_diffusion.config import TRAINING
+from natgrad_diffusion.episode_log import CSV_COLUMNS
 from natgrad_diffusion.feature_reward import FeatureReward
 from natgrad_diffusion.job import TrainingError
 from natgrad_diffusion.logs import read_csv
-from natgrad_diffusion.training import CSV_COLUMNS, train
+from natgrad_diffusion.training import train
 
 TIMING = {c for c in CSV_COLUMNS if c.startswith("time_") or c == "wall_s"}
 
@@ -146,7 +147,11 @@ def test_run_directory_and_evaluation(tiny_model, tmp_path):
         # LoRA starts at B = 0: the initial policy is the pretrained model, image for image
         assert ev["initial policy"][f"{space}/mmd2"] == ev["pretrained"][f"{space}/mmd2"]
         assert ev["fine-tuned"][f"{space}/mmd2"] != ev["pretrained"][f"{space}/mmd2"]
-    assert ev["pretrained"]["grain_ratio"] > 0 and result.best_prompt in {"a crater", "two craters", "three small craters"}
+    assert ev["pretrained"]["grain_ratio"] > 0 and result.best_prompt in {
+        "a crater",
+        "two craters",
+        "three small craters",
+    }
     table = (out / "evaluation.md").read_text()
     assert "| fine-tuned |" in table and "MMD² crater* ↓" in table and "coverage" in table
     assert "used the **crater** space" in table
