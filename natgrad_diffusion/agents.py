@@ -385,7 +385,7 @@ class PPOAgent(DiffusionAgent):
             for start in range(0, m, cfg.minibatch):
                 idx = order[start : start + cfg.minibatch]
                 chunk, a = d.select(idx), adv[idx]
-                ratio = importance_ratio(self.policy.distribution(params, chunk), chunk)
+                ratio = importance_ratio(self.policy.distribution(params, chunk), chunk, cfg.mean_logprob)
                 a = a.to(ratio)
                 clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
                 loss = -torch.minimum(ratio * a, clipped * a).mean()

@@ -47,11 +47,15 @@ __all__ = [
 ]
 
 
-def importance_ratio(dist: Any, chunk: Decisions) -> Tensor:
-    """``π_θ(a|s) / π_old(a|s)`` of the chunk's recorded actions, ``(m,)``."""
+def importance_ratio(dist: Any, chunk: Decisions, per_dimension: bool = False) -> Tensor:
+    """``π_θ(a|s) / π_old(a|s)`` of the chunk's recorded actions, ``(m,)``; ``per_dimension``: of the log-probs
+    averaged over each action's dimensions (DDPO's ratio)."""
     mean = dist.mean
-    logp = dist.log_prob(chunk.actions.to(mean.device, mean.dtype))
-    return torch.exp(logp - chunk.log_probs.to(logp.device, logp.dtype))
+    actions = chunk.actions.to(mean.device, mean.dtype)
+    log_ratio = dist.log_prob(actions) - chunk.log_probs.to(mean.device, mean.dtype)
+    if per_dimension:
+        log_ratio = log_ratio / actions[0].numel()
+    return torch.exp(log_ratio)
 
 
 @dataclass

@@ -42,6 +42,7 @@ __all__ = [
     "CONDITIONING_POLICY",
     "CRATER_POLICY_OPTIONS",
     "CRITIC",
+    "DDPO_RECIPE",
     "GROUPS",
     "LORA",
     "PPO",
@@ -232,6 +233,10 @@ class PPOConfig:
 
     ``clip_range`` is the usual 0.2: our ratios use log-probs summed over dimensions (DDPO's 1e-4
     is for log-probs averaged over the latent dimensions, see the module docstring).
+
+    ``mean_logprob=True`` is DDPO's ratio (Black et al., 2023): the log-probabilities are averaged over each
+    decision's ``D`` action dimensions, :math:`r = \\exp((\\log\\pi_\theta - \\log\\pi_{old}) / D)`; DDPO's recipe is
+    ``mean_logprob=True, clip_range=1e-4, lr=3e-4, adv_clip=5`` (:data:`DDPO_RECIPE`).
     """
 
     lr: float = 3e-4
@@ -240,6 +245,7 @@ class PPOConfig:
     minibatch: int = 8
     max_grad_norm: float = 1.0
     adv_clip: float = 5.0
+    mean_logprob: bool = False
 
     def __post_init__(self) -> None:
         for name in ("lr", "clip_range", "max_grad_norm", "adv_clip"):
@@ -375,6 +381,9 @@ TEST_MODE: dict[str, Any] = {
     "eval_max_prompts": 2,
 }
 
+
+#: the PPO settings of public diffusion-RL code (DDPO, Black et al. 2023), translated to our decisions
+DDPO_RECIPE = {"ppo_mean_logprob": True, "ppo_clip_range": 1e-4, "ppo_lr": 3e-4, "ppo_adv_clip": 5.0}
 
 SAMPLING = SamplingConfig()
 TRUST_REGION = TrustRegionConfig()  #: natgrad's defaults (the crater job's are ``TRAINING.trust_region``)
