@@ -78,6 +78,7 @@ _HELP = {
     "grid_every": "training image grid every N episodes",
     "evaluate": "before/after evaluation on the eval prompts (--no-evaluate to skip)",
     "eval_images_per_prompt": "images per eval prompt (>= 2)",
+    "eval_baselines": "evaluate the non-RL baselines too (brightness/contrast map, best fixed prompt)",
     "eval_seed": "base seed of the evaluation images",
     "eval_max_prompts": "use only the first N eval prompts",
     "threads": "torch.set_num_threads (default: torch's own)",

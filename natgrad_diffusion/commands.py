@@ -14,7 +14,7 @@ from typing import Any
 from .cli import fail, training_config
 from .config import TRAINING, TrainingConfig
 from .job import (
-    DEFAULT_EVAL_PROMPTS,
+    job_prompts,
     load_prompts,
     load_run_config,
     resolve_defaults,
@@ -50,7 +50,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     _positive("--images-per-prompt", args.images_per_prompt)
     _positive("--steps", args.steps)
     config = _run_config(args.run)
-    prompts = args.prompt or load_prompts(args.prompts, default=DEFAULT_EVAL_PROMPTS)
+    prompts = args.prompt or (load_prompts(args.prompts) if args.prompts is not None else job_prompts(config, "test"))
     import numpy as np
 
     from .evaluation import sample_images
@@ -77,8 +77,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     config = _run_config(args.run)
     if args.images_per_prompt is not None:
         config = replace(config, eval_images_per_prompt=args.images_per_prompt)
-    prompts_file = args.eval_prompts if args.eval_prompts is not None else config.eval_prompts
-    prompts = load_prompts(prompts_file, default=DEFAULT_EVAL_PROMPTS)[: config.eval_max_prompts]
+    if args.eval_prompts is not None:
+        config = replace(config, eval_prompts=str(args.eval_prompts))
+    prompts = job_prompts(config, "test")[: config.eval_max_prompts]
     validate_config(config)
     from .evaluation import evaluate_policy, evaluation_spaces, format_metrics_table, table_columns
     from .job import feature_extractor, load_model, load_reference_features

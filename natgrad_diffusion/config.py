@@ -315,6 +315,8 @@ class TrainingConfig:
         checkpoint_every, grid_every: write a checkpoint / an image grid every this many episodes (and at the end).
         evaluate: sample the eval prompts with the pretrained model before training and with the policy after
             it, and write ``evaluation.md`` / ``evaluation.json`` (MMD², FID, Vendi, coverage, ...).
+        eval_baselines: evaluate the non-RL baselines too (:mod:`natgrad_diffusion.baselines`: the pretrained model
+            with the reference's brightness and contrast, and with the best fixed prompt).
         eval_images_per_prompt, eval_seed, eval_max_prompts: images per eval prompt, their base seed, and how
             many eval prompts to use (``None``: all).
         threads: ``torch.set_num_threads`` (``None`` leaves torch's default).
@@ -355,6 +357,7 @@ class TrainingConfig:
     checkpoint_every: int = 5
     grid_every: int = 10
     evaluate: bool = True
+    eval_baselines: bool = True
     eval_images_per_prompt: int = 4
     eval_seed: int = 10_000
     eval_max_prompts: int | None = None

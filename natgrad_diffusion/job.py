@@ -36,6 +36,7 @@ __all__ = [
     "apply_test_mode",
     "check_model",
     "feature_extractor",
+    "job_prompts",
     "load_model",
     "load_prompts",
     "load_reference_features",
@@ -51,6 +52,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "crater-ddim-32"
 DEFAULT_TRAIN_PROMPTS = ASSETS / "prompts" / "crater_train.txt"
 DEFAULT_EVAL_PROMPTS = ASSETS / "prompts" / "crater_test.txt"
+#: the real-Mars job's prompts (every caption lit from the west, as the real crops are): train / validation / test
+MARS_PROMPTS = {role: ASSETS / "prompts" / f"mars_{role}.txt" for role in ("train", "validation", "test")}
 _MODE_ALIASES = {m.name: m for m in PolicyMode} | {m.value.upper(): m for m in PolicyMode}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DIVERSITY_NAMES = ("narrow", "medium", "broad")
@@ -164,8 +167,8 @@ def validate_config(config: TrainingConfig) -> None:
     for name in ("reward_options", "policy_options"):
         if not isinstance(getattr(c, name), dict) and not (name == "policy_options" and c.policy_options is None):
             raise TrainingError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
-    for name in ("prompts", "eval_prompts"):
-        load_prompts(getattr(c, name), default=DEFAULT_TRAIN_PROMPTS if name == "prompts" else DEFAULT_EVAL_PROMPTS)
+    for role in ("train", "test"):
+        job_prompts(c, role)
     for name in ("reference", "validation_reference", "eval_reference"):
         value = getattr(c, name)
         if value not in (None, "mars", "render") and not Path(value).is_file():
@@ -200,6 +203,18 @@ def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
     eta = config.eta if config.eta is not None else (1.0 if mode is PolicyMode.LORA_UNET else 0.0)
     options = {**CRATER_POLICY_OPTIONS.get(mode.name, {}), **(config.policy_options or {})}
     return replace(config, mode=mode.name, eta=float(eta), policy_options=options)
+
+
+def job_prompts(config: TrainingConfig, role: str) -> list[str]:
+    """The prompts of ``role`` (``"train"``, ``"validation"`` or ``"test"``): the file of ``config.prompts`` /
+    ``config.eval_prompts`` when given, else the embedded files that go with the reference: the west-lit real-Mars
+    prompts for ``reference="mars"``, the renderer's captions otherwise (whose validation role is its test file)."""
+    given = {"train": config.prompts, "test": config.eval_prompts}.get(role)
+    if given is not None:
+        return load_prompts(given)
+    if config.reference == "mars":
+        return load_prompts(MARS_PROMPTS[role])
+    return load_prompts(DEFAULT_TRAIN_PROMPTS if role == "train" else DEFAULT_EVAL_PROMPTS)
 
 
 def load_prompts(path: str | os.PathLike | None, *, default: Path = DEFAULT_TRAIN_PROMPTS) -> list[str]:

@@ -68,13 +68,11 @@ from .evaluation import (
 )
 from .feature_reward import FeatureReward, images_uint8
 from .job import (
-    DEFAULT_EVAL_PROMPTS,
     DEFAULT_MODEL_DIR,
-    DEFAULT_TRAIN_PROMPTS,
     TrainingError,
     feature_extractor,
+    job_prompts,
     load_model,
-    load_prompts,
     load_reference_features,
     parse_mode,
     reference_set,
@@ -207,8 +205,8 @@ class Trainer:
             self.say(f"no checkpoint in {self.run_dir}: starting a new run")
         self.device = device_of(p)
         self.components = load_model(c.model, device=self.device if self.device.type != "cpu" else None)
-        self.prompts = load_prompts(c.prompts, default=DEFAULT_TRAIN_PROMPTS)
-        self.eval_prompts = load_prompts(c.eval_prompts, default=DEFAULT_EVAL_PROMPTS)[: c.eval_max_prompts]
+        self.prompts = job_prompts(c, "train")
+        self.eval_prompts = job_prompts(c, "test")[: c.eval_max_prompts]
         self._open_features()
         self._open_agent()
         if p.main:
@@ -298,10 +296,16 @@ class Trainer:
         prompt (chosen on the validation set); then the untrained policy."""
         c = self.config
         pre = self._evaluate_row("pretrained", True)
+        if c.eval_baselines:
+            self._baseline_rows(pre)
+        self._evaluate_row("initial policy", False)
+
+    def _baseline_rows(self, pretrained_images: np.ndarray) -> None:
+        c = self.config
         reference_images = reference_set(c, "reference", self.components.image_shape())
         if reference_images is not None and self.spaces.reference_images is not None:
             metrics = image_metrics(
-                brightness_contrast_map(pre, reference_images.images),
+                brightness_contrast_map(pretrained_images, reference_images.images),
                 [p for p in self.eval_prompts for _ in range(c.eval_images_per_prompt)], self.spaces, c.vendi_kernel,
             )  # fmt: skip
             self.evaluation["pretrained + brightness/contrast map"] = metrics
@@ -315,7 +319,6 @@ class Trainer:
             )  # fmt: skip
             self.best_prompt = best
             self._evaluate_row("pretrained, best fixed prompt", True, sample_prompts=[best] * len(self.eval_prompts))
-        self._evaluate_row("initial policy", False)
 
     def evaluate(self, when: str) -> None:
         """``when="before"``: the pretrained model, the baselines and the initial policy (reused on resume);
