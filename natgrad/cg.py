@@ -174,22 +174,7 @@ def _solve_leaves(
     bnorm = bb.sqrt()
     tol = torch.clamp(rtol * bnorm, min=atol)
 
-    if x0 is None:
-        x = [torch.zeros_like(leaf) for leaf in bl]
-        r = [leaf.clone() for leaf in bl]
-    else:
-        x, xspec = tree_flatten(x0)
-        _check_like("x0", x, xspec, bl, spec)
-        x = [leaf.detach().clone() for leaf in x]
-        if not bool(torch.isfinite(dot(x, x)).all()):
-            raise ValueError("x0 contains non-finite values")
-        ax = apply(matvec, "matvec", x)
-        r = [bi - ai for bi, ai in zip(bl, ax)]
-        if not bool(torch.isfinite(dot(r, r)).all()):
-            # the operator is broken at x0: start from zero instead
-            x = [torch.zeros_like(leaf) for leaf in bl]
-            r = [leaf.clone() for leaf in bl]
-
+    x, r = _initial_residual_leaves(lambda v: apply(matvec, "matvec", v), bl, spec, x0, dot)
     z = apply(M, "M", r) if M is not None else r
     rz = dot(r, z)
     rnorm = dot(r, r).sqrt()
@@ -236,19 +221,30 @@ def _solve_leaves(
         rz = torch.where(active, rz_new, rz)
 
     if batched:
-        it_out: int | Tensor = iterations
-        conv: bool | Tensor = done
-        flag: bool | Tensor = bad
-    else:
-        it_out, conv, flag = int(iterations), bool(done), bool(bad)
-    return CGResult(
-        x=tree_unflatten(x, spec),
-        iterations=it_out,
-        residual_norm=rnorm,
-        converged=conv,
-        nonpositive_curvature=flag,
-        residual=tree_unflatten(r, spec),
-    )
+        return CGResult(tree_unflatten(x, spec), iterations, rnorm, done, bad, tree_unflatten(r, spec))
+    return CGResult(tree_unflatten(x, spec), int(iterations), rnorm, bool(done), bool(bad), tree_unflatten(r, spec))
+
+
+def _initial_residual_leaves(
+    matvec: Callable[[list[Tensor]], list[Tensor]],
+    bl: list[Tensor],
+    spec: TreeSpec,
+    x0: Tree | None,
+    dot: Callable[[list[Tensor], list[Tensor]], Tensor],
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``(x, r = b - A x)`` from ``x0``, or from zero when ``x0`` is omitted or ``A x0`` is not finite."""
+    if x0 is None:
+        return [torch.zeros_like(leaf) for leaf in bl], [leaf.clone() for leaf in bl]
+    x, xspec = tree_flatten(x0)
+    _check_like("x0", x, xspec, bl, spec)
+    x = [leaf.detach().clone() for leaf in x]
+    if not bool(torch.isfinite(dot(x, x)).all()):
+        raise ValueError("x0 contains non-finite values")
+    r = [bi - ai for bi, ai in zip(bl, matvec(x))]
+    if not bool(torch.isfinite(dot(r, r)).all()):
+        # the operator is broken at x0: start from zero instead
+        return [torch.zeros_like(leaf) for leaf in bl], [leaf.clone() for leaf in bl]
+    return x, r
 
 
 def _solve_tensor(

@@ -43,7 +43,7 @@ from torch.distributions import Distribution
 
 from .config import make_config
 from .families import OutputFamily, detach_distribution, family_of, mean_kl, num_samples
-from .tree import FlatLayout, Tree, TreeSpec, tree_flatten, tree_unflatten
+from .tree import FlatLayout, Tree, TreeSpec, tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
     "FisherOperator",
@@ -407,8 +407,7 @@ def fisher_vector_product(
         A :class:`FisherOperator` acting on pytrees shaped like ``params``.
     """
     make_config(damping=damping, fvp_method=method)
-    leaves, spec = tree_flatten(params)
-    leaves = [t.detach() for t in leaves]
+    leaves, spec = tree_flatten(tree_map(Tensor.detach, params))
     args, n_full = _subsample(args, subsample, generator)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
