@@ -26,9 +26,11 @@ Methods (``method=``), all exact; they differ in cost and memory only:
     The Hessian-vector product of the mean KL by double backprop; the first
     derivative graph is built once per operator.
 
-Measured on a 2-core CPU (17-64-64-6 Gaussian MLP, batch 2048, float32), per
-product: reverse 1.05 ms, linearize 1.1 ms (+55 ms setup), jvp 2.5 ms, double
-backprop of the KL (sb3-contrib's method) 2.1 ms.  See ``benchmarks/curvature.py``.
+Measured on one thread of a busy 2-core CPU (17-64-64-6 Gaussian MLP, batch 2048,
+float32), per product: reverse 3.0 ms, linearize 3.3 ms (+205 ms setup), jvp 10.6 ms,
+double backprop of the KL (sb3-contrib's method) 10.4 ms; on the NatureCNN (84×84, batch
+256) linearize 174 ms (+465 ms setup), jvp 223 ms, reverse 326 ms.  See
+``benchmarks/curvature.py``.
 """
 
 from __future__ import annotations

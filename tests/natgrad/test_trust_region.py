@@ -530,7 +530,9 @@ def test_flat_and_leaf_list_solves_take_the_same_step(monkeypatch):
                 new_loss, new_dist = closure()
                 return new_loss, natgrad.mean_kl(natgrad.detach_distribution(dist), new_dist)
 
-            info, _ = trust_region_update(params, g, lambda v: op(v), evaluate, cg_iters=30, loss_before=float(loss.detach()))
+            info, _ = trust_region_update(
+                params, g, lambda v: op(v), evaluate, cg_iters=30, loss_before=float(loss.detach())
+            )
         else:
             info, _ = trust_region_step(params, closure, cg_iters=30)
         monkeypatch.undo()
