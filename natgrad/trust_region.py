@@ -179,7 +179,9 @@ def trust_region_step(
     x0_active = None
     if x0 is not None and all(x0[i] is not None for i in active):
         x0_active = [x0[i].to(g[k]) for k, i in enumerate(active)]  # type: ignore[union-attr]
-    del dist, loss, grads  # the graph now lives only as long as `fvp`
+    # hand the operator over: trust_region_update drops it (and the graph it holds) before the line search
+    operator = [fvp]
+    del dist, loss, grads, fvp
 
     def evaluate() -> tuple[Tensor, Tensor]:
         new_loss, new_dist = call_closure(closure)
@@ -189,7 +191,7 @@ def trust_region_step(
         return new_loss, kl
 
     info, s = trust_region_update(
-        a_params, g, fvp, evaluate, cfg, loss_before=loss_f, x0=x0_active, preconditioner=preconditioner
+        a_params, g, operator.pop(), evaluate, cfg, loss_before=loss_f, x0=x0_active, preconditioner=preconditioner
     )
     solution: list[Tensor | None] = [None] * len(params)
     for k, i in enumerate(active):

@@ -584,3 +584,38 @@ def test_automatic_choice_times_linearize_skips_failures_and_follows_cg(monkeypa
     assert info.cg_iterations < 10
     assert opt.tuned_fvp_method == "jvp"  # 5 + k * 0.5 > k for k < 10
     assert opt.step(closure).fvp_method == "jvp"
+
+
+def test_the_operator_and_its_graph_are_freed_before_the_line_search(monkeypatch):
+    """The line search's forward passes do not run beside the closure's graph and the products' cached
+    backward graph (the memory peak of a large policy's update)."""
+    import gc
+    import weakref
+
+    import natgrad.fisher as fisher_module
+    import natgrad.trust_region as tr
+
+    refs = []
+    real_init, real_search = fisher_module.FisherOperator.__init__, tr._search
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        refs.append(weakref.ref(self))
+
+    alive = []
+
+    def search(*args, **kwargs):
+        alive.extend(r() is not None for r in refs)
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(fisher_module.FisherOperator, "__init__", init)
+    monkeypatch.setattr(tr, "_search", search)
+    policy = GaussianPolicy()
+    was_enabled = gc.isenabled()
+    gc.disable()  # freed by reference counting, not by the cyclic collector
+    try:
+        assert TrustRegionOptimizer(policy.parameters()).step(policy_problem(policy)).accepted
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert alive == [False]
