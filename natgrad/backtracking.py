@@ -115,8 +115,7 @@ def line_search(
         fraction = 1.0
         kl = improvement = expected = math.nan
         for k in range(max_iters):
-            for p, p0, d in zip(params, saved, direction):
-                p.copy_(p0 + fraction * d)
+            torch._foreach_copy_(params, torch._foreach_add(saved, direction, alpha=fraction))
             loss, kl_t = evaluate()
             loss_f, kl = _as_float(loss), measured_kl(kl_t)
             improvement = loss_before - loss_f
@@ -130,8 +129,7 @@ def line_search(
             ):
                 return LineSearchResult(True, fraction, k + 1, kl, improvement, expected, loss_f)
             fraction *= coeff
-        for p, p0 in zip(params, saved):
-            p.copy_(p0)
+        torch._foreach_copy_(params, saved)
     return LineSearchResult(False, 0.0, max_iters, kl, improvement, expected, loss_before)
 
 

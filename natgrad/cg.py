@@ -23,6 +23,7 @@ solver never returns NaN for finite input.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -139,6 +140,27 @@ def conjugate_gradient(
         if batched and (leaf.dim() == 0 or leaf.shape[0] != bl[0].shape[0]):
             raise ValueError("batched=True needs every leaf of b to share the leading batch dimension")
     bl = [leaf.detach() for leaf in bl]
+    for i, leaf in enumerate(bl):
+        if not bool(torch.isfinite(leaf).all()):
+            raise ValueError(f"b contains non-finite values (leaf {i})")
+    if not batched and spec.kind == "leaf" and bl[0].is_floating_point():
+        return _solve_tensor(matvec, bl[0], x0, maxiter, rtol, atol, M)
+    return _solve_leaves(matvec, bl, spec, x0, maxiter, rtol, atol, M, batched)
+
+
+def _solve_leaves(
+    matvec: Callable[[Tree], Tree],
+    bl: list[Tensor],
+    spec: TreeSpec,
+    x0: Tree | None,
+    maxiter: int,
+    rtol: float,
+    atol: float,
+    M: Callable[[Tree], Tree] | None,
+    batched: bool,
+) -> CGResult:
+    """CG on a leaf list (any pytree, mixed dtypes, or ``B`` batched systems): every scalar is a tensor of
+    shape ``()`` or ``(B,)`` and every vector operation acts leaf by leaf."""
     dot = batched_vdot if batched else vdot
 
     def apply(fn: Callable[[Tree], Tree], name: str, vec: list[Tensor]) -> list[Tensor]:
@@ -146,31 +168,13 @@ def conjugate_gradient(
         _check_like(name, out, ospec, vec, spec)
         return [o.detach() for o in out]
 
-    for i, leaf in enumerate(bl):
-        if not bool(torch.isfinite(leaf).all()):
-            raise ValueError(f"b contains non-finite values (leaf {i})")
     bb = dot(bl, bl)
     if not bool(torch.isfinite(bb).all()):
         raise ValueError(f"‖b‖² overflows {bl[0].dtype}; rescale the system")
     bnorm = bb.sqrt()
     tol = torch.clamp(rtol * bnorm, min=atol)
 
-    if x0 is None:
-        x = [torch.zeros_like(leaf) for leaf in bl]
-        r = [leaf.clone() for leaf in bl]
-    else:
-        x, xspec = tree_flatten(x0)
-        _check_like("x0", x, xspec, bl, spec)
-        x = [leaf.detach().clone() for leaf in x]
-        if not bool(torch.isfinite(dot(x, x)).all()):
-            raise ValueError("x0 contains non-finite values")
-        ax = apply(matvec, "matvec", x)
-        r = [bi - ai for bi, ai in zip(bl, ax)]
-        if not bool(torch.isfinite(dot(r, r)).all()):
-            # the operator is broken at x0: start from zero instead
-            x = [torch.zeros_like(leaf) for leaf in bl]
-            r = [leaf.clone() for leaf in bl]
-
+    x, r = _initial_residual_leaves(lambda v: apply(matvec, "matvec", v), bl, spec, x0, dot)
     z = apply(M, "M", r) if M is not None else r
     rz = dot(r, z)
     rnorm = dot(r, r).sqrt()
@@ -217,16 +221,120 @@ def conjugate_gradient(
         rz = torch.where(active, rz_new, rz)
 
     if batched:
-        it_out: int | Tensor = iterations
-        conv: bool | Tensor = done
-        flag: bool | Tensor = bad
-    else:
-        it_out, conv, flag = int(iterations), bool(done), bool(bad)
+        return CGResult(tree_unflatten(x, spec), iterations, rnorm, done, bad, tree_unflatten(r, spec))
+    return CGResult(tree_unflatten(x, spec), int(iterations), rnorm, bool(done), bool(bad), tree_unflatten(r, spec))
+
+
+def _initial_residual_leaves(
+    matvec: Callable[[list[Tensor]], list[Tensor]],
+    bl: list[Tensor],
+    spec: TreeSpec,
+    x0: Tree | None,
+    dot: Callable[[list[Tensor], list[Tensor]], Tensor],
+) -> tuple[list[Tensor], list[Tensor]]:
+    """``(x, r = b - A x)`` from ``x0``, or from zero when ``x0`` is omitted or ``A x0`` is not finite."""
+    if x0 is None:
+        return [torch.zeros_like(leaf) for leaf in bl], [leaf.clone() for leaf in bl]
+    x, xspec = tree_flatten(x0)
+    _check_like("x0", x, xspec, bl, spec)
+    x = [leaf.detach().clone() for leaf in x]
+    if not bool(torch.isfinite(dot(x, x)).all()):
+        raise ValueError("x0 contains non-finite values")
+    r = [bi - ai for bi, ai in zip(bl, matvec(x))]
+    if not bool(torch.isfinite(dot(r, r)).all()):
+        # the operator is broken at x0: start from zero instead
+        return [torch.zeros_like(leaf) for leaf in bl], [leaf.clone() for leaf in bl]
+    return x, r
+
+
+def _solve_tensor(
+    matvec: Callable[[Tree], Tree],
+    b: Tensor,
+    x0: Tree | None,
+    maxiter: int,
+    rtol: float,
+    atol: float,
+    M: Callable[[Tree], Tree] | None,
+) -> CGResult:
+    r"""CG on one real tensor ``b`` (e.g. all parameters flattened into one vector): the iteration and the
+    stopping rules of :func:`_solve_leaves`, with one dot product per inner product and one host read per
+    iteration.
+
+    The step :math:`x + \alpha p,\ r - \alpha Ap` is taken speculatively and the three numbers that decide
+    whether to keep it, :math:`(p^\top Ap,\ \lVert x_{k+1}\rVert^2,\ \lVert r_{k+1}\rVert^2)`, are read
+    together; :math:`\alpha` stays on the device.  Vectors are flat ``(P,)``; ``matvec`` and ``M`` see them in
+    the shape of ``b``.
+    """
+    shape, spec = b.shape, TreeSpec("leaf")
+
+    def apply(fn: Callable[[Tree], Tree], name: str, vec: Tensor) -> Tensor:
+        out, ospec = tree_flatten(fn(vec.view(shape)))
+        _check_like(name, out, ospec, [b], spec)
+        return out[0].detach().reshape(-1)
+
+    bf = b.reshape(-1)
+    bb = float(torch.dot(bf, bf))
+    if not math.isfinite(bb):
+        raise ValueError(f"‖b‖² overflows {b.dtype}; rescale the system")
+    tol = max(rtol * math.sqrt(bb), atol)
+    x, r = _initial_residual(apply, matvec, bf, b, x0)
+    z = apply(M, "M", r) if M is not None else r
+    rz_t, rr_t = torch.dot(r, z), torch.dot(r, r)
+    rz, rr = torch.stack((rz_t, rr_t)).tolist()
+    done = math.sqrt(rr) <= tol
+    bad = M is not None and not rz > 0 and not done  # an indefinite preconditioner is a breakdown too
+    iterations = 0
+    p = z.clone()
+    for _ in range(maxiter):
+        if done or bad:
+            break
+        ap = apply(matvec, "matvec", p)
+        pap_t = torch.dot(p, ap)
+        alpha = rz_t / pap_t
+        x_new, r_new = x.addcmul(p, alpha), r.addcmul(ap, alpha, value=-1)
+        rr_new_t = torch.dot(r_new, r_new)
+        pap, xx, rr = torch.stack((pap_t, torch.dot(x_new, x_new), rr_new_t)).tolist()
+        if not (math.isfinite(pap) and pap > 0 and math.isfinite(xx) and math.isfinite(rr)):
+            bad = True  # non-positive curvature, or an overflow: keep the last finite iterate
+            break
+        x, r, rr_t = x_new, r_new, rr_new_t
+        iterations += 1
+        done = math.sqrt(rr) <= tol
+        if M is None:
+            z, rz_new_t, rz_new = r, rr_t, rr
+        else:
+            z = apply(M, "M", r)
+            rz_new_t = torch.dot(r, z)
+            rz_new = float(rz_new_t)
+            bad = not done and not rz_new > 0
+        p = z.add(p, alpha=rz_new / rz if rz else 0.0)
+        rz, rz_t = rz_new, rz_new_t
     return CGResult(
-        x=tree_unflatten(x, spec),
-        iterations=it_out,
-        residual_norm=rnorm,
-        converged=conv,
-        nonpositive_curvature=flag,
-        residual=tree_unflatten(r, spec),
+        x=x.view(shape),
+        iterations=iterations,
+        residual_norm=rr_t.sqrt(),
+        converged=done,
+        nonpositive_curvature=bad,
+        residual=r.view(shape),
     )
+
+
+def _initial_residual(
+    apply: Callable[[Callable[[Tree], Tree], str, Tensor], Tensor],
+    matvec: Callable[[Tree], Tree],
+    bf: Tensor,
+    b: Tensor,
+    x0: Tree | None,
+) -> tuple[Tensor, Tensor]:
+    """``(x, r = b - A x)`` from ``x0`` (flat), or from zero when ``x0`` is omitted or ``A x0`` is not finite."""
+    if x0 is None:
+        return torch.zeros_like(bf), bf.clone()
+    xl, xspec = tree_flatten(x0)
+    _check_like("x0", xl, xspec, [b], TreeSpec("leaf"))
+    x = xl[0].detach().reshape(-1).clone()
+    if not math.isfinite(float(torch.dot(x, x))):
+        raise ValueError("x0 contains non-finite values")
+    r = bf - apply(matvec, "matvec", x)
+    if not math.isfinite(float(torch.dot(r, r))):
+        return torch.zeros_like(bf), bf.clone()  # the operator is broken at x0: start from zero instead
+    return x, r

@@ -9,10 +9,13 @@ graph or, with the module, from ``torch.func`` (:func:`fisher_from_closure`), an
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -24,15 +27,22 @@ from .fisher import FisherOperator, functional_product, graph_fisher_vector_prod
 from .tree import tree_flatten
 
 __all__ = [
+    "FVP_CANDIDATES",
     "Closure",
+    "FvpTiming",
     "SampleLayoutWarning",
     "call_closure",
+    "cheapest_fvp_method",
     "check_sample_layout",
     "choose_fvp_method",
     "fisher_from_closure",
     "reference_distribution",
     "swap_parameters",
+    "time_fvp_methods",
 ]
+
+#: the product methods :func:`choose_fvp_method` times by default
+FVP_CANDIDATES = ("reverse", "jvp", "linearize")
 
 Closure = Callable[[], Any]
 
@@ -208,6 +218,93 @@ def fisher_from_closure(
     return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
 
 
+@dataclass(frozen=True)
+class FvpTiming:
+    """The measured cost of one product method on a model and batch (seconds), or why it cannot be used.
+
+    Attributes:
+        setup: building the operator (for ``jvp`` / ``linearize``: the extra forward passes and the trace).
+        product: one Fisher-vector product (median over repeats, after a warm-up).
+        error: the exception that ruled the method out (e.g. ``linearize`` tracing through a kernel
+            ``torch.func`` cannot trace); empty when it works.  ``setup`` and ``product`` are then infinite.
+    """
+
+    setup: float
+    product: float
+    error: str = ""
+
+    def update_cost(self, products: float) -> float:
+        r"""The cost of one update that spends ``products`` products: :math:`t_\text{setup} + k\,t_\text{product}`
+        (the setup is paid on every step: each step linearizes at new parameters)."""
+        return self.setup + products * self.product
+
+
+def time_fvp_methods(
+    params: Sequence[Tensor],
+    closure: Closure,
+    model: nn.Module,
+    *,
+    damping: float = 0.1,
+    candidates: Sequence[str] = FVP_CANDIDATES,
+    repeats: int = 2,
+) -> dict[str, FvpTiming]:
+    """Time each candidate product method on this model and batch: the setup of its operator (the faster of two
+    builds), and one product (median of ``repeats`` after one warm-up).  A method that raises (anything but ``KeyboardInterrupt``) or
+    returns a non-finite product gets an infinite cost and its ``error``.  A distribution without an analytic
+    output Fisher has one method, ``{"kl_hvp": FvpTiming(0, 0)}`` (nothing is timed)."""
+    params = list(params)
+    with torch.enable_grad():
+        _, dist = call_closure(closure)
+    if family_of(dist) is None:
+        return {"kl_hvp": FvpTiming(0.0, 0.0)}  # the only method without an analytic output Fisher
+    del dist
+    timings: dict[str, FvpTiming] = {}
+    for method in candidates:
+        try:
+            timings[method] = _time_method(params, closure, model, method, damping, repeats)
+        except Exception as exc:  # e.g. torch.func.linearize through a kernel it cannot trace
+            timings[method] = FvpTiming(math.inf, math.inf, f"{type(exc).__name__}: {exc}")
+    return timings
+
+
+def _time_method(
+    params: list[Tensor], closure: Closure, model: nn.Module, method: str, damping: float, repeats: int
+) -> FvpTiming:
+    setups: list[float] = []
+    op: FisherOperator | None = None
+    for _ in range(2):  # the faster of two builds: the first pays one-time costs (lazy imports, first traces)
+        op = None  # free the previous operator before building the next
+        with torch.enable_grad():
+            _, dist = call_closure(closure)
+        start = time.perf_counter()
+        op = fisher_from_closure(params, dist, closure, method, damping, model=model)
+        setups.append(time.perf_counter() - start)
+        del dist  # the operator holds what it needs
+    assert op is not None
+    layout = op.layout
+    v = [torch.randn_like(p) for p in params]
+    product: Callable[[], Any] = (lambda: op(v)) if layout is None else partial(op.flat, layout.flatten(v))
+    out = product()
+    if not all(bool(torch.isfinite(t).all()) for t in tree_flatten(out)[0]):
+        raise FloatingPointError(f"the {method} product is not finite")
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product()
+        times.append(time.perf_counter() - start)
+    return FvpTiming(min(setups), sorted(times)[len(times) // 2])
+
+
+def cheapest_fvp_method(timings: dict[str, FvpTiming], products: float) -> str:
+    """The method of least :meth:`FvpTiming.update_cost` for an update of ``products`` products; a
+    ``ValueError`` naming each method's error when none works."""
+    usable = {m: t for m, t in timings.items() if not t.error}
+    if not usable:
+        errors = "; ".join(f"{m}: {t.error}" for m, t in timings.items())
+        raise ValueError(f"no Fisher-vector product method works on this model ({errors})")
+    return min(usable, key=lambda m: usable[m].update_cost(products))
+
+
 def choose_fvp_method(
     params: Sequence[Tensor],
     closure: Closure,
@@ -215,32 +312,16 @@ def choose_fvp_method(
     *,
     damping: float = 0.1,
     cg_iters: int = 10,
-    candidates: Sequence[str] = ("reverse", "jvp"),
+    candidates: Sequence[str] = FVP_CANDIDATES,
     repeats: int = 2,
 ) -> str:
-    """Time the Fisher-vector product methods on this model and batch; return the cheapest.
+    """Time the Fisher-vector product methods on this model and batch (:func:`time_fvp_methods`); return the
+    one whose update is cheapest: setup plus ``cg_iters`` products.
 
-    The cost of a method is its setup plus ``cg_iters`` products (median of ``repeats``
-    after one warm-up).  ``reverse`` differentiates the closure's graph twice and wins on
-    small MLPs; ``jvp`` (forward mode) wins on convolutional networks, whose double
-    backward is expensive.  ``linearize`` is not a default candidate: it traces the
-    model and crashes on some attention kernels.
+    ``reverse`` differentiates the closure's graph twice and wins on small MLPs; ``jvp`` (forward mode) and
+    ``linearize`` (``jvp`` traced once per step: the cheapest products, the dearest setup) win on convolutional
+    networks, whose double backward is expensive.  A candidate that fails (``linearize`` crashes through some
+    attention kernels) is skipped.  A distribution without an analytic output Fisher gives ``"kl_hvp"``.
     """
-    params = list(params)
-    costs: dict[str, float] = {}
-    for method in candidates:
-        with torch.enable_grad():
-            _, dist = call_closure(closure)
-        start = time.perf_counter()
-        op = fisher_from_closure(params, dist, closure, method, damping, model=model)
-        setup = time.perf_counter() - start
-        v = [torch.randn_like(p) for p in params]
-        op(v)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            op(v)
-            times.append(time.perf_counter() - start)
-        costs[method] = setup + cg_iters * sorted(times)[len(times) // 2]
-        del op, dist
-    return min(costs, key=costs.__getitem__)
+    timings = time_fvp_methods(params, closure, model, damping=damping, candidates=candidates, repeats=repeats)
+    return cheapest_fvp_method(timings, cg_iters)

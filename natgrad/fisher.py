@@ -26,9 +26,11 @@ Methods (``method=``), all exact; they differ in cost and memory only:
     The Hessian-vector product of the mean KL by double backprop; the first
     derivative graph is built once per operator.
 
-Measured on a 2-core CPU (17-64-64-6 Gaussian MLP, batch 2048, float32), per
-product: reverse 1.05 ms, linearize 1.1 ms (+55 ms setup), jvp 2.5 ms, double
-backprop of the KL (sb3-contrib's method) 2.1 ms.  See ``benchmarks/curvature.py``.
+Measured on one thread of a busy 2-core CPU (17-64-64-6 Gaussian MLP, batch 2048,
+float32), per product: reverse 3.0 ms, linearize 3.3 ms (+205 ms setup), jvp 10.6 ms,
+double backprop of the KL (sb3-contrib's method) 10.4 ms; on the NatureCNN (84×84, batch
+256) linearize 174 ms (+465 ms setup), jvp 223 ms, reverse 326 ms.  See
+``benchmarks/curvature.py``.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from torch.distributions import Distribution
 
 from .config import make_config
 from .families import OutputFamily, detach_distribution, family_of, mean_kl, num_samples
-from .tree import Tree, TreeSpec, tree_flatten, tree_unflatten
+from .tree import FlatLayout, Tree, TreeSpec, tree_flatten, tree_map, tree_unflatten
 
 __all__ = [
     "FisherOperator",
@@ -68,6 +70,8 @@ class FisherOperator:
         method: the product method in use.
         num_samples: the number of samples :math:`N` the Fisher averages over.
         products: how many products have been evaluated so far.
+        layout: the :class:`~natgrad.tree.FlatLayout` of the parameters for :meth:`flat` (None when their
+            dtypes or devices differ).
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class FisherOperator:
         self.product = product
         self._like = [t.detach() for t in like]
         self._spec = spec
+        self.layout = FlatLayout.of(self._like)
         self.damping = float(damping)
         self.method = method
         self.num_samples = num_samples
@@ -109,6 +114,22 @@ class FisherOperator:
 
     def __matmul__(self, v: Tree) -> Tree:
         return self(v)
+
+    def flat(self, v: Tensor) -> Tensor:
+        r""":math:`(F + \lambda I)v` on one flat vector: ``v`` of shape ``(P,)`` holds the parameters' entries in
+        order (:class:`~natgrad.tree.FlatLayout`), in their common dtype; returns a new ``(P,)`` vector.
+
+        The fast path of the trust-region step's CG: no layout checks or casts, one ``cat`` per product.  Needs
+        parameters of one dtype and device (``layout`` is not None).
+        """
+        layout = self.layout
+        if layout is None:
+            raise ValueError("flat products need parameters of one dtype and device")
+        out = layout.flatten(self.product(layout.split(v)))
+        self.products += 1
+        if self.damping:
+            out.add_(v, alpha=self.damping)
+        return out
 
     def to_dense(self) -> Tensor:
         """The ``(P, P)`` matrix, column by column (``P`` products; for tests and small models)."""
@@ -147,13 +168,19 @@ class FisherOperator:
 
 
 def _zeros_for_none(grads: Sequence[Tensor | None], like: Sequence[Tensor]) -> list[Tensor]:
+    if all(g is not None for g in grads):
+        return list(grads)  # type: ignore[arg-type]
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, like)]
 
 
 def _scaled_fisher(
     family: OutputFamily, z: tuple[Tensor, ...], n: int
 ) -> Callable[[Sequence[Tensor]], tuple[Tensor, ...]]:
+    """``u ↦ F_out(z) u / N``, with the factors that depend on ``z`` only computed once where the family can."""
     inv_n = 1.0 / n
+    if family.fisher_at is not None:
+        prepared = family.fisher_at(z, inv_n)
+        return lambda u: prepared(tuple(u))
 
     def apply(u: Sequence[Tensor]) -> tuple[Tensor, ...]:
         return tuple(t * inv_n for t in family.fisher(z, tuple(u)))
@@ -175,15 +202,20 @@ def _reverse_product(
     jt_u = torch.autograd.grad(outs, params, us, create_graph=True, allow_unused=True)
     used = [i for i, g in enumerate(jt_u) if g is not None and g.requires_grad]
     jt_u_used = [jt_u[i] for i in used]
+    all_live = len(live) == len(outputs)
+    dead = [torch.zeros_like(zk) for zk in z] if not all_live else []  # J v of outputs without a graph: zero
 
     def product(v: list[Tensor]) -> list[Tensor]:
         if not used:
             return [torch.zeros_like(t) for t in v]
         jv_live = torch.autograd.grad(jt_u_used, us, [v[i] for i in used], retain_graph=True, allow_unused=True)
         jv_live = _zeros_for_none(jv_live, us)
-        jv = [torch.zeros_like(zk) for zk in z]
-        for k, i in enumerate(live):
-            jv[i] = jv_live[k]
+        if all_live:
+            jv = jv_live
+        else:
+            jv = list(dead)
+            for k, i in enumerate(live):
+                jv[i] = jv_live[k]
         fjv = fout(jv)
         out = torch.autograd.grad(outs, params, [fjv[i] for i in live], retain_graph=True, allow_unused=True)
         return _zeros_for_none(out, params)
@@ -377,8 +409,7 @@ def fisher_vector_product(
         A :class:`FisherOperator` acting on pytrees shaped like ``params``.
     """
     make_config(damping=damping, fvp_method=method)
-    leaves, spec = tree_flatten(params)
-    leaves = [t.detach() for t in leaves]
+    leaves, spec = tree_flatten(tree_map(Tensor.detach, params))
     args, n_full = _subsample(args, subsample, generator)
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")

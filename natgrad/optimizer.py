@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .closure import Closure, choose_fvp_method
+from .closure import Closure, FvpTiming, cheapest_fvp_method, time_fvp_methods
 from .config import TrustRegionConfig, make_config
 from .distributed import broadcast_parameters, check_parameters_in_sync, is_distributed
 from .trust_region import StepInfo, trust_region_step
@@ -55,10 +55,13 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             override them.  The groups hold them as flat keys, ``torch.optim`` style (``group["max_kl"]``).
         model: the policy module, for the ``torch.func`` products (``fvp_method`` ``"jvp"`` / ``"linearize"``)
             and the automatic choice: with ``fvp_method="auto"`` and ``model`` given, the first step times
-            ``"reverse"`` against ``"jvp"`` on the actual model and batch and keeps the cheaper
-            (:func:`~natgrad.choose_fvp_method`; the choice is in ``tuned_fvp_method``).  Without ``model``,
-            ``"auto"`` is ``"reverse"`` on the closure's graph for Normal / Categorical / Bernoulli and
-            ``"kl_hvp"`` otherwise.
+            ``"reverse"``, ``"jvp"`` and ``"linearize"`` on the actual model and batch
+            (:func:`~natgrad.closure.time_fvp_methods`, kept in ``fvp_timings``; a method that fails is skipped)
+            and uses the one whose update, setup plus products, is cheapest.  The first update is costed at
+            ``cg_iters`` products; later ones at the mean number of CG iterations observed so far, so a
+            method with a dear setup (``linearize``) is dropped when CG converges early.  The choice is in
+            ``tuned_fvp_method``.  Without ``model``, ``"auto"`` is ``"reverse"`` on the closure's graph for
+            Normal / Categorical / Bernoulli and ``"kl_hvp"`` otherwise.
         distributed: data-parallel over ``process_group`` (default: the world): each rank's closure
             sees its share of the batch; parameters are broadcast from rank 0 here, and every
             ``sync_check_every`` steps a checksum verifies that all ranks still agree
@@ -83,6 +86,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         super().__init__(params, cfg.as_dict())
         self.model = model
         self.tuned_fvp_method: str | None = None
+        self.fvp_timings: dict[str, FvpTiming] | None = None
+        self._cg_products = (0, 0)  # CG iterations summed over the steps taken with the tuned method, steps
         self.distributed = distributed
         self.process_group = process_group
         self.sync_check_every = int(sync_check_every)
@@ -135,6 +140,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             st["step"] = st.get("step", 0) + 1
             if cfg.warm_start and s is not None:
                 st["solution"] = s.detach().clone()
+        if self.fvp_timings is not None and method == self.tuned_fvp_method:
+            self._retune(info.cg_iterations)
         n_steps = self.state[params[0]]["step"]
         if self.distributed and self.sync_check_every > 0 and n_steps % self.sync_check_every == 0:
             check_parameters_in_sync(params, self.process_group)
@@ -144,6 +151,12 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 group["max_kl"] = new_kl
         return info
 
+    def _retune(self, cg_iterations: int) -> None:
+        """Re-cost the timed methods at the mean number of products per update seen so far."""
+        self._cg_products = (self._cg_products[0] + cg_iterations, self._cg_products[1] + 1)
+        products = max(1.0, self._cg_products[0] / self._cg_products[1])
+        self.tuned_fvp_method = cheapest_fvp_method(self.fvp_timings, products)  # type: ignore[arg-type]
+
     def _method(
         self, cfg: TrustRegionConfig, params: list[Tensor], closure: Closure, fisher_closure: Callable | None
     ) -> str:
@@ -151,10 +164,10 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if cfg.fvp_method != "auto" or self.model is None or fisher_closure is not None:
             return cfg.fvp_method
         if self.tuned_fvp_method is None:
-            active = [p for p in params if p.requires_grad]
-            self.tuned_fvp_method = choose_fvp_method(
-                active, closure, self.model, damping=cfg.damping, cg_iters=cfg.cg_iters
-            )
+            if self.fvp_timings is None:
+                active = [p for p in params if p.requires_grad]
+                self.fvp_timings = time_fvp_methods(active, closure, self.model, damping=cfg.damping)
+            self.tuned_fvp_method = cheapest_fvp_method(self.fvp_timings, cfg.cg_iters)
         return self.tuned_fvp_method
 
 

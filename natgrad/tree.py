@@ -9,7 +9,7 @@ buffer (no dict ↔ flat copies).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from torch import Tensor
 Tree = Tensor | dict[str, Any] | list[Any] | tuple[Any, ...]
 
 __all__ = [
+    "FlatLayout",
     "Tree",
     "TreeSpec",
     "batched_vdot",
@@ -48,43 +49,47 @@ _LEAF = TreeSpec("leaf")
 
 
 def tree_flatten(tree: Tree) -> tuple[list[Tensor], TreeSpec]:
-    """Split ``tree`` into its tensor leaves (depth-first, dict insertion order) and its structure."""
+    """Split ``tree`` into its tensor leaves (depth-first, dict insertion order) and its structure.
+
+    The walk is a module-level recursion with the leaf list passed down (no self-referencing closure): a
+    nested recursive function is a reference cycle that would keep the leaves alive until the cyclic garbage
+    collector runs, scattering long-lived tensors through the heap."""
     leaves: list[Tensor] = []
-
-    def rec(node: Any, path: str) -> TreeSpec:
-        if isinstance(node, Tensor):
-            leaves.append(node)
-            return _LEAF
-        if isinstance(node, dict):
-            keys = tuple(node.keys())
-            return TreeSpec("dict", keys, tuple(rec(node[k], f"{path}[{k!r}]") for k in keys))
-        if isinstance(node, (list, tuple)):
-            kind = "list" if isinstance(node, list) else "tuple"
-            return TreeSpec(kind, (), tuple(rec(c, f"{path}[{i}]") for i, c in enumerate(node)))
-        raise TypeError(
-            f"expected a tensor or a dict/list/tuple of tensors, found {type(node).__name__} at {path or 'the root'}"
-        )
-
-    spec = rec(tree, "")
+    spec = _flatten_into(tree, "", leaves)
     return leaves, spec
+
+
+def _flatten_into(node: Any, path: str, leaves: list[Tensor]) -> TreeSpec:
+    if isinstance(node, Tensor):
+        leaves.append(node)
+        return _LEAF
+    if isinstance(node, dict):
+        keys = tuple(node.keys())
+        return TreeSpec("dict", keys, tuple(_flatten_into(node[k], f"{path}[{k!r}]", leaves) for k in keys))
+    if isinstance(node, (list, tuple)):
+        kind = "list" if isinstance(node, list) else "tuple"
+        return TreeSpec(kind, (), tuple(_flatten_into(c, f"{path}[{i}]", leaves) for i, c in enumerate(node)))
+    raise TypeError(
+        f"expected a tensor or a dict/list/tuple of tensors, found {type(node).__name__} at {path or 'the root'}"
+    )
 
 
 def tree_unflatten(leaves: Sequence[Tensor], spec: TreeSpec) -> Tree:
     """Inverse of :func:`tree_flatten`."""
     it = iter(leaves)
-
-    def rec(s: TreeSpec) -> Any:
-        if s.kind == "leaf":
-            return next(it)
-        kids = [rec(c) for c in s.children]
-        if s.kind == "dict":
-            return dict(zip(s.keys, kids))
-        return kids if s.kind == "list" else tuple(kids)
-
-    out = rec(spec)
+    out = _unflatten_from(spec, it)
     if next(it, None) is not None:
         raise ValueError("more leaves than the tree structure holds")
     return out
+
+
+def _unflatten_from(s: TreeSpec, it: Iterator[Tensor]) -> Any:
+    if s.kind == "leaf":
+        return next(it)
+    kids = [_unflatten_from(c, it) for c in s.children]
+    if s.kind == "dict":
+        return dict(zip(s.keys, kids))
+    return kids if s.kind == "list" else tuple(kids)
 
 
 def tree_map(fn: Callable[..., Tensor], tree: Tree, *rest: Tree) -> Tree:
@@ -119,3 +124,49 @@ def batched_vdot(xs: Sequence[Tensor], ys: Sequence[Tensor]) -> Tensor:
     if total is None:
         raise ValueError("cannot take the inner product of empty vectors")
     return total
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    r"""How a list of same-dtype, same-device leaves maps onto one contiguous vector of length
+    :math:`P = \sum_i n_i` (leaf :math:`i` with :math:`n_i` elements occupies
+    ``[o_i, o_i + n_i)``, in list order).
+
+    A solver that works on the flat vector pays one vector operation per step instead of one per leaf
+    (:func:`natgrad.trust_region_update` runs CG this way).
+
+    Attributes:
+        shapes: the leaf shapes.
+        sizes: the leaf element counts :math:`n_i`.
+        dtype, device: those of every leaf and of the flat vector.
+    """
+
+    shapes: tuple[torch.Size, ...]
+    sizes: tuple[int, ...]
+    dtype: torch.dtype
+    device: torch.device
+
+    @staticmethod
+    def of(leaves: Sequence[Tensor]) -> FlatLayout | None:
+        """The layout of ``leaves``, or ``None`` when they are empty or do not share one dtype and device."""
+        if not leaves:
+            return None
+        dtype, device = leaves[0].dtype, leaves[0].device
+        if any(t.dtype != dtype or t.device != device for t in leaves):
+            return None
+        return FlatLayout(tuple(t.shape for t in leaves), tuple(t.numel() for t in leaves), dtype, device)
+
+    @property
+    def numel(self) -> int:
+        """:math:`P`."""
+        return sum(self.sizes)
+
+    def flatten(self, leaves: Sequence[Tensor]) -> Tensor:
+        """The leaves concatenated into one new ``(P,)`` vector."""
+        if len(leaves) == 1:
+            return leaves[0].reshape(-1).clone()
+        return torch.cat([t.reshape(-1) for t in leaves])
+
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """Views of the ``(P,)`` vector ``flat`` in the leaf shapes (no copy)."""
+        return [c.view(s) for c, s in zip(flat.split(self.sizes), self.shapes)]

@@ -33,7 +33,8 @@ from .closure import Closure, call_closure, check_sample_layout, fisher_from_clo
 from .config import TrustRegionConfig, make_config
 from .distributed import all_reduce_weighted_mean, distributed_operator
 from .families import mean_kl, num_samples
-from .tree import vdot
+from .fisher import FisherOperator
+from .tree import FlatLayout, vdot
 
 __all__ = ["NonFiniteError", "StepInfo", "trust_region_step", "trust_region_update"]
 
@@ -178,7 +179,9 @@ def trust_region_step(
     x0_active = None
     if x0 is not None and all(x0[i] is not None for i in active):
         x0_active = [x0[i].to(g[k]) for k, i in enumerate(active)]  # type: ignore[union-attr]
-    del dist, loss, grads  # the graph now lives only as long as `fvp`
+    # hand the operator over: trust_region_update drops it (and the graph it holds) before the line search
+    operator = [fvp]
+    del dist, loss, grads, fvp
 
     def evaluate() -> tuple[Tensor, Tensor]:
         new_loss, new_dist = call_closure(closure)
@@ -188,7 +191,7 @@ def trust_region_step(
         return new_loss, kl
 
     info, s = trust_region_update(
-        a_params, g, fvp, evaluate, cfg, loss_before=loss_f, x0=x0_active, preconditioner=preconditioner
+        a_params, g, operator.pop(), evaluate, cfg, loss_before=loss_f, x0=x0_active, preconditioner=preconditioner
     )
     solution: list[Tensor | None] = [None] * len(params)
     for k, i in enumerate(active):
@@ -259,12 +262,7 @@ def trust_region_update(
         )
         info = _rejected(loss_before, cfg.max_kl, method, n_active, 0.0, cg_converged=True, reason=reason)
         return info, [torch.zeros_like(t) for t in g]
-    cg = conjugate_gradient(
-        fvp, g, x0=None if x0 is None else list(x0), maxiter=cfg.cg_iters, rtol=cfg.cg_rtol, atol=cfg.cg_atol,
-        M=preconditioner,
-    )  # fmt: skip
-    s: list[Tensor] = cg.x  # type: ignore[assignment]
-    shs, gs = _curvature_along(cg, g, fvp)
+    s, shs, gs, cg = _solve(fvp, g, cfg, x0, preconditioner)
     base = dict(
         max_kl=cfg.max_kl, fvp_method=method, num_params=n_active, grad_norm=math.sqrt(gg),
         cg_iterations=cg.iterations, cg_residual=float(cg.residual_norm), cg_converged=bool(cg.converged),
@@ -275,22 +273,60 @@ def trust_region_update(
         reason = f"no descent direction: sᵀ(F+λI)s = {shs:.3g}, gᵀs = {gs:.3g} (both must be finite and > 0)"
         return _rejected(loss_before, reason=reason, **base), s  # type: ignore[arg-type]
     beta = math.sqrt(2.0 * cfg.max_kl / shs)
-    direction = [-beta * si for si in s]
+    direction = list(torch._foreach_mul(s, -beta))
     move = _search if cfg.line_search else _full_step
     outcome = move(params, direction, evaluate, cfg, loss_before=loss_before, expected=beta * gs)
     return StepInfo(loss_before=loss_before, step_size=beta * outcome["step_fraction"], max_step=beta, **outcome,
                     **base), s  # fmt: skip
 
 
-def _curvature_along(cg: CGResult, g: list[Tensor], fvp: LeafOperator) -> tuple[float, float]:
-    """:math:`s^\\top(F+\\lambda I)s` (read off the residual, :math:`s^\\top(g - r)`, or one more product when that
-    is not usable) and :math:`g^\\top s`."""
-    s: list[Tensor] = cg.x  # type: ignore[assignment]
-    r: list[Tensor] = cg.residual  # type: ignore[assignment]
-    shs = float(vdot(s, [gi - ri for gi, ri in zip(g, r)]))
+def _solve(
+    fvp: LeafOperator, g: list[Tensor], cfg: TrustRegionConfig, x0: Sequence[Tensor] | None,
+    preconditioner: LeafOperator | None,
+) -> tuple[list[Tensor], float, float, CGResult]:  # fmt: skip
+    r"""CG on :math:`(F + \lambda I)s = g`; returns :math:`s` (one tensor per parameter), :math:`s^\top(F +
+    \lambda I)s`, :math:`g^\top s` and the CG statistics.
+
+    Parameters of one dtype and device are solved on one flat ``(P,)`` vector (:class:`~natgrad.tree.FlatLayout`):
+    one dot product per inner product, and a :class:`~natgrad.FisherOperator` skips its per-call layout checks
+    (:meth:`~natgrad.FisherOperator.flat`).  Other layouts (mixed dtypes) run CG leaf by leaf.
+    """
+    layout = FlatLayout.of(g)
+    kw = dict(maxiter=cfg.cg_iters, rtol=cfg.cg_rtol, atol=cfg.cg_atol)
+    if layout is None:
+        cg = conjugate_gradient(fvp, g, x0=None if x0 is None else list(x0), M=preconditioner, **kw)  # type: ignore[arg-type]
+        s: list[Tensor] = cg.x  # type: ignore[assignment]
+        r: list[Tensor] = cg.residual  # type: ignore[assignment]
+        shs = float(vdot(s, [gi - ri for gi, ri in zip(g, r)]))
+        if not (math.isfinite(shs) and shs > 0):
+            shs = float(vdot(s, fvp(s)))
+        return s, shs, float(vdot(g, s)), cg
+    matvec = fvp.flat if isinstance(fvp, FisherOperator) and fvp.layout == layout else _flat_operator(fvp, layout)
+    pre = None if preconditioner is None else _flat_operator(preconditioner, layout)
+    g_flat = layout.flatten(g)
+    x0_flat = None if x0 is None else layout.flatten(list(x0))
+    cg = conjugate_gradient(matvec, g_flat, x0=x0_flat, M=pre, **kw)  # type: ignore[arg-type]
+    s_flat: Tensor = cg.x  # type: ignore[assignment]
+    # sᵀ(F+λI)s read off the residual, s^T(g - r); one more product when that is not usable
+    shs = float(torch.dot(s_flat, g_flat - cg.residual))  # type: ignore[operator]
     if not (math.isfinite(shs) and shs > 0):
-        shs = float(vdot(s, fvp(s)))
-    return shs, float(vdot(g, s))
+        shs = float(torch.dot(s_flat, matvec(s_flat)))
+    return layout.split(s_flat), shs, float(torch.dot(g_flat, s_flat)), cg
+
+
+def _flat_operator(op: LeafOperator, layout: FlatLayout) -> Callable[[Tensor], Tensor]:
+    """``op`` (on leaf lists) as an operator on flat ``(P,)`` vectors."""
+
+    def apply(v: Tensor) -> Tensor:
+        out = list(op(layout.split(v)))
+        if [tuple(o.shape) for o in out] != [tuple(sh) for sh in layout.shapes]:
+            raise ValueError(
+                f"the operator returned shapes {[tuple(o.shape) for o in out]}, expected those of the parameters "
+                f"{[tuple(sh) for sh in layout.shapes]}"
+            )
+        return layout.flatten([o.detach() for o in out])
+
+    return apply
 
 
 def _search(

@@ -214,3 +214,51 @@ def test_mixed_float32_float64_leaves_keep_their_dtypes_and_solve():
     assert res.x[0].dtype == torch.float32 and res.x[1].dtype == torch.float64
     expected = np.linalg.solve(a.numpy(), b64.numpy())
     np.testing.assert_allclose(torch.cat([res.x[0].double(), res.x[1]]).numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+@given(
+    n=st.integers(1, 30),
+    log10_cond=st.floats(0.0, 6.0),
+    seed=st.integers(0, 2**31 - 1),
+    n_neg=st.integers(0, 3),
+    precondition=st.booleans(),
+    warm=st.booleans(),
+)
+def test_single_tensor_path_matches_the_leaf_list_path(n, log10_cond, seed, n_neg, precondition, warm):
+    """A tensor ``b`` runs the flat loop (one host read per iteration); a one-leaf list runs the leaf-list loop.
+    Both are the same iteration: same iterate, residual, count and flags (indefinite operators included)."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    eig = np.logspace(0.0, log10_cond, n)
+    eig[: min(n_neg, n - 1)] *= -1
+    a = torch.from_numpy((q * eig) @ q.T)
+    b = torch.from_numpy(rng.standard_normal(n))
+    x0 = torch.from_numpy(0.1 * rng.standard_normal(n)) if warm else None
+    inv_diag = 1.0 / torch.diagonal(a).abs().clamp_min(1e-3)
+    m = (lambda r: inv_diag * r) if precondition else None
+    one = conjugate_gradient(lambda v: a @ v, b, x0=x0, M=m, maxiter=n + 3, rtol=1e-10)
+    leaves = conjugate_gradient(
+        lambda v: [a @ v[0]],
+        [b],
+        x0=None if x0 is None else [x0],
+        M=None if m is None else (lambda r: [m(r[0])]),
+        maxiter=n + 3,
+        rtol=1e-10,
+    )
+    assert (one.iterations, one.converged, one.nonpositive_curvature) == (
+        leaves.iterations,
+        leaves.converged,
+        leaves.nonpositive_curvature,
+    )
+    scale = float(torch.linalg.norm(leaves.x[0])) + 1.0
+    torch.testing.assert_close(one.x, leaves.x[0], rtol=1e-9, atol=1e-9 * scale)
+    torch.testing.assert_close(one.residual, leaves.residual[0], rtol=1e-9, atol=1e-9 * float(torch.linalg.norm(b)))
+    assert isinstance(one.iterations, int) and isinstance(one.converged, bool)
+
+
+def test_single_tensor_path_keeps_the_shape_of_b():
+    a = torch.diag(torch.arange(1.0, 7.0, dtype=torch.float64)).reshape(6, 2, 3)
+    b = torch.ones(2, 3, dtype=torch.float64)
+    res = conjugate_gradient(lambda v: torch.einsum("kij,ij->k", a, v).reshape(2, 3), b, maxiter=10)
+    assert res.x.shape == (2, 3) and res.residual.shape == (2, 3) and res.converged
+    torch.testing.assert_close(res.x.reshape(-1), 1.0 / torch.arange(1.0, 7.0, dtype=torch.float64))

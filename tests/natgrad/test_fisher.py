@@ -193,3 +193,39 @@ def test_mean_kl_sample_convention():
     q = Normal(loc + 1.0, 1.0)
     # per sample: 3 dims × 0.5; averaged over 4 samples
     assert float(mean_kl(p, q)) == pytest.approx(1.5)
+
+
+@pytest.mark.parametrize("family", sorted(POLICIES))
+@pytest.mark.parametrize("method", ["reverse", "jvp", "linearize", "kl_hvp"])
+def test_flat_product_matches_the_pytree_product(family, method):
+    """``F.flat`` (the trust-region step's CG path: one (P,) vector, no layout checks) is ``F @ v`` flattened."""
+    module = POLICIES[family]()
+    model_fn, params = as_function(module)
+    obs = torch.randn(N_OBS, 3, dtype=torch.float64)
+    op = fisher_vector_product(model_fn, params, obs, method=method, damping=0.2)
+    v = {k: torch.randn_like(t) for k, t in params.items()}
+    ref = flat(op @ v)
+    out = op.flat(flat(v))
+    assert out.shape == (sum(t.numel() for t in params.values()),) and op.products == 2
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-14)
+
+
+def test_flat_layout_round_trip_and_mixed_dtypes():
+    from natgrad.tree import FlatLayout
+
+    leaves = [torch.randn(2, 3), torch.randn(4), torch.randn(())]
+    layout = FlatLayout.of(leaves)
+    assert layout is not None and layout.numel == 11 and layout.dtype == torch.float32
+    vec = layout.flatten(leaves)
+    back = layout.split(vec)
+    assert all(torch.equal(a, b) for a, b in zip(leaves, back))
+    assert back[0].data_ptr() == vec.data_ptr()  # views, no copy
+    assert FlatLayout.of([torch.ones(2), torch.ones(2, dtype=torch.float64)]) is None
+    assert FlatLayout.of([]) is None
+
+    mixed = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2, dtype=torch.float64))]
+    dist = Normal(mixed[0] * 1.0 + mixed[1].float() * torch.ones(3, 2), 1.0)
+    op = graph_fisher_vector_product(dist, mixed)
+    assert op.layout is None
+    with pytest.raises(ValueError, match="one dtype"):
+        op.flat(torch.ones(4))

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import natgrad
-from natgrad import NonFiniteError, TrustRegionOptimizer, trust_region_step
+from natgrad import NonFiniteError, TrustRegionOptimizer, trust_region_step, trust_region_update
 
 from .models import CategoricalPolicy, GaussianPolicy
 
@@ -280,10 +280,10 @@ def test_choose_fvp_method_picks_a_valid_method_and_is_used():
     policy = GaussianPolicy()
     closure = policy_problem(policy)
     method = natgrad.choose_fvp_method(list(policy.parameters()), closure, policy, cg_iters=10)
-    assert method in ("reverse", "jvp")
+    assert method in ("reverse", "jvp", "linearize")
     opt = TrustRegionOptimizer(policy.parameters(), model=policy)
     info = opt.step(closure)
-    assert opt.tuned_fvp_method in ("reverse", "jvp") and info.fvp_method == opt.tuned_fvp_method
+    assert info.fvp_method in ("reverse", "jvp", "linearize") and info.fvp_method in opt.fvp_timings
     assert info.accepted
 
 
@@ -506,3 +506,116 @@ def policy_problem_float32(net: nn.Module, n: int = 512):
         return -(torch.exp(dd.log_prob(act) - old) * adv).mean(), dd
 
     return closure
+
+
+def test_flat_and_leaf_list_solves_take_the_same_step(monkeypatch):
+    """One dtype: CG on one flat vector with the operator's flat product; any other operator is wrapped
+    (``_flat_operator``); forced onto the leaf-list loop the step is the same."""
+    import natgrad.trust_region as tr
+
+    torch.manual_seed(0)
+    base = GaussianPolicy()
+
+    def step(policy, *, leafwise=False, plain_operator=False):
+        closure = policy_problem(policy)
+        params = list(policy.parameters())
+        if leafwise:
+            monkeypatch.setattr(tr.FlatLayout, "of", staticmethod(lambda leaves: None))
+        if plain_operator:
+            loss, dist = closure()
+            g = [t.detach() for t in torch.autograd.grad(loss, params, retain_graph=True)]
+            op = natgrad.graph_fisher_vector_product(dist, params, damping=0.1)
+
+            def evaluate():
+                new_loss, new_dist = closure()
+                return new_loss, natgrad.mean_kl(natgrad.detach_distribution(dist), new_dist)
+
+            info, _ = trust_region_update(
+                params, g, lambda v: op(v), evaluate, cg_iters=30, loss_before=float(loss.detach())
+            )
+        else:
+            info, _ = trust_region_step(params, closure, cg_iters=30)
+        monkeypatch.undo()
+        assert info.accepted
+        return info, torch.cat([p.detach().reshape(-1) for p in params])
+
+    ref_info, ref = step(copy.deepcopy(base))
+    for kw in (dict(leafwise=True), dict(plain_operator=True)):
+        info, got = step(copy.deepcopy(base), **kw)
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-12, msg=str(kw))
+        assert info.cg_iterations == ref_info.cg_iterations
+        assert info.max_step == pytest.approx(ref_info.max_step, rel=1e-10)
+
+
+def test_automatic_choice_times_linearize_skips_failures_and_follows_cg(monkeypatch):
+    from natgrad import closure as closure_module
+    from natgrad.closure import FvpTiming, cheapest_fvp_method, time_fvp_methods
+
+    # the committed CNN numbers (seconds): linearize pays for a 15-product update, not for a 5-product one
+    cnn = {"reverse": FvpTiming(0.047, 0.115), "jvp": FvpTiming(0.035, 0.081), "linearize": FvpTiming(0.217, 0.062)}
+    assert cheapest_fvp_method(cnn, 15) == "linearize" and cheapest_fvp_method(cnn, 5) == "jvp"
+    broken = {**cnn, "linearize": FvpTiming(float("inf"), float("inf"), "RuntimeError: cannot trace")}
+    assert cheapest_fvp_method(broken, 15) == "jvp"
+    with pytest.raises(ValueError, match="cannot trace"):
+        cheapest_fvp_method({"linearize": broken["linearize"]}, 15)
+
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    closure = policy_problem(policy)
+    real = closure_module.fisher_from_closure
+
+    def failing_linearize(params, dist, closure, method, *args, **kwargs):
+        if method == "linearize":
+            raise RuntimeError("linearize cannot trace this kernel")
+        return real(params, dist, closure, method, *args, **kwargs)
+
+    monkeypatch.setattr(closure_module, "fisher_from_closure", failing_linearize)
+    timings = time_fvp_methods(list(policy.parameters()), closure, policy)
+    assert set(timings) == {"reverse", "jvp", "linearize"}
+    assert "cannot trace" in timings["linearize"].error and timings["linearize"].product == float("inf")
+    assert all(t.product > 0 and not t.error for m, t in timings.items() if m != "linearize")
+    monkeypatch.undo()
+
+    # the optimizer costs its first update at cg_iters products, later ones at the CG iterations it saw
+    opt = TrustRegionOptimizer(policy.parameters(), model=policy, cg_iters=15, cg_atol=1e-3)
+    opt.fvp_timings = {"jvp": FvpTiming(0.0, 1.0), "linearize": FvpTiming(5.0, 0.5)}
+    info = opt.step(closure)
+    assert info.fvp_method == "linearize" and info.accepted  # 5 + 15 * 0.5 < 15 * 1
+    assert info.cg_iterations < 10
+    assert opt.tuned_fvp_method == "jvp"  # 5 + k * 0.5 > k for k < 10
+    assert opt.step(closure).fvp_method == "jvp"
+
+
+def test_the_operator_and_its_graph_are_freed_before_the_line_search(monkeypatch):
+    """The line search's forward passes do not run beside the closure's graph and the products' cached
+    backward graph (the memory peak of a large policy's update)."""
+    import gc
+    import weakref
+
+    import natgrad.fisher as fisher_module
+    import natgrad.trust_region as tr
+
+    refs = []
+    real_init, real_search = fisher_module.FisherOperator.__init__, tr._search
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        refs.append(weakref.ref(self))
+
+    alive = []
+
+    def search(*args, **kwargs):
+        alive.extend(r() is not None for r in refs)
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(fisher_module.FisherOperator, "__init__", init)
+    monkeypatch.setattr(tr, "_search", search)
+    policy = GaussianPolicy()
+    was_enabled = gc.isenabled()
+    gc.disable()  # freed by reference counting, not by the cyclic collector
+    try:
+        assert TrustRegionOptimizer(policy.parameters()).step(policy_problem(policy)).accepted
+    finally:
+        if was_enabled:
+            gc.enable()
+    assert alive == [False]
