@@ -44,14 +44,12 @@ DDPO = {"ppo_mean_logprob": True, "ppo_clip_range": 1e-4, "ppo_lr": 3e-4, "ppo_a
 TRPO_GRID = [{"max_kl": k, "damping": d} for k in (0.003, 0.01, 0.03, 0.1) for d in (0.01, 0.1)]
 PPO_GRID = [{"ppo_lr": lr, "ppo_epochs": e} for lr in (1e-4, 1e-3, 3e-3, 3e-2) for e in (1, 4)]
 #: per mode: the settings of every run, the tuning and final episode counts (equal samples: same batch, episodes)
+#: (LORA_UNET is the default job of ``natgrad_diffusion.config.TRAINING``; DIVERSITY_POLICY as it was the default
+#: before: 32 images per episode and a critic)
 MODES: dict[str, dict[str, Any]] = {
-    "DIVERSITY_POLICY": {"settings": {"mode": "DIVERSITY_POLICY"}, "tune": 20, "final": 40},
-    "LORA_UNET": {
-        "settings": {"mode": "LORA_UNET", "batch_size": 16, "critic": False, "fvp_method": "reverse",
-                     "fvp_subsample": 16, "fvp_min_decisions": 16, "decision_subsample": 0.25, "cg_iters": 6},
-        "tune": 12,
-        "final": 30,
-    },
+    "DIVERSITY_POLICY": {"settings": {"mode": "DIVERSITY_POLICY", "batch_size": 32, "critic": True}, "tune": 20,
+                         "final": 40},
+    "LORA_UNET": {"settings": {"mode": "LORA_UNET"}, "tune": 12, "final": 30},
 }  # fmt: skip
 QUICK = {"steps": 2, "batch_size": 4, "images_per_prompt": 2, "eval_images_per_prompt": 2, "eval_max_prompts": 2,
          "reference": "render", "reference_n": 16, "eval_features": ["pixels"], "checkpoint_every": 1, "grid_every": 1}  # fmt: skip

@@ -40,6 +40,7 @@ from natgrad.config import TrustRegionConfig
 __all__ = [
     "CHUNKS",
     "CONDITIONING_POLICY",
+    "CRATER_CHUNKS",
     "CRATER_POLICY_OPTIONS",
     "CRITIC",
     "DDPO_RECIPE",
@@ -323,13 +324,13 @@ class TrainingConfig:
         test_mode: a smoke run of seconds (overrides with :data:`TEST_MODE`).
     """
 
-    mode: str = "DIVERSITY_POLICY"
+    mode: str = "LORA_UNET"
     algorithm: str = "trpo"
     reward: str = "MMD_VENDI"
     reward_options: dict[str, Any] = field(default_factory=dict)
     policy_options: dict[str, Any] | None = None
-    episodes: int = 60
-    batch_size: int = 32
+    episodes: int = 40
+    batch_size: int = 16
     images_per_prompt: int = 4
     steps: int = 10
     guidance_scale: float = 2.0
@@ -350,10 +351,10 @@ class TrainingConfig:
     feature_weights: str | None = None
     eval_features: tuple[str, ...] = ("resnet18", "pixels")
     vendi_kernel: str = "rbf"
-    critic: bool = True
-    trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.03))
+    critic: bool = False
+    trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.03, cg_iters=6))
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    chunks: ChunkConfig = field(default_factory=ChunkConfig)
+    chunks: ChunkConfig = field(default_factory=lambda: CRATER_CHUNKS)
     checkpoint_every: int = 5
     grid_every: int = 10
     evaluate: bool = True
@@ -364,6 +365,11 @@ class TrainingConfig:
     threads: int | None = None
     test_mode: bool = False
 
+
+#: the crater job's LoRA update: the embedded UNet is small, so the Fisher sub-sample's graph is kept (``reverse``)
+#: and a quarter of each update's decisions enter it; one update then takes about 10 s on one thread
+#: (``benchmarks/results/trpo_vs_ppo.md`` has the cost per update)
+CRATER_CHUNKS = ChunkConfig(fvp_method="reverse", fvp_subsample=16, fvp_min_decisions=16, decision_subsample=0.25)
 
 #: the crater job's policy settings per mode (``TrainingConfig.policy_options`` is merged over them).  The 32×32
 #: crater model's initial noise has norm ≈ 32; offsets of scale 5 along 4 directions vary the images of a prompt
