@@ -307,10 +307,10 @@ class TrainingConfig:
             median heuristic; sensitive with any features) or ``"cosine"`` (the usual choice with pretrained features;
             nearly constant with a randomly initialised extractor).
         critic: fit a value critic (GAE baseline); ``False`` uses per-prompt normalised rewards (DDPO).
-        trust_region: TRPO's :class:`natgrad.TrustRegionConfig`; ``max_kl`` is the mean KL per image (per
-            denoising step for ``LORA_UNET``), 0.03 for the crater job, whose per-image policies have 3–8 action
-            dimensions (0.01 moved the action std by only 3 % in 40 episodes).  Flags: ``--max-kl``,
-            ``--damping``, ``--cg-iters``, ... (the field names).
+        trust_region: TRPO's :class:`natgrad.TrustRegionConfig`; ``max_kl`` is the mean KL per decision (per
+            denoising step for ``LORA_UNET``, per image for the other modes).  The crater job's 0.05 with 6 CG
+            iterations: on the real-Mars job 40 LoRA updates at 0.03 lowered the held-out MMD² by 27 %, at 0.05 by
+            38 %.  Flags: ``--max-kl``, ``--damping``, ``--cg-iters``, ... (the field names).
         ppo: PPO's :class:`PPOConfig` (flags ``--ppo-lr``, ``--ppo-epochs``, ``--ppo-clip-range``, ...).
         chunks: the memory bounds of a ``LORA_UNET`` update, :class:`ChunkConfig` (flags ``--fvp-subsample``, ...).
         checkpoint_every, grid_every: write a checkpoint / an image grid every this many episodes (and at the end).
@@ -352,7 +352,7 @@ class TrainingConfig:
     eval_features: tuple[str, ...] = ("resnet18", "pixels")
     vendi_kernel: str = "rbf"
     critic: bool = False
-    trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.03, cg_iters=6))
+    trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.05, cg_iters=6))
     ppo: PPOConfig = field(default_factory=PPOConfig)
     chunks: ChunkConfig = field(default_factory=lambda: CRATER_CHUNKS)
     checkpoint_every: int = 5
