@@ -38,4 +38,4 @@ suppress_warnings = ["autodoc.import_object"]
 html_theme = "furo"
 html_title = "natgrad"
 html_static_path: list[str] = []
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "crater_model_renders.md"]  # included by crater_model_eval.md

@@ -18,7 +18,8 @@ Protocol (all seeded):
 5. Caption following: a small CNN with one head per caption attribute, trained on renders, reads the
    attributes of the samples; the accuracy is the fraction of samples whose attribute matches their prompt.
 
-Writes ``docs/crater_model_eval.json``, ``docs/crater_model_eval.md`` and the image grids
+Writes ``docs/crater_model_eval.json``, ``docs/crater_model_renders.md`` (included by the docs page
+``docs/crater_model_eval.md``) and the image grids
 ``docs/images/crater_model_samples.png`` (trained; first column: a render with the row's caption) and
 ``docs/images/crater_model_random_samples.png`` (random weights).
 
@@ -265,7 +266,7 @@ def _markdown(r: dict, grid_path: Path) -> str:
     fe = r["feature_extractor"]
     src = fe["weights"] + (" (pretrained)" if fe["pretrained"] else " — no pretrained weights were available offline")
     lines = [
-        "# Embedded crater model: evaluation",
+        "## Against fresh renders (the data it was trained on)",
         "",
         f"Made by `python scripts/evaluate_crater_model.py` ({r['seconds']:.0f} s on the 2-core CPU).",
         "",
@@ -340,7 +341,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grid-rows", type=int, default=8)
     p.add_argument("--grid-cols", type=int, default=8)
     p.add_argument("--json", type=Path, default=Path("docs/crater_model_eval.json"))
-    p.add_argument("--md", type=Path, default=Path("docs/crater_model_eval.md"))
+    p.add_argument("--md", type=Path, default=Path("docs/crater_model_renders.md"))
     p.add_argument("--grid", type=Path, default=Path("docs/images/crater_model_samples.png"))
     return p.parse_args(argv)
 
