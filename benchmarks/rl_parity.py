@@ -32,6 +32,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "examples"))
 
 import gym_trpo  # noqa: E402  (the example is the agent under test)
+from sb3_runs import EVAL_EPISODES, evaluate, learn_timed  # noqa: E402
 
 TASKS: dict[str, int] = {
     "CartPole-v1": 100_000,
@@ -39,11 +40,6 @@ TASKS: dict[str, int] = {
     "HalfCheetah-v5": 300_000,
     "Hopper-v5": 300_000,
 }
-EVAL_EPISODES = 10
-
-
-def eval_seed(seed: int, i: int) -> int:
-    return 10_000 + seed * 1000 + i
 
 
 def run_natgrad(task: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
@@ -67,7 +63,6 @@ def run_natgrad(task: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
 
 
 def run_sb3(task: str, seed: int, steps: int) -> dict[str, Any]:
-    import gymnasium as gym
     import torch
     from sb3_contrib import TRPO
     from stable_baselines3.common.env_util import make_vec_env
@@ -99,36 +94,8 @@ def run_sb3(task: str, seed: int, steps: int) -> dict[str, Any]:
         device="cpu",
         verbose=0,
     )
-    update_times: list[float] = []
-    train = model.train
-
-    def timed_train() -> None:
-        t = time.perf_counter()
-        train()
-        update_times.append(time.perf_counter() - t)
-
-    model.train = timed_train  # type: ignore[method-assign]
-    start = time.perf_counter()
-    model.learn(total_timesteps=steps)
-    wall = time.perf_counter() - start
-
-    eval_env = gym.make(task)
-    returns = []
-    for i in range(EVAL_EPISODES):
-        obs, _ = eval_env.reset(seed=eval_seed(seed, i))
-        total, done = 0.0, False
-        while not done:
-            o = np.asarray(obs, dtype=np.float32).reshape(1, -1)
-            if isinstance(env, VecNormalize):
-                o = env.normalize_obs(o)
-            action, _ = model.predict(o, deterministic=True)
-            a = action[0]
-            if isinstance(eval_env.action_space, gym.spaces.Box):
-                a = np.clip(a, eval_env.action_space.low, eval_env.action_space.high)
-            obs, r, term, trunc, _ = eval_env.step(a)
-            total += float(r)
-            done = term or trunc
-        returns.append(total)
+    wall, update_times = learn_timed(model, steps)
+    returns = evaluate(model, task, seed, env if isinstance(env, VecNormalize) else None)
     return {
         "eval_returns": returns,
         "wall_s": wall,

@@ -33,9 +33,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from sb3_runs import EVAL_EPISODES, evaluate, learn_timed  # noqa: E402
 
 LIBS = ("sb3-contrib", "natgrad")
-EVAL_EPISODES = 10
 # rl-baselines3-zoo, hyperparams/trpo.yml (both "Tuned"); everything else is sb3-contrib's default
 TASKS: dict[str, dict[str, Any]] = {
     "CartPole-v1": dict(
@@ -59,32 +61,6 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
-def eval_seed(seed: int, i: int) -> int:
-    return 10_000 + seed * 1000 + i
-
-
-def evaluate(model: Any, task: str, seed: int) -> list[float]:
-    """Mean return of deterministic episodes on fixed evaluation seeds (actions clipped to a Box)."""
-    import gymnasium as gym
-
-    env = gym.make(task)
-    returns = []
-    for i in range(EVAL_EPISODES):
-        obs, _ = env.reset(seed=eval_seed(seed, i))
-        total, done = 0.0, False
-        while not done:
-            action, _ = model.predict(np.asarray(obs)[None], deterministic=True)
-            a = action[0]
-            if isinstance(env.action_space, gym.spaces.Box):
-                a = np.clip(a, env.action_space.low, env.action_space.high)
-            obs, r, term, trunc, _ = env.step(a)
-            total += float(r)
-            done = term or trunc
-        returns.append(total)
-    env.close()
-    return returns
-
-
 def run(lib: str, task: str, seed: int, steps: int) -> dict[str, Any]:
     """One training run in this process: wall time, per-update time and the final evaluation."""
     import torch
@@ -99,18 +75,7 @@ def run(lib: str, task: str, seed: int, steps: int) -> dict[str, Any]:
     spec = TASKS[task]
     env = make_vec_env(task, n_envs=spec["n_envs"], seed=seed)
     model = TRPO("MlpPolicy", env, seed=seed, device="cpu", verbose=0, **spec["hyper"])
-    update_times: list[float] = []
-    train = model.train
-
-    def timed_train() -> None:
-        t = time.perf_counter()
-        train()
-        update_times.append(time.perf_counter() - t)
-
-    model.train = timed_train  # type: ignore[method-assign]
-    start = time.perf_counter()
-    model.learn(total_timesteps=steps)
-    wall = time.perf_counter() - start
+    wall, update_times = learn_timed(model, steps)
     return {
         "eval_returns": evaluate(model, task, seed),
         "wall_s": wall,
