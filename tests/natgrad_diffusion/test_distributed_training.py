@@ -135,7 +135,9 @@ def test_crater_trainer_test_mode_on_two_processes(tmp_path):
     assert ckpt["ranks"][0]["stat_tracker"] != ckpt["ranks"][1]["stat_tracker"]
     meta = json.loads((out / "run.json").read_text())
     assert meta["processes"] == 2 and meta["config"]["test_mode"] is True
-    assert set(json.loads((out / "evaluation.json").read_text())) == {"pretrained", "initial policy", "fine-tuned"}
+    baselines = {"pretrained + brightness/contrast map", "pretrained, best fixed prompt"}
+    rows = {"pretrained", "initial policy", "fine-tuned", *baselines}
+    assert set(json.loads((out / "evaluation.json").read_text())) == rows
 
 
 def mismatched_worker(rank: int, port: int, out: str):
