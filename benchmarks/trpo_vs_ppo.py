@@ -290,12 +290,30 @@ def plot(data: dict[str, Any], mode: str, out_dir: Path) -> list[Path]:
     return [path]
 
 
+def copy_grids(final: dict[str, list[Run]], baselines: Run, mode: str, out_dir: Path) -> list[tuple[str, str]]:
+    """Seed-0 evaluation grids (one row per held-out caption) of the pretrained model and of every method."""
+    import shutil
+
+    sources = {"pretrained": baselines.out / "eval_pretrained.png"}
+    sources.update({method: runs[0].out / "eval_fine-tuned.png" for method, runs in final.items()})
+    grids = []
+    for name, src in sources.items():
+        if src.is_file():
+            slug = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+            dst = out_dir / f"trpo_vs_ppo_{mode.lower()}_{slug}.png"
+            shutil.copyfile(src, dst)
+            grids.append((name, dst.name))
+    return grids
+
+
 def _fmt(mean: float, std: float | None) -> str:
     text = f"{mean:.4g}"
     return text if std is None or not np.isfinite(std) else f"{text} ± {std:.2g}"
 
 
-def mode_markdown(mode: str, chosen: dict[str, Any], data: dict[str, Any], tests: dict[str, Any]) -> list[str]:
+def mode_markdown(
+    mode: str, chosen: dict[str, Any], data: dict[str, Any], tests: dict[str, Any], grids: list[tuple[str, str]]
+) -> list[str]:
     """The report section of one policy mode."""
     from natgrad_diffusion.evaluation import Spaces, table_columns
 
@@ -326,7 +344,9 @@ def mode_markdown(mode: str, chosen: dict[str, Any], data: dict[str, Any], tests
     for other, result in tests.items():
         parts = [f"{k}: t = {v['t']:.2f}, p = {v['p']:.3f}" for k, v in result.items()]
         lines.append(f"- vs {other}: " + ("; ".join(parts) if parts else "needs ≥ 2 seeds"))
-    return [*lines, "", f"![{mode}](trpo_vs_ppo_{mode.lower()}.png)", ""]
+    lines += ["", f"![{mode}](trpo_vs_ppo_{mode.lower()}.png)", "", "Seed-0 grids, one row per held-out caption:", ""]
+    lines += [f"- {name}: ![{name}]({file})" for name, file in grids]
+    return [*lines, ""]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -345,7 +365,8 @@ def main(argv: list[str] | None = None) -> None:
         data = collect(final, base)
         tests = {other: welch(data, "TRPO (tuned)", other) for other in ("PPO (tuned)", "PPO (DDPO recipe)")}
         plot(data, mode, args.out.parent)
-        sections += mode_markdown(mode, chosen, data, tests)
+        grids = copy_grids(final, base, mode, args.out.parent)
+        sections += mode_markdown(mode, chosen, data, tests, grids)
         report["modes"][mode] = {"selection": chosen, "data": data, "welch": tests}
     minutes = (time.time() - start) / 60
     header = ["# TRPO vs PPO for diffusion fine-tuning (real Mars craters)", "",
