@@ -213,6 +213,11 @@ def baseline_run(args: argparse.Namespace, mode: str) -> Run:
                args.work / mode / "baselines")  # fmt: skip
 
 
+def run_seconds(run: Run) -> float:
+    """Wall time of a finished run's process: from its ``study.json`` (written at start) to its log's last write."""
+    return (run.out / "stdout.log").stat().st_mtime - (run.out / "study.json").stat().st_mtime
+
+
 def _mean_std(values: list[float]) -> tuple[float, float]:
     a = np.asarray(values, float)
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else float("nan")
@@ -340,6 +345,10 @@ def mode_markdown(
         q = np.quantile(m["kl"], [0.5, 0.1, 0.9]) if m["kl"] else [float("nan")] * 3
         lines.append(f"| {method} | {np.mean(m['seconds_per_update']):.2f} | {np.mean(m['seconds_per_run']):.0f} | "
                      f"{q[0]:.3g} [{q[1]:.3g}, {q[2]:.3g}] |")  # fmt: skip
+    trpo_s = np.mean(data["methods"]["TRPO (tuned)"]["seconds_per_update"])
+    ratios = [f"{trpo_s / np.mean(m['seconds_per_update']):.2f}× {method}'s" for method, m in data["methods"].items()
+              if method != "TRPO (tuned)"]  # fmt: skip
+    lines += ["", "TRPO's seconds per update (same decisions, same images per update): " + ", ".join(ratios) + "."]
     lines += ["", "Welch's t (TRPO − other, over seeds; p two-sided):", ""]
     for other, result in tests.items():
         parts = [f"{k}: t = {v['t']:.2f}, p = {v['p']:.3f}" for k, v in result.items()]
@@ -354,6 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     report: dict[str, Any] = {"seeds": args.seeds, "tuning_seed": args.tuning_seed, "quick": args.quick, "modes": {}}
     sections: list[str] = []
+    process_s = 0.0  # every run's process wall time, summed (resumed studies included)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for mode in [m for m in args.modes.split(",") if m]:
         tune = tuning_runs(args, mode)
@@ -362,6 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         final = final_runs(args, mode, chosen)
         base = baseline_run(args, mode)
         run_all([base, *[r for rs in final.values() for r in rs]], args.quick, args.parallel)
+        process_s += sum(run_seconds(r) for r in [base, *[r for rs in (*tune.values(), *final.values()) for r in rs]])
         data = collect(final, base)
         tests = {other: welch(data, "TRPO (tuned)", other) for other in ("PPO (tuned)", "PPO (DDPO recipe)")}
         plot(data, mode, args.out.parent)
@@ -371,7 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.time() - start) / 60
     header = ["# TRPO vs PPO for diffusion fine-tuning (real Mars craters)", "",
               f"`python benchmarks/trpo_vs_ppo.py{' --quick' if args.quick else ''}` — seeds {args.seeds}, tuning seed "
-              f"{args.tuning_seed}, {args.parallel} runs at a time on one torch thread each; {minutes:.0f} min.", ""]  # fmt: skip
+              f"{args.tuning_seed}, {args.parallel} runs at a time on one torch thread each; the runs' processes took "
+              f"{process_s / 60:.0f} min in total (≈ {process_s / 60 / args.parallel:.0f} min of wall time at "
+              f"{args.parallel} at a time; this invocation {minutes:.0f} min, earlier invocations' runs reused).", ""]  # fmt: skip
     args.out.write_text("\n".join(header + sections))
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1, default=str))
     print(f"wrote {args.out} ({minutes:.1f} min)")
