@@ -70,8 +70,8 @@ class Run:
     out: Path = field(default=Path())
 
     def config(self, quick: bool) -> dict[str, Any]:
-        values = {**MODES[self.mode]["settings"], **self.settings, "algorithm": self.algorithm, "seed": self.seed,
-                  "episodes": self.episodes, "evaluate": self.evaluate, "eval_baselines": False, "threads": 1}  # fmt: skip
+        values = {"eval_baselines": False, **MODES[self.mode]["settings"], **self.settings, "algorithm": self.algorithm,
+                  "seed": self.seed, "episodes": self.episodes, "evaluate": self.evaluate, "threads": 1}  # fmt: skip
         return {**values, **(QUICK if quick else {})}
 
 
@@ -264,6 +264,16 @@ def welch(data: dict[str, Any], a: str, b: str) -> dict[str, dict[str, float]]:
     return out
 
 
+SMOOTH = 5  # episodes: the training prompts cycle, so single batches swing with their caption
+
+
+def moving_mean(values: list[float], window: int) -> np.ndarray:
+    """Trailing mean over up to ``window`` values (the first points average what there is)."""
+    c = np.cumsum(np.insert(np.asarray(values, float), 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    return (c[idx] - c[np.maximum(idx - window, 0)]) / np.minimum(idx, window)
+
+
 def plot(data: dict[str, Any], mode: str, out_dir: Path) -> list[Path]:
     """Training reward and batch MMD² against images generated (mean and min–max band over seeds); KL histogram."""
     import matplotlib
@@ -272,14 +282,18 @@ def plot(data: dict[str, Any], mode: str, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    kls = [k for m in data["methods"].values() for k in m["kl"] if k > 0]
+    bins = np.geomspace(min(kls), max(kls), 40) if kls else 30
     for method, m in data["methods"].items():
         x = np.asarray(m["samples"][0])
         for ax, key in zip(axes[:2], ("reward", "batch_mmd2")):
-            y = np.asarray([row[: len(x)] for row in m[key]])
+            y = np.asarray([moving_mean(row[: len(x)], SMOOTH) for row in m[key]])
             line = ax.plot(x, y.mean(0), label=method)[0]
             ax.fill_between(x, y.min(0), y.max(0), color=line.get_color(), alpha=0.2)
-        axes[2].hist(m["kl"], bins=30, histtype="step", label=method)
-    titles = ("training reward (set level) ↑", "batch MMD² to the reference (reward space) ↓", "KL per update")
+        axes[2].hist([k for k in m["kl"] if k > 0], bins=bins, histtype="step", label=method)
+    titles = (f"training reward (set level, mean of the last {SMOOTH} episodes) ↑",
+              f"training batch MMD² to the reference (reward space, last {SMOOTH}) ↓", "KL per update")  # fmt: skip
+    axes[2].set_xscale("log")
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
@@ -343,12 +357,14 @@ def mode_markdown(
               "|---|---:|---:|---|"]  # fmt: skip
     for method, m in data["methods"].items():
         q = np.quantile(m["kl"], [0.5, 0.1, 0.9]) if m["kl"] else [float("nan")] * 3
-        lines.append(f"| {method} | {np.mean(m['seconds_per_update']):.2f} | {np.mean(m['seconds_per_run']):.0f} | "
+        lines.append(f"| {method} | {np.mean(m['seconds_per_update']):.3g} | {np.mean(m['seconds_per_run']):.0f} | "
                      f"{q[0]:.3g} [{q[1]:.3g}, {q[2]:.3g}] |")  # fmt: skip
     trpo_s = np.mean(data["methods"]["TRPO (tuned)"]["seconds_per_update"])
     ratios = [f"{trpo_s / np.mean(m['seconds_per_update']):.2f}× {method}'s" for method, m in data["methods"].items()
               if method != "TRPO (tuned)"]  # fmt: skip
-    lines += ["", "TRPO's seconds per update (same decisions, same images per update): " + ", ".join(ratios) + "."]
+    note = ("TRPO's seconds per update on the same rollouts (same images per update; LORA_UNET's TRPO update uses a "
+            "quarter of the decisions, the job's `decision_subsample`, PPO all of them in every epoch): ")  # fmt: skip
+    lines += ["", note + ", ".join(ratios) + "."]
     lines += ["", "Welch's t (TRPO − other, over seeds; p two-sided):", ""]
     for other, result in tests.items():
         parts = [f"{k}: t = {v['t']:.2f}, p = {v['p']:.3f}" for k, v in result.items()]

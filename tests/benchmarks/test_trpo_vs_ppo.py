@@ -33,6 +33,8 @@ def test_quick_study_runs_selects_by_validation_and_reports(tmp_path):
         assert chosen["by_validation"] == best["settings"]
     rows = mode["data"]["rows"]
     assert {"TRPO (tuned)", "PPO (tuned)", "PPO (DDPO recipe)", "pretrained"} <= set(rows)
+    # the non-RL baselines are rows of the table
+    assert {"pretrained + brightness/contrast map", "pretrained, best fixed prompt"} <= set(rows)
     assert len(rows["TRPO (tuned)"]["seeds"]) == 2 and "crater/mmd2" in rows["TRPO (tuned)"]["mean"]
     methods = mode["data"]["methods"]
     assert methods["TRPO (tuned)"]["samples"][0] == methods["PPO (tuned)"]["samples"][0]  # equal samples
