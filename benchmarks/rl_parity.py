@@ -126,6 +126,17 @@ def _env() -> dict[str, str]:
     return dict(os.environ)
 
 
+def welch(a: list[float], b: list[float]) -> str:
+    """Welch's t of ``a`` − ``b`` and its two-sided p, as ``"t (p)"``; a dash below two values a side or when both
+    sides are constant."""
+    from scipy.stats import ttest_ind
+
+    if len(a) < 2 or len(b) < 2 or np.std(a) + np.std(b) == 0:
+        return "—"
+    t, p = ttest_ind(a, b, equal_var=False)
+    return f"{t:.2f} ({p:.2f})"
+
+
 def table(results: list[dict[str, Any]], tasks: dict[str, int], merged: bool = False) -> str:
     seeds = sorted({r["seed"] for r in results})
     lines = [
@@ -133,12 +144,13 @@ def table(results: list[dict[str, Any]], tasks: dict[str, int], merged: bool = F
         "",
         f"`python benchmarks/rl_parity.py` — {platform.machine()}, 2 cores, one torch thread per run, the two "
         f"libraries' runs of a (task, seed) side by side in lockstep; seeds {seeds} (column n: seeds per task); final evaluation = mean return of "
-        f"{EVAL_EPISODES} deterministic episodes (fixed evaluation seeds); mean ± std over seeds.  Same "
+        f"{EVAL_EPISODES} deterministic episodes (fixed evaluation seeds); mean ± std (ddof 1) over seeds; Welch's t of "
+        "natgrad − sb3-contrib returns with its two-sided p.  Same "
         "hyperparameters on both sides (rl-baselines3-zoo TRPO settings; Pendulum as in the issue).",
         "",
         "| task | steps | n | natgrad return | sb3-contrib return | natgrad wall (s) | sb3-contrib wall (s) | "
-        "wall ratio | natgrad ms / update | sb3-contrib ms / update | update ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "wall ratio | natgrad ms / update | sb3-contrib ms / update | update ratio | Welch's t (p) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, steps in tasks.items():
         row: dict[str, Any] = {}
@@ -148,7 +160,8 @@ def table(results: list[dict[str, Any]], tasks: dict[str, int], merged: bool = F
                 continue
             ret = [float(np.mean(r["eval_returns"])) for r in rs]
             row[lib] = dict(
-                ret=f"{np.mean(ret):.1f} ± {np.std(ret):.1f}",
+                returns=ret,
+                ret=f"{np.mean(ret):.1f} ± {np.std(ret, ddof=1) if len(ret) > 1 else float('nan'):.1f}",
                 wall=statistics.mean(r["wall_s"] for r in rs),
                 upd=1e3 * statistics.mean(r["time_per_update_s"] for r in rs),
             )
@@ -158,7 +171,8 @@ def table(results: list[dict[str, Any]], tasks: dict[str, int], merged: bool = F
         n_seeds = len({r["seed"] for r in results if r["task"] == task})
         lines.append(
             f"| {task} | {steps:,} | {n_seeds} | {n['ret']} | {s['ret']} | {n['wall']:.0f} | {s['wall']:.0f} | "
-            f"{n['wall'] / s['wall']:.2f} | {n['upd']:.0f} | {s['upd']:.0f} | {n['upd'] / s['upd']:.2f} |"
+            f"{n['wall'] / s['wall']:.2f} | {n['upd']:.0f} | {s['upd']:.0f} | {n['upd'] / s['upd']:.2f} | "
+            f"{welch(n['returns'], s['returns'])} |"
         )
     if merged:
         lines += [
