@@ -99,8 +99,8 @@ def main() -> None:
     lines += [f"| {k} | {t:.3f} | {t / base:.2f} |" for k, t in rows.items()]
     updates = whole_updates(agent, rollout, comps, policy, cfg, sampling)
     ppo = updates["PPO, 1 epoch, all decisions"][0]
-    lines += ["", f"Whole updates on the same rollout ({len(rollout.decisions)} decisions = {cfg.batch_size} images × "
-              f"{cfg.steps} steps; TRPO: Fisher on {cfg.chunks.fvp_subsample} decisions with "
+    lines += ["", f"Whole updates on the same rollout ({len(rollout.decisions)} decisions: the stochastic steps of "
+              f"{cfg.batch_size} images × {cfg.steps} DDIM steps; TRPO: Fisher on {cfg.chunks.fvp_subsample} decisions with "
               f"`{cfg.chunks.fvp_method}`, {cfg.trust_region.cg_iters} CG iterations, max KL "
               f"{cfg.trust_region.max_kl}; PPO: minibatch {PPO.minibatch}, lr {PPO.lr}):", "",
               "| update | seconds | × PPO (1 epoch, all decisions) | KL | accepted |", "|---|---:|---:|---:|---|"]  # fmt: skip
