@@ -76,8 +76,8 @@ def compare(agent: gym_trpo.TRPOAgent, model: Any, batch: dict[str, torch.Tensor
     with torch.no_grad():
         for ours, theirs in pairs:
             theirs.copy_(ours)
-        old_logp = agent.actor(batch["obs"]).log_prob(batch["actions"])
         old = agent.actor(batch["obs"])
+        old_logp = old.log_prob(batch["actions"])
     theta0 = torch.cat([p.detach().flatten().clone() for p, _ in pairs])
     fill_buffer(model, batch, old_logp)
     model.train()

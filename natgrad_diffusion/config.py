@@ -367,8 +367,8 @@ class TrainingConfig:
 
 
 #: the crater job's LoRA update: the embedded UNet is small, so the Fisher sub-sample's graph is kept (``reverse``)
-#: and a quarter of each update's decisions enter it; one update then takes about 10 s on one thread
-#: (``benchmarks/results/trpo_vs_ppo.md`` has the cost per update)
+#: and a quarter of each update's decisions enter it; one update then takes about 8 s on one thread
+#: (``python benchmarks/lora_update_cost.py``)
 CRATER_CHUNKS = ChunkConfig(fvp_method="reverse", fvp_subsample=16, fvp_min_decisions=16, decision_subsample=0.25)
 
 #: the crater job's policy settings per mode (``TrainingConfig.policy_options`` is merged over them).  The 32×32
