@@ -18,10 +18,14 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+import numbers
+import types
+import typing
+from dataclasses import dataclass, fields, is_dataclass, replace
+from functools import cache
 from typing import Any
 
-__all__ = ["FVP_METHODS", "TrustRegionConfig", "make_config"]
+__all__ = ["FVP_METHODS", "TrustRegionConfig", "checked_fields", "make_config"]
 
 #: the Fisher-vector-product methods (:mod:`natgrad.fisher`)
 FVP_METHODS = ("auto", "reverse", "jvp", "linearize", "kl_hvp")
@@ -72,7 +76,7 @@ class TrustRegionConfig:
     warm_start: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "max_kl_bounds", tuple(self.max_kl_bounds))
+        checked_fields(self)
         for check in (_check_radius, _check_solver, _check_search, _check_adaptive):
             check(self)
 
@@ -106,15 +110,17 @@ def _check_radius(c: TrustRegionConfig) -> None:
         raise ValueError(f"max_kl must be a finite number > 0, got {c.max_kl!r}")
     if not (c.max_kl > 0 and math.isfinite(c.max_kl)):
         raise ValueError(f"max_kl must be a finite number > 0, got {c.max_kl!r}")
-    if not c.damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {c.damping!r}")
+    if not (c.damping >= 0 and math.isfinite(c.damping)):
+        raise ValueError(f"damping must be a finite number >= 0, got {c.damping!r}")
 
 
 def _check_solver(c: TrustRegionConfig) -> None:
     if not _is_int(c.cg_iters) or c.cg_iters < 1:
         raise ValueError(f"cg_iters must be an integer >= 1, got {c.cg_iters!r}")
-    if not (c.cg_rtol >= 0 and c.cg_atol >= 0):
-        raise ValueError(f"cg_rtol and cg_atol must be >= 0, got {c.cg_rtol!r}, {c.cg_atol!r}")
+    for name in ("cg_rtol", "cg_atol"):
+        value = getattr(c, name)
+        if not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if c.fvp_method not in FVP_METHODS:
         raise ValueError(f"unknown fvp_method {c.fvp_method!r}; choose one of {FVP_METHODS}")
 
@@ -124,13 +130,114 @@ def _check_search(c: TrustRegionConfig) -> None:
         raise ValueError(f"backtrack_iters must be an integer >= 1, got {c.backtrack_iters!r}")
     if not 0 < c.backtrack_coeff < 1:
         raise ValueError(f"backtrack_coeff must lie in (0, 1), got {c.backtrack_coeff!r}")
-    if not c.accept_ratio >= 0:
-        raise ValueError(f"accept_ratio must be >= 0, got {c.accept_ratio!r}")
+    if not (c.accept_ratio >= 0 and math.isfinite(c.accept_ratio)):
+        raise ValueError(f"accept_ratio must be a finite number >= 0, got {c.accept_ratio!r}")
 
 
 def _check_adaptive(c: TrustRegionConfig) -> None:
     lo, hi = c.max_kl_bounds
-    if not 0 < lo <= hi:
-        raise ValueError(f"max_kl_bounds must satisfy 0 < low <= high, got {c.max_kl_bounds!r}")
-    if not (c.grow >= 1 and 0 < c.shrink <= 1):
-        raise ValueError(f"need grow >= 1 and 0 < shrink <= 1, got grow={c.grow!r}, shrink={c.shrink!r}")
+    if not (0 < lo <= hi and math.isfinite(hi)):
+        raise ValueError(f"max_kl_bounds must be [low, high] with 0 < low <= high, finite, got {list(c.max_kl_bounds)}")
+    if not (c.grow >= 1 and math.isfinite(c.grow) and 0 < c.shrink <= 1):
+        raise ValueError(f"need a finite grow >= 1 and 0 < shrink <= 1, got grow={c.grow!r}, shrink={c.shrink!r}")
+    for name in ("grow_above", "shrink_below"):
+        if not math.isfinite(getattr(c, name)):
+            raise ValueError(f"{name} must be a finite number, got {getattr(c, name)!r}")
+
+
+# ---------------------------------------------------------------------------------------------- typed fields
+def checked_fields(instance: Any) -> None:
+    """Check every field of the frozen dataclass ``instance`` against its annotation and store the normalised value:
+    the one type check of a configuration object, at its construction.
+
+    ``bool`` fields take ``True`` / ``False`` only (the string ``"False"`` is refused, never read as true); ``int``
+    fields an integer (not a bool, not ``10.5``, not ``"10"``); ``float`` fields any real number, numpy scalars and
+    0-d tensors included (stored as ``float``); ``str`` fields a string; ``X | None`` also ``None``; ``tuple[X, X]`` a
+    sequence of that length, ``tuple[X, ...]`` of any length; ``dict[str, ...]`` a mapping with string keys; a nested
+    configuration class an instance of it.  A wrong value is a ``ValueError`` naming the field, the value and what is
+    accepted.
+
+    Example:
+        >>> import natgrad
+        >>> natgrad.TrustRegionConfig(line_search="False")
+        Traceback (most recent call last):
+        ...
+        ValueError: line_search must be true or false, got 'False' (str)
+    """
+    hints = _type_hints(type(instance))
+    for f in fields(instance):
+        value = _coerce(f.name, hints[f.name], getattr(instance, f.name))
+        object.__setattr__(instance, f.name, value)
+
+
+@cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _scalar(value: Any) -> Any:
+    """A 0-d tensor, 0-d array or numpy scalar as the Python number it holds (other values unchanged)."""
+    if callable(getattr(value, "item", None)) and tuple(getattr(value, "shape", (None,))) == ():
+        return value.item()
+    return value
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if float in options and int in options:  # ``float | int``: a count or a fraction
+            value = _scalar(value)
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                return int(value)
+            return _coerce(name, float, value)
+        if len(options) == 1:
+            try:
+                return _coerce(name, options[0], value)
+            except ValueError as exc:
+                raise ValueError(f"{exc} (or None)") from None
+        return value
+    if tp is bool:
+        value = _scalar(value)
+        if isinstance(value, bool) or type(value).__name__ == "bool_":
+            return bool(value)
+        raise ValueError(f"{name} must be true or false, got {_describe(value)}")
+    if tp is int:
+        value = _scalar(value)
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_":
+            return int(value)
+        raise ValueError(f"{name} must be an integer, got {_describe(value)}")
+    if tp is float:
+        value = _scalar(value)
+        if isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_":
+            return float(value)
+        raise ValueError(f"{name} must be a number, got {_describe(value)}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{name} must be a string, got {_describe(value)}")
+    if origin is tuple:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ValueError(f"{name} must be a list, got {_describe(value)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(f"{name}[{i}]", args[0], v) for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ValueError(f"{name} must be a list of {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(f"{name}[{i}]", a, v) for i, (a, v) in enumerate(zip(args, value)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ValueError(f"{name} must be a mapping with string keys, got {_describe(value)}")
+        return value
+    if isinstance(tp, type) and is_dataclass(tp):
+        if not isinstance(value, tp):
+            raise ValueError(f"{name} must be a {tp.__name__}, got {_describe(value)}")
+        return value
+    return value
