@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,8 +32,10 @@ __all__ = [
     "Closure",
     "FvpTiming",
     "SampleLayoutWarning",
+    "StaleCheck",
     "call_closure",
     "cheapest_fvp_method",
+    "check_closure",
     "check_sample_layout",
     "choose_fvp_method",
     "fisher_from_closure",
@@ -51,6 +54,44 @@ class SampleLayoutWarning(UserWarning):
     """The distribution's first batch dimension does not look like the samples the loss averages over."""
 
 
+def check_closure(closure: Any) -> None:
+    """A one-line error when ``closure`` is not callable, or when a step is asked for inside
+    ``torch.inference_mode()`` (where nothing can be differentiated)."""
+    if not callable(closure):
+        raise TypeError(
+            f"the closure must be a function () -> (loss, distribution), got {type(closure).__name__}; "
+            "pass the function itself, not its result"
+        )
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "a trust-region step cannot run inside torch.inference_mode(): it differentiates the closure; "
+            "call it outside the inference_mode block"
+        )
+
+
+class StaleCheck:
+    """Refuses a closure that returns the objects of its first call again (a loss and a distribution computed
+    once, outside the closure): the line search would compare the start with itself.  Holds weak references
+    only, so the first call's graph can still be freed."""
+
+    def __init__(self, loss: Tensor, dist: Distribution) -> None:
+        self._loss, self._dist = weakref.ref(_origin(loss)), weakref.ref(dist)
+
+    def check(self, loss: Tensor, dist: Distribution) -> tuple[Tensor, Distribution]:
+        """``(loss, dist)`` of a later call, or a one-line ``ValueError`` when they are the first call's."""
+        if _origin(loss) is self._loss() or dist is self._dist():
+            raise ValueError(
+                "the closure returned the same loss / distribution objects as on its first call: it must recompute "
+                "them from the current parameters at every call (build the distribution and the loss inside it)"
+            )
+        return loss, dist
+
+
+def _origin(t: Tensor) -> Tensor:
+    """The tensor a view was taken of (``call_closure`` reshapes a ``(1,)`` loss), else ``t``."""
+    return t._base if t._base is not None else t
+
+
 def call_closure(closure: Closure) -> tuple[Tensor, Distribution]:
     """``closure()`` checked to be ``(scalar loss tensor, Distribution)``; the loss reshaped to ``()``."""
     out = closure()
@@ -60,6 +101,8 @@ def call_closure(closure: Closure) -> tuple[Tensor, Distribution]:
             f"torch.distributions.Distribution over the batch; it returned {type(out).__name__}"
         )
     loss, dist = out
+    if isinstance(loss, Tensor) and loss.numel() == 1 and not loss.is_floating_point():
+        raise TypeError(f"the closure's loss must be a real floating-point scalar tensor, got dtype {loss.dtype}")
     if not isinstance(loss, Tensor) or loss.numel() != 1:
         raise TypeError(
             f"the closure's loss must be a scalar tensor, got {type(loss).__name__} "
@@ -69,7 +112,7 @@ def call_closure(closure: Closure) -> tuple[Tensor, Distribution]:
         raise TypeError(
             f"the closure's second value must be a torch.distributions.Distribution, got {type(dist).__name__}"
         )
-    return loss.reshape(()), dist
+    return (loss if loss.dim() == 0 else loss.reshape(())), dist
 
 
 _FULL_REDUCTIONS = ("MeanBackward0", "SumBackward0")
@@ -129,12 +172,15 @@ def check_sample_layout(loss: Tensor, dist: Distribution) -> None:
 
 
 def reference_distribution(dist: Distribution, recompute: Callable[[], Distribution]) -> Distribution:
-    """``dist`` detached from its graph, or (for distributions that cannot be rebuilt) recomputed without grad."""
+    """The trust region's "old" distribution: a snapshot of ``dist`` (:func:`~natgrad.detach_distribution`: its
+    tensors detached **and copied**, so that it does not move with the parameters), or, for a distribution that
+    cannot be copied, one recomputed without grad and snapshot in the same way (a no-grad recomputation of a
+    distribution built on the parameters still shares their memory)."""
     try:
         return detach_distribution(dist)
     except TypeError:
         with torch.no_grad():
-            return recompute()
+            return detach_distribution(recompute())
 
 
 @contextmanager

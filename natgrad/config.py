@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields, is_dataclass, replace
 from functools import cache
 from typing import Any
 
-__all__ = ["FVP_METHODS", "TrustRegionConfig", "checked_fields", "make_config"]
+__all__ = ["FVP_METHODS", "TrustRegionConfig", "checked_fields", "checked_value", "make_config"]
 
 #: the Fisher-vector-product methods (:mod:`natgrad.fisher`)
 FVP_METHODS = ("auto", "reverse", "jvp", "linearize", "kl_hvp")
@@ -168,6 +168,23 @@ def checked_fields(instance: Any) -> None:
     for f in fields(instance):
         value = _coerce(f.name, hints[f.name], getattr(instance, f.name))
         object.__setattr__(instance, f.name, value)
+
+
+def checked_value(name: str, annotation: Any, value: Any) -> Any:
+    """``value`` checked against the type ``annotation`` and normalised, by the rules of :func:`checked_fields`:
+    the same check for a function's keyword argument (``checked_value("maxiter", int, maxiter)``).  A wrong value
+    is a ``ValueError`` naming ``name``, the value and what is accepted.
+
+    Example:
+        >>> from natgrad.config import checked_value
+        >>> checked_value("subsample", int | float | None, 0.5)
+        0.5
+        >>> checked_value("subsample", int | float | None, True)
+        Traceback (most recent call last):
+        ...
+        ValueError: subsample must be a number, got True (bool)
+    """
+    return _coerce(name, annotation, value)
 
 
 @cache

@@ -28,12 +28,15 @@ Gaussian per sample, exactly like ``Independent(Normal(mu, std), 1)``.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal
+from torch.distributions.transforms import Transform
 
 __all__ = ["OutputFamily", "detach_distribution", "family_of", "mean_kl", "num_samples"]
 
@@ -166,37 +169,71 @@ def mean_kl(p: Distribution, q: Distribution) -> Tensor:
     r"""Mean KL divergence :math:`\frac1N \sum_n \mathrm{KL}(p_n \,\|\, q_n)` under the sample convention.
 
     Uses :func:`torch.distributions.kl_divergence`, so any registered pair works.
-    Returns a 0-d tensor.
+    Returns a 0-d tensor.  Two distributions of different batch shapes, or a pair without a registered KL, are a
+    one-line ``ValueError`` / ``TypeError`` naming them.
     """
-    return _reduce_per_sample(torch.distributions.kl_divergence(p, q))
+    for name, d in (("p", p), ("q", q)):
+        if not isinstance(d, Distribution):
+            raise TypeError(f"mean_kl: {name} must be a torch.distributions.Distribution, got {type(d).__name__}")
+    if p.batch_shape != q.batch_shape:
+        raise ValueError(
+            f"mean_kl: p has batch_shape {tuple(p.batch_shape)} but q has {tuple(q.batch_shape)}; the KL is taken "
+            "sample by sample, so both need the same samples (the first batch dimension) and layout"
+        )
+    try:
+        kl = torch.distributions.kl_divergence(p, q)
+    except NotImplementedError:
+        raise TypeError(
+            f"mean_kl: no KL divergence is registered between {type(p).__name__} and {type(q).__name__} "
+            "(torch.distributions.register_kl adds one)"
+        ) from None
+    return _reduce_per_sample(kl)
 
 
 def detach_distribution(dist: Distribution) -> Distribution:
-    """A copy of ``dist`` whose parameters are detached from the autograd graph.
+    """A snapshot of ``dist``: the same distribution with every tensor detached from the autograd graph **and
+    copied**, so that nothing in it moves when the parameters are later updated in place.
 
-    Exact for the analytic families; for other distributions the constructor is
-    called again with the detached values of ``arg_constraints``.  Raises
-    ``TypeError`` when that is not possible (pass a no-grad recomputation instead).
+    A distribution built directly on the parameters (``Normal(mu, sigma)`` with ``mu`` a parameter,
+    ``Bernoulli(logits=theta.expand(N, K))``, a view ``theta[0]``) shares their memory, and so would a plain
+    ``detach()``: the trust region's "old" distribution would move with the line search and measure a KL of 0.
+    The analytic families are rebuilt from copies of their outputs; any other distribution (``Independent``,
+    ``TransformedDistribution`` with transforms holding tensors such as ``AffineTransform``,
+    ``MixtureSameFamily``, a subclass) is copied object by object, every tensor it holds cloned (lazily cached
+    attributes such as ``probs`` included), nested distributions and transforms recursively.
+
+    Raises ``TypeError`` when ``dist`` is not a ``torch.distributions.Distribution`` or cannot be copied.
     """
+    if not isinstance(dist, Distribution):
+        raise TypeError(f"expected a torch.distributions.Distribution, got {type(dist).__name__}")
     fam = family_of(dist)
     if fam is not None:
-        return fam.rebuild(tuple(z.detach() for z in fam.outputs(dist)))
-    if isinstance(dist, Independent):
-        return Independent(detach_distribution(dist.base_dist), dist.reinterpreted_batch_ndims)
-    kwargs = {}
-    for name in dist.arg_constraints:
-        if name in ("probs", "logits"):
-            # keep whichever one the distribution was built from
-            if "logits" in dist.__dict__ and name == "probs":
-                continue
-            if "logits" not in dist.__dict__ and name == "logits":
-                continue
-        value = dist.__dict__.get(name, getattr(dist, name, None))
-        if isinstance(value, Tensor):
-            kwargs[name] = value.detach()
+        return fam.rebuild(tuple(z.detach().clone() for z in fam.outputs(dist)))
     try:
-        return type(dist)(**kwargs, validate_args=False)
-    except Exception as exc:  # pragma: no cover - depends on third-party distributions
-        raise TypeError(
-            f"cannot detach a {type(dist).__name__}; its constructor did not accept {sorted(kwargs)}"
-        ) from exc
+        return _snapshot(dist, {})
+    except (TypeError, ValueError, RuntimeError, copy.Error) as exc:
+        raise TypeError(f"cannot snapshot a {type(dist).__name__}: {type(exc).__name__}: {exc}") from exc
+
+
+def _snapshot(value: Any, memo: dict[int, Any]) -> Any:
+    """``value`` with every tensor it holds detached and cloned: distributions and transforms are shallow-copied
+    and their attributes snapshot recursively; lists, tuples and dicts rebuilt; anything else kept.  ``memo``
+    keeps tensors shared between attributes shared in the copy."""
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if isinstance(value, Tensor):
+        out: Any = value.detach().clone()
+    elif isinstance(value, (Distribution, Transform)):
+        out = copy.copy(value)  # a Transform's copy drops its weak reference to its inverse
+        memo[key] = out
+        for name, attr in list(vars(out).items()):
+            vars(out)[name] = _snapshot(attr, memo)
+    elif isinstance(value, dict) and type(value) is dict:
+        out = {k: _snapshot(v, memo) for k, v in value.items()}
+    elif type(value) in (list, tuple):
+        out = type(value)(_snapshot(v, memo) for v in value)
+    else:
+        return value  # numbers, strings, torch.Size, constraints: immutable or without tensors
+    memo[key] = out
+    return out

@@ -26,14 +26,25 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.distributions import Distribution
 
 from .backtracking import line_search, measured_kl, restore_on_error
 from .cg import CGResult, conjugate_gradient
-from .closure import Closure, call_closure, check_sample_layout, fisher_from_closure, reference_distribution
-from .config import TrustRegionConfig, make_config
+from .closure import (
+    Closure,
+    StaleCheck,
+    call_closure,
+    check_closure,
+    check_sample_layout,
+    fisher_from_closure,
+    reference_distribution,
+)
+from .config import TrustRegionConfig, checked_value, make_config
 from .distributed import all_reduce_weighted_mean, distributed_operator
 from .families import mean_kl, num_samples
 from .fisher import FisherOperator
+from .module_state import ModuleStateGuard
+from .parameters import check_gradients, check_parameters
 from .tree import FlatLayout, vdot
 
 __all__ = ["NonFiniteError", "StepInfo", "trust_region_step", "trust_region_update"]
@@ -154,13 +165,36 @@ def trust_region_step(
         restored bit-for-bit before the exception propagates.
     """
     cfg = make_config(config, **overrides)
-    params = list(params)
-    with torch.enable_grad():
-        loss, dist = call_closure(closure)
-    if not loss.requires_grad:
-        raise ValueError("the loss does not depend on the optimizer's parameters (it has no autograd graph)")
+    params = check_parameters(params)
+    check_closure(closure)
+    guard = ModuleStateGuard()
+    try:
+        with guard.watching(), torch.enable_grad():
+            first = [call_closure(closure)]
+        guard.mark()
+        guard.warn_stochastic()
+        info, solution = _step(
+            params, first, closure, cfg, model=model, fisher_closure=fisher_closure, x0=x0,
+            preconditioner=preconditioner, distributed=distributed, process_group=process_group,
+        )  # fmt: skip
+    except BaseException:
+        guard.restore(accepted=False)  # buffers as before the step; line_search restored the parameters
+        raise
+    guard.restore(accepted=info.accepted)
+    return info, solution
+
+
+def _step(
+    params: list[Tensor], first: list[tuple[Tensor, Distribution]], closure: Closure, cfg: TrustRegionConfig, *,
+    model: nn.Module | None, fisher_closure: Callable[[], Any] | None, x0: Sequence[Tensor | None] | None,
+    preconditioner: LeafOperator | None, distributed: bool, process_group: Any,
+) -> tuple[StepInfo, list[Tensor | None]]:  # fmt: skip
+    """The step after the first closure call ``first`` (a one-element list, emptied here so that the graph it
+    holds can be freed before the line search)."""
+    loss, dist = first.pop()
+    stale = StaleCheck(loss, dist)
     check_sample_layout(loss, dist)
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    grads = _gradient(loss, params)
     active = [i for i, g in enumerate(grads) if g is not None]
     if not active:
         raise ValueError("the loss does not depend on any of the optimizer's parameters")
@@ -184,7 +218,7 @@ def trust_region_step(
     del dist, loss, grads, fvp
 
     def evaluate() -> tuple[Tensor, Tensor]:
-        new_loss, new_dist = call_closure(closure)
+        new_loss, new_dist = stale.check(*call_closure(closure))
         kl = mean_kl(old_dist, new_dist)
         if distributed:
             new_loss, kl = all_reduce_weighted_mean([new_loss.reshape(()), kl.reshape(())], n_local, process_group)
@@ -197,6 +231,26 @@ def trust_region_step(
     for k, i in enumerate(active):
         solution[i] = s[k]
     return info, solution
+
+
+def _gradient(loss: Tensor, params: list[Tensor]) -> tuple[Tensor | None, ...]:
+    """``∂loss/∂params`` (``None`` where unused), or a one-line error saying why the loss cannot give one."""
+    if not loss.requires_grad:
+        raise ValueError(
+            "the closure's loss has no autograd graph: it does not depend on the optimizer's parameters, or it was "
+            "computed under torch.no_grad() / torch.inference_mode() or from detached values"
+        )
+    try:
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    except RuntimeError as exc:
+        if "inplace operation" in str(exc) or "backward through the graph a second time" in str(exc):
+            raise ValueError(
+                "the closure returned a loss computed before the parameters last changed (a stale graph): it must "
+                "compute the loss and the distribution from the current parameters at every call"
+            ) from None
+        raise
+    check_gradients(grads)
+    return grads
 
 
 def _reduce_loss_and_grad(
@@ -248,8 +302,7 @@ def trust_region_update(
         ``(info, s)``: the :class:`StepInfo` and the CG solution :math:`s` (one tensor per parameter).
     """
     cfg = make_config(config, **overrides)
-    params = list(params)
-    g = [t.detach() for t in grad]
+    params, g, loss_before = _update_inputs(params, grad, fvp, evaluate, loss_before)
     method = getattr(fvp, "method", "custom")
     n_active = sum(p.numel() for p in params)
     gg = float(vdot(g, g))
@@ -271,13 +324,43 @@ def trust_region_update(
     del fvp, cg  # free a graph held by the operator before the line search
     if not (math.isfinite(shs) and shs > 0 and math.isfinite(gs) and gs > 0):
         reason = f"no descent direction: sᵀ(F+λI)s = {shs:.3g}, gᵀs = {gs:.3g} (both must be finite and > 0)"
-        return _rejected(loss_before, reason=reason, **base), s  # type: ignore[arg-type]
+        if base["nonpositive_curvature"] and base["cg_iterations"] == 0:
+            reason += "; the Fisher-vector product was not finite or not positive at the first CG iteration"
+        rest = {k: v for k, v in base.items() if k not in ("max_kl", "fvp_method", "num_params", "grad_norm")}
+        return _rejected(loss_before, cfg.max_kl, method, n_active, math.sqrt(gg), reason=reason, **rest), s
     beta = math.sqrt(2.0 * cfg.max_kl / shs)
     direction = list(torch._foreach_mul(s, -beta))
     move = _search if cfg.line_search else _full_step
     outcome = move(params, direction, evaluate, cfg, loss_before=loss_before, expected=beta * gs)
     return StepInfo(loss_before=loss_before, step_size=beta * outcome["step_fraction"], max_step=beta, **outcome,
                     **base), s  # fmt: skip
+
+
+def _update_inputs(
+    params: Sequence[Tensor], grad: Sequence[Tensor], fvp: Any, evaluate: Any, loss_before: Any
+) -> tuple[list[Tensor], list[Tensor], float]:
+    """The parameters, the detached gradient and the loss of :func:`trust_region_update`, or a one-line error on
+    inputs that do not fit together."""
+    params, grad = list(params), list(grad)
+    if not params:
+        raise ValueError("trust_region_update: params is empty")
+    if len(grad) != len(params):
+        raise ValueError(f"trust_region_update: got {len(params)} parameters but {len(grad)} gradient tensors")
+    for i, (p, t) in enumerate(zip(params, grad)):
+        if not (isinstance(p, Tensor) and isinstance(t, Tensor)):
+            raise TypeError(f"trust_region_update: parameter {i} and its gradient must be tensors")
+        if p.shape != t.shape or not t.is_floating_point():
+            raise ValueError(
+                f"trust_region_update: gradient {i} has shape {tuple(t.shape)} and dtype {t.dtype}, parameter {i} "
+                f"has shape {tuple(p.shape)}; the gradient must be a floating-point tensor of the parameter's shape"
+            )
+    if not callable(fvp) or not callable(evaluate):
+        raise TypeError("trust_region_update: fvp and evaluate must be callables")
+    loss = checked_value("loss_before", float, loss_before)
+    if not math.isfinite(loss):
+        raise NonFiniteError(f"the loss is {loss}; parameters were left untouched")
+    check_gradients(grad)
+    return params, [t.detach() for t in grad], loss
 
 
 def _solve(
