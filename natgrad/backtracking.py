@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import make_config
+from .config import TrustRegionConfig, checked_value, make_config
 
 __all__ = ["LineSearchResult", "line_search", "measured_kl", "restore_on_error"]
 
@@ -106,10 +106,25 @@ def line_search(
     if len(params) != len(direction):
         raise ValueError(f"got {len(params)} parameters but {len(direction)} direction tensors")
     for i, (p, d) in enumerate(zip(params, direction)):
+        if not (isinstance(p, Tensor) and isinstance(d, Tensor)):
+            raise TypeError(
+                f"parameter {i} and direction {i} must be tensors, got {type(p).__name__}, {type(d).__name__}"
+            )
         if p.shape != d.shape:
             raise ValueError(f"direction {i} has shape {tuple(d.shape)}, parameter has {tuple(p.shape)}")
-    # the checks of the trust-region settings (one-line errors): max_iters is backtrack_iters, coeff backtrack_coeff
-    make_config(max_kl=max_kl, backtrack_iters=max_iters, backtrack_coeff=coeff, accept_ratio=accept_ratio)
+    cfg = _settings(max_kl, max_iters, coeff, accept_ratio)
+    max_kl, max_iters, coeff, accept_ratio = cfg.max_kl, cfg.backtrack_iters, cfg.backtrack_coeff, cfg.accept_ratio
+    if not callable(evaluate):
+        raise TypeError(f"evaluate must be a function () -> (loss, kl), got {type(evaluate).__name__}")
+    loss_before = checked_value("loss_before", float, loss_before)
+    expected_improvement = checked_value("expected_improvement", float, expected_improvement)
+    if not math.isfinite(loss_before):
+        raise ValueError(f"loss_before must be a finite number, got {loss_before}")
+    if not (expected_improvement > 0 and math.isfinite(expected_improvement)):
+        raise ValueError(
+            f"expected_improvement must be a finite number > 0 (the first-order decrease of the full step), "
+            f"got {expected_improvement}"
+        )
 
     with torch.no_grad(), restore_on_error(params) as saved:
         fraction = 1.0
@@ -131,6 +146,21 @@ def line_search(
             fraction *= coeff
         torch._foreach_copy_(params, saved)
     return LineSearchResult(False, 0.0, max_iters, kl, improvement, expected, loss_before)
+
+
+#: line_search's argument names for the trust-region settings they are
+_NAMES = {"backtrack_iters": "max_iters", "backtrack_coeff": "coeff"}
+
+
+def _settings(max_kl: float, max_iters: int, coeff: float, accept_ratio: float) -> TrustRegionConfig:
+    """The trust-region settings' checks (one-line errors naming :func:`line_search`'s own arguments)."""
+    try:
+        return make_config(max_kl=max_kl, backtrack_iters=max_iters, backtrack_coeff=coeff, accept_ratio=accept_ratio)
+    except ValueError as exc:
+        message = str(exc)
+        for field, arg in _NAMES.items():
+            message = message.replace(field, arg)
+        raise ValueError(message) from None
 
 
 @contextmanager

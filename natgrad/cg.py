@@ -26,10 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from .config import checked_value
 from .tree import Tree, TreeSpec, batched_vdot, tree_flatten, tree_unflatten, vdot
 
 __all__ = ["CGResult", "conjugate_gradient"]
@@ -65,6 +67,14 @@ def _bcast(s: Tensor, leaf: Tensor) -> Tensor:
     may mix float32 and float64; the scalars are accumulated in the wider one)."""
     s = s.reshape(s.shape + (1,) * (leaf.dim() - s.dim()))
     return s.to(leaf.dtype) if s.is_floating_point() else s
+
+
+def _flatten_output(name: str, out: Any) -> tuple[list[Tensor], TreeSpec]:
+    """The leaves of what ``matvec`` / ``M`` returned, or a one-line ``TypeError`` naming it."""
+    try:
+        return tree_flatten(out)
+    except TypeError:
+        raise TypeError(f"{name} must return tensors laid out like b, it returned {type(out).__name__}") from None
 
 
 def _check_like(name: str, got: list[Tensor], spec: TreeSpec, want: list[Tensor], want_spec: TreeSpec) -> None:
@@ -125,25 +135,35 @@ def conjugate_gradient(
 
     Raises:
         ValueError: ``b`` or ``x0`` non-finite or of the wrong structure, ``matvec`` or
-            ``M`` returning a different shape, or ``maxiter < 0``.
+            ``M`` returning a different shape, ``maxiter`` not an integer >= 0, ``rtol`` or ``atol``
+            not a finite number >= 0.
     """
+    maxiter = checked_value("maxiter", int, maxiter)
     if maxiter < 0:
         raise ValueError(f"maxiter must be >= 0, got {maxiter}")
-    if rtol < 0 or atol < 0:
-        raise ValueError(f"rtol and atol must be >= 0, got rtol={rtol}, atol={atol}")
+    rtol, atol = checked_value("rtol", float, rtol), checked_value("atol", float, atol)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (tol >= 0 and math.isfinite(tol)):
+            raise ValueError(f"{name} must be a finite number >= 0, got {tol}")
+    for name, fn in (("matvec", matvec), ("M", M)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be a function v -> A v, got {type(fn).__name__}")
+    batched = checked_value("batched", bool, batched)
     bl, spec = tree_flatten(b)
     if not bl:
         raise ValueError("b has no tensors")
     for i, leaf in enumerate(bl):
-        if not (leaf.is_floating_point() or leaf.is_complex()):
-            raise TypeError(f"b must hold floating-point tensors; leaf {i} has dtype {leaf.dtype}")
+        if not leaf.is_floating_point():
+            raise TypeError(f"b must hold real floating-point tensors; leaf {i} has dtype {leaf.dtype}")
+        if leaf.layout != torch.strided:
+            raise TypeError(f"b must hold dense tensors; leaf {i} has layout {leaf.layout}")
         if batched and (leaf.dim() == 0 or leaf.shape[0] != bl[0].shape[0]):
             raise ValueError("batched=True needs every leaf of b to share the leading batch dimension")
     bl = [leaf.detach() for leaf in bl]
     for i, leaf in enumerate(bl):
         if not bool(torch.isfinite(leaf).all()):
             raise ValueError(f"b contains non-finite values (leaf {i})")
-    if not batched and spec.kind == "leaf" and bl[0].is_floating_point():
+    if not batched and spec.kind == "leaf":
         return _solve_tensor(matvec, bl[0], x0, maxiter, rtol, atol, M)
     return _solve_leaves(matvec, bl, spec, x0, maxiter, rtol, atol, M, batched)
 
@@ -164,7 +184,7 @@ def _solve_leaves(
     dot = batched_vdot if batched else vdot
 
     def apply(fn: Callable[[Tree], Tree], name: str, vec: list[Tensor]) -> list[Tensor]:
-        out, ospec = tree_flatten(fn(tree_unflatten(vec, spec)))
+        out, ospec = _flatten_output(name, fn(tree_unflatten(vec, spec)))
         _check_like(name, out, ospec, vec, spec)
         return [o.detach() for o in out]
 
@@ -268,7 +288,7 @@ def _solve_tensor(
     shape, spec = b.shape, TreeSpec("leaf")
 
     def apply(fn: Callable[[Tree], Tree], name: str, vec: Tensor) -> Tensor:
-        out, ospec = tree_flatten(fn(vec.view(shape)))
+        out, ospec = _flatten_output(name, fn(vec.view(shape)))
         _check_like(name, out, ospec, [b], spec)
         return out[0].detach().reshape(-1)
 

@@ -16,11 +16,14 @@ every rank takes the same CG and line-search decisions and the parameters stay i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from .config import checked_value
 
 __all__ = [
     "ParametersOutOfSyncError",
@@ -34,6 +37,20 @@ __all__ = [
 
 class ParametersOutOfSyncError(RuntimeError):
     """The ranks' parameters differ (a rank skipped a step, or used a different seed or model)."""
+
+
+def _require(what: str, tensors: Sequence[Tensor]) -> None:
+    """A one-line error when ``torch.distributed`` is not initialised or ``tensors`` is empty."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"{what} needs torch.distributed initialised (torch.distributed.init_process_group)")
+    tensors = list(tensors)
+    if not tensors:
+        raise ValueError(f"{what} got no tensors")
+    for i, t in enumerate(tensors):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{what}: item {i} is a {type(t).__name__}, not a tensor")
 
 
 def is_distributed(group: Any = None) -> bool:
@@ -55,6 +72,9 @@ def all_reduce_weighted_mean(tensors: Sequence[Tensor], weight: float, group: An
     """
     import torch.distributed as dist
 
+    _require("all_reduce_weighted_mean", tensors)
+    if not 0 <= checked_value("weight", float, weight) < math.inf:
+        raise ValueError(f"weight must be a finite number >= 0 (this rank's sample count), got {weight!r}")
     flat = torch.cat([t.detach().reshape(-1) * weight for t in tensors] + [tensors[0].new_tensor([float(weight)])])
     dist.all_reduce(flat, group=group)
     total = flat[-1]
@@ -67,6 +87,8 @@ def all_reduce_weighted_mean(tensors: Sequence[Tensor], weight: float, group: An
 
 def distributed_operator(fvp: Callable[[list[Tensor]], list[Tensor]], weight: float, group: Any = None) -> Callable:
     """Wrap a local Fisher-vector product so that each call returns the sample-weighted global product."""
+    if not callable(fvp):
+        raise TypeError(f"fvp must be a function v -> F v, got {type(fvp).__name__}")
 
     def product(v: list[Tensor]) -> list[Tensor]:
         return all_reduce_weighted_mean(list(fvp(v)), weight, group)
@@ -79,6 +101,7 @@ def broadcast_parameters(params: Sequence[Tensor], src: int = 0, group: Any = No
     """Copy rank ``src``'s parameter values to every rank (in place)."""
     import torch.distributed as dist
 
+    _require("broadcast_parameters", params)
     with torch.no_grad():
         for p in params:
             dist.broadcast(p.data, src=src, group=group)
@@ -93,6 +116,7 @@ def check_parameters_in_sync(params: Sequence[Tensor], group: Any = None, *, rto
     """
     import torch.distributed as dist
 
+    _require("check_parameters_in_sync", params)
     with torch.no_grad():
         total = torch.zeros(2, dtype=torch.float64, device=params[0].device)
         offset = 0

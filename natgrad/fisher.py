@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from .config import make_config
+from .config import checked_value, make_config
 from .families import OutputFamily, detach_distribution, family_of, mean_kl, num_samples
 from .tree import FlatLayout, Tree, TreeSpec, tree_flatten, tree_map, tree_unflatten
 
@@ -337,8 +337,11 @@ def graph_fisher_vector_product(
         A :class:`FisherOperator` on lists of tensors shaped like ``params``.
     """
     make_config(damping=damping)  # one-line error on a bad damping
+    if not isinstance(dist, Distribution):
+        raise TypeError(f"dist must be a torch.distributions.Distribution, got {type(dist).__name__}")
     params = list(params)
     leaves, spec = tree_flatten(params)
+    _check_point(leaves)
     family = family_of(dist)
     method = resolve_method(method, family, graph=True)
     n = num_samples(dist)
@@ -348,6 +351,15 @@ def graph_fisher_vector_product(
         ref = old_dist if old_dist is not None else detach_distribution(dist)
         product = _kl_hvp_product(mean_kl(ref, dist), leaves)
     return FisherOperator(product, leaves, spec, damping=damping, method=method, num_samples=n)
+
+
+def _check_point(leaves: Sequence[Tensor]) -> None:
+    """A one-line error when there are no parameters or one is not a real floating-point tensor."""
+    if not leaves:
+        raise ValueError("params holds no tensors")
+    for i, t in enumerate(leaves):
+        if not t.is_floating_point():
+            raise TypeError(f"parameter {i} has dtype {t.dtype}; the Fisher is taken for real floating-point tensors")
 
 
 def _slice_args(args: tuple[Any, ...], n: int, index: Tensor | slice) -> tuple[Any, ...]:
@@ -409,10 +421,14 @@ def fisher_vector_product(
         A :class:`FisherOperator` acting on pytrees shaped like ``params``.
     """
     make_config(damping=damping, fvp_method=method)
+    if not callable(model_fn):
+        raise TypeError(f"model_fn must be a function (params, *args) -> Distribution, got {type(model_fn).__name__}")
     leaves, spec = tree_flatten(tree_map(Tensor.detach, params))
-    args, n_full = _subsample(args, subsample, generator)
+    _check_point(leaves)
+    chunk_size = checked_value("chunk_size", int | None, chunk_size)
     if chunk_size is not None and chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size}")
+    args, n_full = _subsample(args, subsample, generator)
 
     def call(p_leaves: Sequence[Tensor], batch: tuple[Any, ...]) -> Distribution:
         dist = model_fn(tree_unflatten(list(p_leaves), spec), *batch)
@@ -448,12 +464,15 @@ def _subsample(
 ) -> tuple[tuple[Any, ...], int | None]:
     """``args`` restricted to ``subsample`` samples drawn without replacement, and the sample count."""
     n_full = _batch_size(args)
+    subsample = checked_value("subsample", int | float | None, subsample)  # True is not a count
     if subsample is None:
         return args, n_full
     if n_full is None:
         raise ValueError("subsample needs a batch tensor argument with a leading sample dimension")
     if isinstance(subsample, float) and not 0 < subsample <= 1:
-        raise ValueError(f"a fractional subsample must lie in (0, 1], got {subsample}")
+        raise ValueError(
+            f"subsample={subsample}: a fraction of the batch must lie in (0, 1] (an integer is a count of samples)"
+        )
     k = round(subsample * n_full) if isinstance(subsample, float) else int(subsample)
     if not 1 <= k <= n_full:
         raise ValueError(f"subsample must select between 1 and {n_full} samples, got {subsample}")

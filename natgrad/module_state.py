@@ -16,7 +16,7 @@ At the end of the step the buffers are put back:
 * step accepted: to their values right after the first closure call (one forward's worth of update, as with any
   optimizer step of a model in training mode).
 
-Buffers a forward did not touch (their version counter did not move) are left alone.  A stochastic module in
+Buffers whose values did not change are left alone.  A stochastic module in
 training mode (the ``Dropout`` family with ``p > 0``, ``RReLU``) gets a :class:`StochasticModuleWarning`.
 """
 
@@ -53,30 +53,28 @@ def stochastic_description(module: nn.Module) -> str | None:
     return None
 
 
-def _version(t: Tensor) -> int:
-    try:
-        return t._version
-    except RuntimeError:  # an inference tensor has no version counter: treat it as changed
-        return -1
+def _same(a: Tensor, b: Tensor) -> bool:
+    """Bitwise the same values (NaN included; ``torch.equal`` says NaN != NaN, which only costs a copy)."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and bool(torch.equal(a, b))
 
 
 @dataclass
 class _Buffer:
-    """One buffer seen by the guard: where it lives, the tensor object, its version and its values on entry."""
+    """One buffer seen by the guard: where it lives, the tensor object and its values on entry.
+
+    Changes are found by comparing values: kernels such as ``batch_norm`` update running statistics in place
+    without moving the tensor's version counter."""
 
     module: nn.Module
     name: str
     tensor: Tensor
-    version: int
     before: Tensor
     after: Tensor | None = None  # its values right after the first closure call (None: unchanged)
 
-    def current(self) -> Tensor | None:
-        return self.module._buffers.get(self.name)
-
-    def changed(self) -> bool:
-        now = self.current()
-        return now is not self.tensor or _version(self.tensor) != self.version or self.version < 0
+    def holds(self, values: Tensor) -> bool:
+        """The module holds its original buffer object, with ``values``."""
+        now = self.module._buffers.get(self.name)
+        return now is self.tensor and _same(self.tensor, values)
 
     def put(self, values: Tensor) -> None:
         """Make the module hold its original buffer object again, with ``values``."""
@@ -86,7 +84,6 @@ class _Buffer:
                 self.module._buffers[self.name] = self.tensor
             else:  # the module replaced the buffer by one of another shape: put a copy of the values back
                 self.module._buffers[self.name] = values.clone()
-        self.version = _version(self.tensor)
 
 
 class ModuleStateGuard:
@@ -117,7 +114,7 @@ class ModuleStateGuard:
         self._seen[id(module)] = module
         for name, buf in module._buffers.items():
             if buf is not None:
-                self._buffers.append(_Buffer(module, name, buf, _version(buf), buf.detach().clone()))
+                self._buffers.append(_Buffer(module, name, buf, buf.detach().clone()))
         what = stochastic_description(module)
         if what is not None and what not in self.stochastic:
             self.stochastic.append(what)
@@ -134,14 +131,14 @@ class ModuleStateGuard:
     def mark(self) -> None:
         """Remember the buffers' current values: what an accepted step keeps."""
         for b in self._buffers:
-            now = b.current()
-            b.after = now.detach().clone() if b.changed() and now is not None else None
+            now = b.module._buffers.get(b.name)
+            b.after = None if now is None or b.holds(b.before) else now.detach().clone()
 
     def restore(self, accepted: bool) -> None:
         """Put the buffers back: to their values at :meth:`mark` when ``accepted``, else to those on entry."""
         for b in self._buffers:
             target = b.after if accepted and b.after is not None else b.before
-            if b.changed() or (accepted and b.after is not None):
+            if not b.holds(target):
                 b.put(target)
 
     def warn_stochastic(self, stacklevel: int = 3) -> None:

@@ -3,21 +3,33 @@ r""":class:`TrustRegionOptimizer`: TRPO as a ``torch.optim`` optimizer, the thin
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .closure import Closure, FvpTiming, cheapest_fvp_method, time_fvp_methods
-from .config import TrustRegionConfig, make_config
+from .closure import Closure, FvpTiming, cheapest_fvp_method, check_closure, time_fvp_methods
+from .config import TrustRegionConfig, checked_value, make_config
 from .distributed import broadcast_parameters, check_parameters_in_sync, is_distributed
+from .module_state import ModuleStateGuard
+from .optimizer_state import HYPERPARAMETERS, checked_group_values, checked_state_dict, extra_state, load_extra_state
+from .parameters import check_parameters, describe_parameter
 from .trust_region import StepInfo, trust_region_step
 
 __all__ = ["TrustRegionOptimizer"]
 
-_HYPERPARAMETERS = tuple(f.name for f in fields(TrustRegionConfig))
+_MISSING = object()
+
+
+def _is_number(value: Any) -> bool:
+    """A real number given where a config is expected (``TrustRegionOptimizer(params, 0.02)``): a Python, numpy or
+    0-d tensor number, not a bool."""
+    if isinstance(value, Tensor):
+        return value.dim() == 0 and value.is_floating_point()
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
 class TrustRegionOptimizer(torch.optim.Optimizer):
@@ -79,10 +91,17 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         sync_check_every: int = 10,
         **overrides: Any,
     ) -> None:
-        if isinstance(config, (int, float)) and not isinstance(config, bool):
+        if _is_number(config):
             overrides = {"max_kl": config, **overrides}  # TrustRegionOptimizer(params, 0.02): max_kl, as before
             config = None
         cfg = make_config(config, **overrides)  # type: ignore[arg-type]
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params must be an iterable of tensors or parameter groups, got a single tensor; pass [tensor]"
+            )
+        params = list(params)
+        if not params:
+            raise ValueError("no parameters to optimize: params is empty")
         super().__init__(params, cfg.as_dict())
         self.model = model
         self.tuned_fvp_method: str | None = None
@@ -90,14 +109,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         self._cg_products = (0, 0)  # CG iterations summed over the steps taken with the tuned method, steps
         self.distributed = distributed
         self.process_group = process_group
-        self.sync_check_every = int(sync_check_every)
+        self.sync_check_every = checked_value("sync_check_every", int, sync_check_every)
         self._config: tuple[dict[str, Any], TrustRegionConfig] = (cfg.as_dict(), cfg)
-        for group in self.param_groups:
-            for p in group["params"]:
-                if not p.requires_grad:
-                    raise ValueError(
-                        f"a parameter of shape {tuple(p.shape)} does not require grad; pass only trainable parameters"
-                    )
         if distributed:
             if not is_distributed(process_group):
                 raise RuntimeError(
@@ -106,26 +119,109 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
                 )
             broadcast_parameters([p for g in self.param_groups for p in g["params"]], group=process_group)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a parameter group, checked: its tensors must be trainable real floating-point leaves
+        (:func:`natgrad.parameters.check_parameters`) in no other group, and any hyperparameter it sets must equal
+        the optimizer's (they are global: the Fisher couples all groups)."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise TypeError(f"a parameter group must be a dict with a 'params' entry, got {type(param_group).__name__}")
+        group = dict(param_group)
+        items = group["params"]
+        if isinstance(items, set):
+            raise TypeError("a parameter group's params must be an ordered sequence (a list), not a set")
+        items = [items] if isinstance(items, Tensor) else list(items)
+        named = [x for x in items if isinstance(x, tuple)]
+        names = [str(x[0]) for x in named] if named and len(named) == len(items) else None
+        index = len(self.param_groups)
+        try:
+            tensors = check_parameters([x[1] if isinstance(x, tuple) and len(x) == 2 else x for x in items], names)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"param group {index}: {exc}") from None
+        taken = {id(p): i for i, g in enumerate(self.param_groups) for p in g["params"]}
+        for k, p in enumerate(tensors):
+            if id(p) in taken:
+                raise ValueError(
+                    f"param group {index}: {describe_parameter(k, p, names)} is already in group {taken[id(p)]}"
+                )
+        current = {k: self.param_groups[0][k] for k in HYPERPARAMETERS} if self.param_groups else self.defaults
+        given = checked_group_values(
+            {**current, **{k: v for k, v in group.items() if k != "params"}}, f"param group {index}"
+        )
+        differ = [f"{k}={getattr(given, k)!r}" for k in HYPERPARAMETERS if getattr(given, k) != current[k]]
+        if differ:
+            raise ValueError(
+                f"param group {index} sets {', '.join(differ)}, other than the optimizer's: the trust-region "
+                "hyperparameters are global (set them for every group: for g in opt.param_groups: g[key] = value)"
+            )
+        super().add_param_group({**group, **given.as_dict(), "params": items})
+
     @property
     def config(self) -> TrustRegionConfig:
-        """The hyperparameters in force, read from the parameter groups (validated once per change)."""
+        """The hyperparameters in force, read from the parameter groups (validated once per change; the groups
+        then hold the normalised values)."""
         first = self.param_groups[0]
+        values = {k: first.get(k, _MISSING) for k in HYPERPARAMETERS}
+        if values == self._config[0]:
+            others = self.param_groups[1:]
+            if all(all(g.get(k, _MISSING) == values[k] for k in HYPERPARAMETERS) for g in others):
+                return self._config[1]
+        cfg = checked_group_values(first, "param group 0")
         for i, group in enumerate(self.param_groups[1:], start=1):
-            for key in _HYPERPARAMETERS:
-                if group[key] != first[key]:
-                    raise ValueError(
-                        f"param group {i} sets {key}={group[key]!r} but group 0 has {first[key]!r}; "
-                        "trust-region hyperparameters are global"
-                    )
-        values = {k: first[k] for k in _HYPERPARAMETERS}
-        if values != self._config[0]:
-            self._config = (values, TrustRegionConfig(**values))
-        return self._config[1]
+            if checked_group_values(group, f"param group {i}") != cfg:
+                key = next(k for k in HYPERPARAMETERS if group[k] != first[k])
+                raise ValueError(
+                    f"param group {i} sets {key}={group[key]!r} but group 0 has {first[key]!r}; "
+                    "trust-region hyperparameters are global"
+                )
+        for group in self.param_groups:
+            group.update(cfg.as_dict())
+        self._config = (cfg.as_dict(), cfg)
+        return cfg
+
+    # ------------------------------------------------------------------ copies and state
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything (``torch.optim.Optimizer`` keeps only the groups and the state): ``copy.deepcopy`` and
+        pickle give an optimizer that steps (the ``model``, if any, is copied with its parameters)."""
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "_config" not in self.__dict__:  # a pickle of the groups and state only (an older natgrad)
+            cfg = checked_group_values(self.param_groups[0], "param group 0")
+            self._config = (cfg.as_dict(), cfg)
+            for name, value in (("model", None), ("tuned_fvp_method", None), ("fvp_timings", None),
+                                ("_cg_products", (0, 0)), ("distributed", False), ("process_group", None),
+                                ("sync_check_every", 10)):  # fmt: skip
+                self.__dict__.setdefault(name, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim``'s ``state`` (per parameter: ``step``, the warm-start ``solution``) and ``param_groups``
+        (the hyperparameters, ``max_kl`` as adapted), and under ``"natgrad"`` the tuned product method, its
+        timings and the CG tally: everything a resumed optimizer needs to take the same steps."""
+        out = super().state_dict()
+        out["natgrad"] = extra_state(self.tuned_fvp_method, self.fvp_timings, self._cg_products)
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict`, checked first (:func:`natgrad.optimizer_state.checked_state_dict`): another
+        optimizer's, another model's, or a value of the wrong type is a one-line ``ValueError`` naming the key, and
+        nothing changes."""
+        checked = checked_state_dict(state_dict, self.param_groups)
+        extra = checked.pop("natgrad", None)
+        super().load_state_dict(checked)
+        if extra is not None:
+            self.tuned_fvp_method, self.fvp_timings, self._cg_products = load_extra_state(extra)
+        _ = self.config  # refresh the cached config
 
     def step(self, closure: Closure | None = None, fisher_closure: Callable[[], Any] | None = None) -> StepInfo:  # type: ignore[override]
         """Take one trust-region step; see the class docstring.  Returns a :class:`~natgrad.StepInfo`."""
         if closure is None:
             raise TypeError("TrustRegionOptimizer.step needs a closure returning (loss, distribution)")
+        check_closure(closure)
+        if fisher_closure is not None and not callable(fisher_closure):
+            raise TypeError(
+                f"fisher_closure must be a function () -> distribution, got {type(fisher_closure).__name__}"
+            )
         cfg = self.config
         params = [p for group in self.param_groups for p in group["params"]]
         method = self._method(cfg, params, closure, fisher_closure)
@@ -166,7 +262,12 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         if self.tuned_fvp_method is None:
             if self.fvp_timings is None:
                 active = [p for p in params if p.requires_grad]
-                self.fvp_timings = time_fvp_methods(active, closure, self.model, damping=cfg.damping)
+                guard = ModuleStateGuard()  # the timing runs the closure a dozen times: it moves no buffer
+                try:
+                    with guard.watching():
+                        self.fvp_timings = time_fvp_methods(active, closure, self.model, damping=cfg.damping)
+                finally:
+                    guard.restore(accepted=False)
             self.tuned_fvp_method = cheapest_fvp_method(self.fvp_timings, cfg.cg_iters)
         return self.tuned_fvp_method
 

@@ -31,17 +31,28 @@ def _problem(p: Any) -> str | None:
     if not isinstance(p, Tensor):
         return "is not a tensor; pass the model's parameters (model.parameters())"
     if p.is_complex() or not p.is_floating_point():
-        return f"has dtype {p.dtype}; natgrad optimizes real floating-point tensors (float16, bfloat16, float32, float64)"
+        return (
+            f"has dtype {p.dtype}; natgrad optimizes real floating-point tensors (float16, bfloat16, float32, float64)"
+        )
     if p.is_meta:
-        return "is on the meta device and holds no values; materialize the model first (module.to_empty(device=...) and load its weights)"  # fmt: skip
+        return (
+            "is on the meta device and holds no values; materialize the model first "
+            "(module.to_empty(device=...) and load its weights)"
+        )
     if p.layout != torch.strided:
         return f"has layout {p.layout}; natgrad optimizes dense (strided) tensors"
     if p.is_inference():
-        return "was created under torch.inference_mode() and cannot be differentiated; create the model outside inference_mode"  # fmt: skip
+        return (
+            "was created under torch.inference_mode() and cannot be differentiated; "
+            "create the model outside inference_mode"
+        )
     if not p.requires_grad:
         return "does not require grad; pass only trainable parameters"
     if not p.is_leaf:
-        return "is not a leaf tensor (it was computed from others, e.g. weight * 2): a step would update a copy the model never reads; pass the model's parameters"  # fmt: skip
+        return (
+            "is not a leaf tensor (it was computed from others, e.g. weight * 2): a step would update a copy the "
+            "model never reads; pass the model's parameters"
+        )
     return None
 
 

@@ -16,6 +16,7 @@ The Jacobi preconditioner is then :math:`M = (\widehat{\mathrm{diag}\,F} + \lamb
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
+from .config import checked_value
 from .tree import Tree, tree_flatten, tree_unflatten
 
 __all__ = ["diagonal_fisher", "jacobi_preconditioner"]
@@ -43,6 +45,11 @@ def diagonal_fisher(
         inputs: the batch, ``(N, ...)``.
         samples: actions drawn per state (from the global RNG: seed it for reproducibility).
     """
+    samples = checked_value("samples", int, samples)
+    if samples < 1:
+        raise ValueError(f"samples must be an integer >= 1 (actions drawn per state), got {samples}")
+    if not isinstance(inputs, Tensor) or inputs.dim() == 0 or inputs.shape[0] == 0:
+        raise ValueError("inputs must be a batch tensor (N, ...) with N >= 1")
     leaves, spec = tree_flatten(params)
     leaves = [t.detach() for t in leaves]
     with torch.no_grad():
@@ -65,9 +72,13 @@ def diagonal_fisher(
 
 def jacobi_preconditioner(diagonal: Tree, damping: float) -> Callable[[Any], Any]:
     r"""``r ↦ r / (diag + λ)``, the inverse of the damped diagonal, laid out like ``diagonal``."""
-    if not damping > 0:
-        raise ValueError(f"the Jacobi preconditioner needs damping > 0, got {damping}")
+    damping = checked_value("damping", float, damping)
+    if not (damping > 0 and math.isfinite(damping)):
+        raise ValueError(f"the Jacobi preconditioner needs a finite damping > 0, got {damping}")
     leaves, _ = tree_flatten(diagonal)
+    for i, d in enumerate(leaves):
+        if not bool(torch.isfinite(d).all()):
+            raise ValueError(f"the diagonal is not finite (leaf {i}); estimate it at finite parameters")
     inv = [1.0 / (d.clamp_min(0) + damping) for d in leaves]
 
     def apply(r: Any) -> Any:

@@ -55,32 +55,37 @@ def tree_flatten(tree: Tree) -> tuple[list[Tensor], TreeSpec]:
     nested recursive function is a reference cycle that would keep the leaves alive until the cyclic garbage
     collector runs, scattering long-lived tensors through the heap."""
     leaves: list[Tensor] = []
-    spec = _flatten_into(tree, "", leaves)
+    spec = _flatten_into(tree, "", leaves, ())
     return leaves, spec
 
 
-def _flatten_into(node: Any, path: str, leaves: list[Tensor]) -> TreeSpec:
+def _flatten_into(node: Any, path: str, leaves: list[Tensor], above: tuple[int, ...]) -> TreeSpec:
     if isinstance(node, Tensor):
         leaves.append(node)
         return _LEAF
+    if isinstance(node, (dict, list, tuple)):
+        if id(node) in above:
+            raise ValueError(f"the tree contains itself at {path or 'the root'}")
+        above = (*above, id(node))
     if isinstance(node, dict):
         keys = tuple(node.keys())
-        return TreeSpec("dict", keys, tuple(_flatten_into(node[k], f"{path}[{k!r}]", leaves) for k in keys))
+        return TreeSpec("dict", keys, tuple(_flatten_into(node[k], f"{path}[{k!r}]", leaves, above) for k in keys))
     if isinstance(node, (list, tuple)):
         kind = "list" if isinstance(node, list) else "tuple"
-        return TreeSpec(kind, (), tuple(_flatten_into(c, f"{path}[{i}]", leaves) for i, c in enumerate(node)))
+        children = tuple(_flatten_into(c, f"{path}[{i}]", leaves, above) for i, c in enumerate(node))
+        return TreeSpec(kind, (), children)
     raise TypeError(
         f"expected a tensor or a dict/list/tuple of tensors, found {type(node).__name__} at {path or 'the root'}"
     )
 
 
 def tree_unflatten(leaves: Sequence[Tensor], spec: TreeSpec) -> Tree:
-    """Inverse of :func:`tree_flatten`."""
-    it = iter(leaves)
-    out = _unflatten_from(spec, it)
-    if next(it, None) is not None:
-        raise ValueError("more leaves than the tree structure holds")
-    return out
+    """Inverse of :func:`tree_flatten`; a one-line ``ValueError`` when ``leaves`` does not hold
+    ``spec.num_leaves`` tensors."""
+    leaves = list(leaves)
+    if len(leaves) != spec.num_leaves:
+        raise ValueError(f"the tree structure holds {spec.num_leaves} leaves, got {len(leaves)}")
+    return _unflatten_from(spec, iter(leaves))
 
 
 def _unflatten_from(s: TreeSpec, it: Iterator[Tensor]) -> Any:
