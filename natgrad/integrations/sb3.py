@@ -35,7 +35,9 @@ sample dimension.  With the factor both solve the same CG system and take the sa
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -49,13 +51,16 @@ try:
     from gymnasium import spaces
     from stable_baselines3.common.distributions import Distribution as SB3Distribution
     from stable_baselines3.common.distributions import MultiCategoricalDistribution
+    from stable_baselines3.common.save_util import load_from_zip_file
     from stable_baselines3.common.utils import explained_variance
 except ImportError as exc:  # pragma: no cover - exercised without the extra installed
     raise ImportError(
         'natgrad.integrations.sb3 needs stable-baselines3 and sb3-contrib: pip install "natgrad[sb3]"'
     ) from exc
 
+from ..config import TrustRegionConfig, checked_value, make_config
 from ..optimizer import TrustRegionOptimizer
+from ..optimizer_state import checked_group_values
 from ..trust_region import StepInfo
 
 __all__ = ["TRPO", "MultiCategorical", "kl_terms_per_sample", "torch_distribution"]
@@ -68,6 +73,25 @@ _MAPPED = {
     "backtrack_iters": "line_search_max_iter",
     "backtrack_coeff": "line_search_shrinking_factor",
 }
+
+
+#: sb3-contrib's hyperparameters that TRPO reads, with their types
+_OWN = {
+    "target_kl": float,
+    "cg_damping": float,
+    "cg_max_steps": int,
+    "line_search_max_iter": int,
+    "line_search_shrinking_factor": float,
+    "sub_sampling_factor": int,
+    "n_critic_updates": int,
+    "normalize_advantage": bool,
+}
+#: the keys trust_region_kwargs takes: the trust-region settings not derived from sb3-contrib's hyperparameters
+_KWARGS = tuple(f.name for f in fields(TrustRegionConfig) if f.name not in _MAPPED)
+#: where the trust-region optimizer's state is saved: a key of the critic optimizer's state dict
+#: (``policy.optimizer.pth`` in the zip), which torch's ``load_state_dict`` ignores, so that sb3-contrib's TRPO
+#: still loads the file
+_HOST, _STATE_KEY = "policy.optimizer", "natgrad_trust_region"
 
 
 class MultiCategorical(Distribution):
@@ -159,36 +183,101 @@ class TRPO(sb3_contrib.TRPO):
     """
 
     def __init__(self, *args: Any, trust_region_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        clash = sorted(set(trust_region_kwargs or {}) & set(_MAPPED))
-        if clash:
-            hint = ", ".join(f"{k} → {_MAPPED[k]}" for k in clash)
-            raise ValueError(f"set these through TRPO's own hyperparameters, not trust_region_kwargs: {hint}")
-        self.trust_region_kwargs = dict(trust_region_kwargs or {})
+        tr = trust_region_kwargs
+        self.trust_region_kwargs = dict(tr) if isinstance(tr, dict) else ({} if tr is None else tr)  # checked later
         self.step_info: StepInfo | None = None
         self._trust_region: TrustRegionOptimizer | None = None
+        self._pending_trust_region: dict[str, Any] | None = None  # a loaded state, for the optimizer to come
         self._actor_params: list[th.nn.Parameter] = []
         self._kl_scale = 1
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
+        """sb3's setup (``__init__`` and ``load`` both call it), after checking the trust-region settings: a bad
+        hyperparameter is refused when the model is built or loaded (``custom_objects`` included), not after the
+        first rollout."""
+        self._trust_region_settings()
         super()._setup_model()
         self._trust_region = None  # a new policy: select its actor parameters again
 
     def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "step_info", "_trust_region", "_actor_params", "_kl_scale"]
+        return [
+            *super()._excluded_save_params(),
+            "step_info", "_trust_region", "_pending_trust_region", "_actor_params", "_kl_scale",
+        ]  # fmt: skip
 
     def _trust_region_settings(self) -> dict[str, Any]:
+        """The :class:`~natgrad.TrustRegionOptimizer` arguments, checked: a one-line ``ValueError`` naming the
+        sb3 hyperparameter (``target_kl``, ...) or the ``trust_region_kwargs`` key at fault."""
+        extra = self.trust_region_kwargs if self.trust_region_kwargs is not None else {}
+        if not isinstance(extra, dict) or not all(isinstance(k, str) for k in extra):
+            raise ValueError(f"trust_region_kwargs must be a dict of TrustRegionOptimizer arguments, got {extra!r}")
+        clash = sorted(set(extra) & set(_MAPPED))
+        if clash:
+            hint = ", ".join(f"{k} → {_MAPPED[k]}" for k in clash)
+            raise ValueError(f"set these through TRPO's own hyperparameters, not trust_region_kwargs: {hint}")
+        unknown = sorted(set(extra) - set(_KWARGS))
+        if unknown:
+            raise ValueError(f"trust_region_kwargs has unknown key(s) {unknown}; it takes {list(_KWARGS)}")
+        try:
+            own = {name: checked_value(name, tp, getattr(self, name)) for name, tp in _OWN.items()}
+        except ValueError as exc:
+            raise ValueError(f"TRPO: {exc}") from None
+        if own["sub_sampling_factor"] < 1 or own["n_critic_updates"] < 1:
+            raise ValueError(
+                "sub_sampling_factor and n_critic_updates must be integers >= 1, got "
+                f"{own['sub_sampling_factor']} and {own['n_critic_updates']}"
+            )
         settings = dict(
-            max_kl=self._kl_scale * self.target_kl,
-            damping=self._kl_scale * self.cg_damping,
-            cg_iters=self.cg_max_steps,
-            backtrack_iters=self.line_search_max_iter,
-            backtrack_coeff=self.line_search_shrinking_factor,
+            max_kl=self._kl_scale * own["target_kl"],
+            damping=self._kl_scale * own["cg_damping"],
+            cg_iters=own["cg_max_steps"],
+            backtrack_iters=own["line_search_max_iter"],
+            backtrack_coeff=own["line_search_shrinking_factor"],
             accept_ratio=0.0,
             cg_atol=1e-5,
         )
-        settings.update(self.trust_region_kwargs)
+        settings.update(extra)
+        try:
+            make_config(**settings)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            for ours, theirs in _MAPPED.items():
+                message = re.sub(rf"\b{ours}\b", theirs, message)
+            raise ValueError(f"TRPO: {message}") from None
         return settings
+
+    # ------------------------------------------------------------------ save / load of the optimizer's state
+    def get_parameters(self) -> dict[str, dict]:
+        """sb3's state dicts, and the trust-region optimizer's (``max_kl`` as adapted, the warm-start solutions, the
+        tuned product method) once it exists or was loaded, under ``"natgrad_trust_region"`` in
+        ``"policy.optimizer"``."""
+        params = super().get_parameters()
+        state = self._trust_region.state_dict() if self._trust_region is not None else self._pending_trust_region
+        if state is not None:  # inside the critic optimizer's state dict, which ignores it: sb3-contrib loads the file
+            params[_HOST] = {**params[_HOST], _STATE_KEY: state}
+        return params
+
+    def set_parameters(self, load_path_or_dict: Any, exact_match: bool = True, device: Any = "auto") -> None:
+        """sb3's ``set_parameters``, which also restores the trust-region optimizer's state: at once if the
+        optimizer exists, else when the first update creates it.  A file saved without it loads as before."""
+        if isinstance(load_path_or_dict, dict):
+            params = dict(load_path_or_dict)
+        else:
+            _, params, _ = load_from_zip_file(load_path_or_dict, device=device, load_data=False)
+        state = None
+        if isinstance(params.get(_HOST), dict) and _STATE_KEY in params[_HOST]:
+            params[_HOST] = dict(params[_HOST])
+            state = params[_HOST].pop(_STATE_KEY)
+        super().set_parameters(params, exact_match=exact_match, device=device)
+        if state is None:
+            return
+        for i, group in enumerate(state.get("param_groups", []) if isinstance(state, dict) else [None]):
+            checked_group_values(group, f"saved trust_region state, param group {i}")
+        if self._trust_region is not None:
+            self._trust_region.load_state_dict(state)
+        else:
+            self._pending_trust_region = state
 
     def _optimizer(self, closure: Callable[[], tuple[Tensor, Distribution]]) -> TrustRegionOptimizer:
         """The trust-region optimizer over the actor parameters, its hyperparameters synced with the model's."""
@@ -199,8 +288,13 @@ class TRPO(sb3_contrib.TRPO):
             grads = th.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             self._actor_params = [p for (_, p), g in zip(named, grads) if g is not None]
             self._kl_scale = kl_terms_per_sample(dist)
-            self._trust_region = TrustRegionOptimizer(self._actor_params, **self._trust_region_settings())
-            return self._trust_region
+            settings = self._trust_region_settings()
+            # the torch.func products re-run the closure with the policy's parameters swapped
+            model = self.policy if settings.get("fvp_method") in ("jvp", "linearize") else None
+            self._trust_region = TrustRegionOptimizer(self._actor_params, model=model, **settings)
+            if self._pending_trust_region is not None:
+                self._trust_region.load_state_dict(self._pending_trust_region)
+                self._pending_trust_region = None
         for group in self._trust_region.param_groups:
             for key, value in self._trust_region_settings().items():
                 if key in group and not (key == "max_kl" and group.get("adaptive")):
