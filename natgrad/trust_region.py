@@ -426,10 +426,21 @@ def _search(
         f"the loss enough (last: kl={ls.kl:.3g}, improvement={ls.improvement:.3g} of {ls.expected_improvement:.3g} "
         "expected)"
     )  # fmt: skip
+    if not ls.accepted and _below_resolution(params, direction):
+        reason += (
+            f"; the full step does not change the {params[0].dtype} parameters at all (below their resolution): "
+            f"max_kl={cfg.max_kl:.3g} is too small for them"
+        )
     return dict(
         accepted=ls.accepted, step_fraction=ls.step_fraction, line_search_iterations=ls.iterations, kl=ls.kl,
         improvement=ls.improvement, expected_improvement=ls.expected_improvement, loss_after=ls.loss, reason=reason,
     )  # fmt: skip
+
+
+def _below_resolution(params: list[Tensor], direction: list[Tensor]) -> bool:
+    """Adding the full step changes no parameter: it is below their floating-point resolution."""
+    with torch.no_grad():
+        return all(bool(torch.equal(p + d, p)) for p, d in zip(params, direction))
 
 
 def _full_step(
