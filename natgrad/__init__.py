@@ -33,6 +33,7 @@ _EXPORTS = {
     "detach_distribution": "families",
     "family_of": "families",
     "mean_kl": "families",
+    "StochasticModuleWarning": "module_state",
     "FisherOperator": "fisher",
     "fisher_vector_product": "fisher",
     "graph_fisher_vector_product": "fisher",
@@ -56,6 +57,7 @@ __all__ = [
     "OutputFamily",
     "SampleLayoutWarning",
     "StepInfo",
+    "StochasticModuleWarning",
     "TrustRegionConfig",
     "TrustRegionOptimizer",
     "check_sample_layout",
@@ -97,6 +99,7 @@ if TYPE_CHECKING:  # what a static type checker and an IDE see
     from .config import FVP_METHODS, TrustRegionConfig
     from .families import OutputFamily, detach_distribution, family_of, mean_kl
     from .fisher import FisherOperator, fisher_vector_product, graph_fisher_vector_product, resolve_method
+    from .module_state import StochasticModuleWarning
     from .optimizer import TrustRegionOptimizer
     from .tree import tree_flatten, tree_map, tree_unflatten
     from .trust_region import NonFiniteError, StepInfo, trust_region_step, trust_region_update
