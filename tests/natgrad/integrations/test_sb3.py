@@ -290,3 +290,28 @@ def test_import_natgrad_does_not_import_sb3_and_a_missing_extra_says_what_to_ins
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert 'pip install "natgrad[sb3]"' in result.stdout
+
+
+def test_save_load_keeps_the_trust_region_state(tmp_path):
+    """The adapted max_kl, the warm-start solutions and the CG tally survive save / load (issue 19): the loaded
+    model's first update starts from the saved radius, not the constructor's."""
+    kw = dict(n_steps=64, batch_size=64, policy_kwargs=dict(net_arch=[8]), seed=0)
+    model = TRPO("MlpPolicy", "CartPole-v1", trust_region_kwargs=dict(adaptive=True, warm_start=True), **kw)
+    model.learn(128)
+    saved = model._trust_region.state_dict()
+    assert saved["param_groups"][0]["max_kl"] != model.target_kl  # adapted
+    model.save(tmp_path / "m.zip")
+    loaded = TRPO.load(tmp_path / "m.zip", env=model.get_env())
+    again = loaded.get_parameters()["policy.optimizer"]["natgrad_trust_region"]  # kept before the first update
+    assert again["param_groups"] == saved["param_groups"] and again["natgrad"] == saved["natgrad"]
+    assert all(torch.equal(a["solution"], b["solution"]) for a, b in zip(again["state"].values(), saved["state"].values()))
+    loaded.learn(64)
+    assert loaded.step_info.max_kl == saved["param_groups"][0]["max_kl"]
+    assert sb3_contrib.TRPO.load(tmp_path / "m.zip") is not None  # still sb3-contrib's format
+
+
+@pytest.mark.parametrize("method", ["jvp", "linearize"])
+def test_torch_func_products_get_the_policy(method):
+    model = TRPO("MlpPolicy", "CartPole-v1", n_steps=64, batch_size=64, policy_kwargs=dict(net_arch=[8]), seed=0,
+                 trust_region_kwargs=dict(fvp_method=method)).learn(64)  # fmt: skip
+    assert model.step_info.fvp_method == method and model.step_info.cg_iterations > 0
