@@ -225,6 +225,12 @@ def _reverse_product(
 
 def _kl_hvp_product(kl: Tensor, params: Sequence[Tensor]) -> LeafProduct:
     """Hessian-vector product of ``kl`` by double backprop; the gradient graph is built once."""
+    if not kl.requires_grad:
+        raise ValueError(
+            "the KL divergence does not depend on the parameters: torch.distributions.kl_divergence ignores where "
+            "they enter this distribution (e.g. the parameters of a TransformedDistribution's transforms), so the "
+            "trust region cannot be measured; put the parameters in the base distribution"
+        )
     grads = torch.autograd.grad(kl, params, create_graph=True, allow_unused=True)
     used = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
 
