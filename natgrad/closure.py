@@ -190,7 +190,12 @@ def swap_parameters(module: nn.Module, tensors: dict[str, Tensor]) -> Iterator[N
     try:
         for name, t in tensors.items():
             owner_name, _, leaf = name.rpartition(".")
-            owner = module.get_submodule(owner_name)
+            try:
+                owner = module.get_submodule(owner_name)
+            except AttributeError:
+                owner = None
+            if owner is None or leaf not in owner._parameters:
+                raise ValueError(f"{type(module).__name__} has no parameter named {name!r}")
             saved.append((owner, leaf, owner._parameters[leaf]))
             owner._parameters[leaf] = t
         yield

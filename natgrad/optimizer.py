@@ -102,6 +102,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         params = list(params)
         if not params:
             raise ValueError("no parameters to optimize: params is empty")
+        if model is not None and not isinstance(model, nn.Module):
+            raise TypeError(f"model must be the policy's torch.nn.Module, got {type(model).__name__}")
         super().__init__(params, cfg.as_dict())
         self.model = model
         self.tuned_fvp_method: str | None = None

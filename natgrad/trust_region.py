@@ -167,6 +167,8 @@ def trust_region_step(
     cfg = make_config(config, **overrides)
     params = check_parameters(params)
     check_closure(closure)
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be the policy's torch.nn.Module, got {type(model).__name__}")
     guard = ModuleStateGuard()
     try:
         with guard.watching(), torch.enable_grad():
@@ -322,13 +324,16 @@ def trust_region_update(
         nonpositive_curvature=bool(cg.nonpositive_curvature),
     )  # fmt: skip
     del fvp, cg  # free a graph held by the operator before the line search
-    if not (math.isfinite(shs) and shs > 0 and math.isfinite(gs) and gs > 0):
+    descent = math.isfinite(shs) and shs > 0 and math.isfinite(gs) and gs > 0
+    beta = math.sqrt(2.0 * cfg.max_kl / shs) if descent else math.nan
+    if not (descent and 0 < beta * gs < math.inf):
         reason = f"no descent direction: sᵀ(F+λI)s = {shs:.3g}, gᵀs = {gs:.3g} (both must be finite and > 0)"
-        if base["nonpositive_curvature"] and base["cg_iterations"] == 0:
+        if descent:
+            reason = f"the predicted improvement β·gᵀs = {beta * gs:.3g} of max_kl={cfg.max_kl:.3g} is not representable"
+        elif base["nonpositive_curvature"] and base["cg_iterations"] == 0:
             reason += "; the Fisher-vector product was not finite or not positive at the first CG iteration"
         rest = {k: v for k, v in base.items() if k not in ("max_kl", "fvp_method", "num_params", "grad_norm")}
         return _rejected(loss_before, cfg.max_kl, method, n_active, math.sqrt(gg), reason=reason, **rest), s
-    beta = math.sqrt(2.0 * cfg.max_kl / shs)
     direction = list(torch._foreach_mul(s, -beta))
     move = _search if cfg.line_search else _full_step
     outcome = move(params, direction, evaluate, cfg, loss_before=loss_before, expected=beta * gs)

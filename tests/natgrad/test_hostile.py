@@ -400,6 +400,12 @@ def snapshot_moves(_tmp):
     return snap
 
 
+def swap_unknown(_tmp):
+    policy = Policy()
+    with natgrad.swap_parameters(policy, {"nope": torch.zeros(1)}):
+        return policy
+
+
 def mvn_direct(z):
     return MultivariateNormal(z[0], scale_tril=torch.eye(K, dtype=torch.float64))
 
@@ -682,6 +688,19 @@ CASES = [
          refuses=["Distribution", "Tensor"]),
     Case("jvp_without_the_model", "12 unnamed", NAMED, lambda t: step(Policy(), fvp_method="jvp"),
          refuses=["model=policy"]),
+    Case("swap_parameters_unknown_name", "new", TRACEBACK, swap_unknown, refuses=["no parameter named", "'nope'"]),
+    Case("model_that_is_not_a_module", "new", TRACEBACK,
+         lambda t: step(p := Policy(), model=lambda x: p(x), fvp_method="jvp"), refuses=["model", "Module"]),
+    Case("config_given_as_a_string", "new", NAMED, lambda t: TrustRegionOptimizer(Policy().parameters(), "0.01"),
+         refuses=["config", "str"]),
+    Case("step_without_a_closure", "new", NAMED, lambda t: TrustRegionOptimizer(Policy().parameters()).step(),
+         refuses=["closure"]),
+    Case("fisher_closure_not_callable", "new", TRACEBACK,
+         lambda t: TrustRegionOptimizer((p := Policy()).parameters()).step(surrogate(p), fisher_closure=p(torch.zeros(4, 3, dtype=torch.float64))),
+         refuses=["fisher_closure"]),
+    Case("sync_check_every_fraction", "new", SILENT,
+         lambda t: TrustRegionOptimizer(Policy().parameters(), sync_check_every=2.7),
+         refuses=["sync_check_every", "2.7"]),
     # new: odd but legal inputs that must work
     Case("named_parameters", "new", HANDLED, named_params, check=accepted),
     Case("two_parameter_groups", "new", HANDLED, two_groups, check=accepted),
