@@ -30,7 +30,7 @@ from torch import Tensor
 
 from .config import TrustRegionConfig, checked_value, make_config
 
-__all__ = ["LineSearchResult", "line_search", "measured_kl", "restore_on_error"]
+__all__ = ["LineSearchResult", "evaluated", "line_search", "measured_kl", "restore_on_error"]
 
 
 @dataclass
@@ -57,7 +57,27 @@ class LineSearchResult:
 
 
 def _as_float(x: Tensor | float) -> float:
-    return float(x.detach()) if isinstance(x, Tensor) else float(x)
+    if isinstance(x, Tensor) and x.numel() == 1:
+        return float(x.detach())
+    if not isinstance(x, (Tensor, str, bytes)):
+        try:
+            return float(x)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(f"evaluate must return (loss, kl) as numbers or one-element tensors, got a {_kind(x)}")
+
+
+def _kind(x: object) -> str:
+    return f"tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+
+
+def evaluated(evaluate: Callable[[], tuple[Tensor | float, Tensor | float]]) -> tuple[float, float]:
+    """``evaluate()`` as ``(loss, kl)`` floats (the KL's round-off below zero clamped), or a one-line
+    ``TypeError`` when it does not return two numbers."""
+    out = evaluate()
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError(f"evaluate must return (loss, kl), it returned a {_kind(out)}")
+    return _as_float(out[0]), measured_kl(out[1])
 
 
 def line_search(
@@ -131,8 +151,7 @@ def line_search(
         kl = improvement = expected = math.nan
         for k in range(max_iters):
             torch._foreach_copy_(params, torch._foreach_add(saved, direction, alpha=fraction))
-            loss, kl_t = evaluate()
-            loss_f, kl = _as_float(loss), measured_kl(kl_t)
+            loss_f, kl = evaluated(evaluate)
             improvement = loss_before - loss_f
             expected = fraction * expected_improvement
             if (

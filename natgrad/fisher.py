@@ -471,6 +471,8 @@ def _subsample(
     """``args`` restricted to ``subsample`` samples drawn without replacement, and the sample count."""
     n_full = _batch_size(args)
     subsample = checked_value("subsample", int | float | None, subsample)  # True is not a count
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if subsample is None:
         return args, n_full
     if n_full is None:

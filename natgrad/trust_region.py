@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
-from .backtracking import line_search, measured_kl, restore_on_error
+from .backtracking import evaluated, line_search, restore_on_error
 from .cg import CGResult, conjugate_gradient
 from .closure import (
     Closure,
@@ -456,8 +456,7 @@ def _full_step(
     with torch.no_grad(), restore_on_error(params) as saved:
         for p, d in zip(params, direction):
             p.add_(d)
-        new_loss, kl_t = evaluate()
-        loss_after, kl = float(new_loss), measured_kl(kl_t)
+        loss_after, kl = evaluated(evaluate)
         accepted = math.isfinite(loss_after) and math.isfinite(kl)
         if not accepted:
             for p, p0 in zip(params, saved):
