@@ -167,9 +167,9 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             others = self.param_groups[1:]
             if all(all(g.get(k, _MISSING) == values[k] for k in HYPERPARAMETERS) for g in others):
                 return self._config[1]
-        cfg = checked_group_values(first, "param group 0")
+        cfg = checked_group_values(first, "param group 0", allowed=first)  # other keys set by hand: the user's
         for i, group in enumerate(self.param_groups[1:], start=1):
-            if checked_group_values(group, f"param group {i}") != cfg:
+            if checked_group_values(group, f"param group {i}", allowed=group) != cfg:
                 key = next(k for k in HYPERPARAMETERS if group[k] != first[k])
                 raise ValueError(
                     f"param group {i} sets {key}={group[key]!r} but group 0 has {first[key]!r}; "
@@ -189,7 +189,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "_config" not in self.__dict__:  # a pickle of the groups and state only (an older natgrad)
-            cfg = checked_group_values(self.param_groups[0], "param group 0")
+            cfg = checked_group_values(self.param_groups[0], "param group 0", allowed=self.param_groups[0])
             self._config = (cfg.as_dict(), cfg)
             for name, value in (("model", None), ("tuned_fvp_method", None), ("fvp_timings", None),
                                 ("_cg_products", (0, 0)), ("distributed", False), ("process_group", None),

@@ -15,7 +15,7 @@ one-line ``ValueError`` naming the key.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import fields
 from typing import Any
 
@@ -41,13 +41,14 @@ GROUP_KEYS = ("params", "param_names", "differentiable")
 _STATE_KEYS = ("step", "solution")
 
 
-def checked_group_values(group: Mapping[str, Any], where: str) -> TrustRegionConfig:
+def checked_group_values(group: Mapping[str, Any], where: str, allowed: Collection[str] = ()) -> TrustRegionConfig:
     """The hyperparameters of one parameter group as a validated config; a one-line ``ValueError`` starting with
-    ``where`` for a missing or unknown key, or a value of the wrong type or range."""
+    ``where`` for a missing key, a key neither a hyperparameter, torch's nor in ``allowed``, or a value of the wrong
+    type or range."""
     if not isinstance(group, Mapping):
         raise TypeError(f"{where} must be a dict, got {type(group).__name__}")
     missing = [k for k in HYPERPARAMETERS if k not in group]
-    unknown = sorted(k for k in group if k not in HYPERPARAMETERS and k not in GROUP_KEYS)
+    unknown = sorted(str(k) for k in group if k not in HYPERPARAMETERS and k not in GROUP_KEYS and k not in allowed)
     if unknown:
         raise ValueError(
             f"{where} has keys {unknown} that TrustRegionOptimizer does not know (another optimizer's settings?); "
@@ -75,8 +76,8 @@ def checked_state_dict(state_dict: Any, groups: list[dict[str, Any]]) -> dict[st
         raise ValueError(f"the state_dict has {n} parameter groups, this optimizer has {len(groups)}")
     new_groups, ids = [], {}
     for i, (sg, g) in enumerate(zip(saved, groups)):
-        cfg = checked_group_values(sg, f"state_dict param group {i}")
-        if i and cfg != checked_group_values(saved[0], "state_dict param group 0"):
+        cfg = checked_group_values(sg, f"state_dict param group {i}", allowed=g)  # keys a user put in the group
+        if i and cfg != checked_group_values(saved[0], "state_dict param group 0", allowed=saved[0]):
             raise ValueError(f"state_dict param group {i} has other hyperparameters than group 0; they are global")
         sp = sg.get("params")
         if not isinstance(sp, (list, tuple)) or len(sp) != len(g["params"]):

@@ -105,3 +105,19 @@ def test_a_state_dict_of_an_older_natgrad_still_loads():
     fresh = TrustRegionOptimizer(policy.parameters())
     fresh.load_state_dict(old)
     assert fresh.config.max_kl == 0.02
+
+
+def test_keys_a_user_puts_in_a_group_survive_a_round_trip():
+    """torch users keep their own keys in parameter groups ("name" for logging): a step and a round trip keep
+    them; a key added through add_param_group that is not a trust-region setting is refused (``lr`` given to
+    TRPO would do nothing)."""
+    policy = GaussianPolicy()
+    opt = TrustRegionOptimizer(policy.parameters())
+    opt.param_groups[0]["name"] = "actor"
+    opt.step(policy_problem(policy))
+    again = TrustRegionOptimizer(policy.parameters())
+    again.param_groups[0]["name"] = "critic"
+    again.load_state_dict(opt.state_dict())
+    assert again.param_groups[0]["name"] == "actor"
+    with pytest.raises(ValueError, match="lr"):
+        opt.add_param_group({"params": [torch.zeros(2, requires_grad=True)], "lr": 0.1})
