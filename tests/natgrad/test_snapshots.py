@@ -26,6 +26,7 @@ from torch.distributions import (
 )
 
 import natgrad
+from natgrad.closure import reference_distribution
 
 N, K = 16, 3
 MAX_KL = 0.05
@@ -142,7 +143,7 @@ def test_no_grad_recompute_fallback_is_a_copy():
         def __reduce_ex__(self, protocol):
             raise TypeError("not copyable")
 
-    ref = natgrad.closure.reference_distribution(Uncopyable(theta, 1.0), lambda: Normal(theta, 1.0))
+    ref = reference_distribution(Uncopyable(theta, 1.0), lambda: Normal(theta, 1.0))
     with torch.no_grad():
         theta.add_(1.0)
     assert float(ref.loc.abs().max()) == 0.0
