@@ -486,6 +486,8 @@ def with_settings(config: TrainingConfig, values: dict[str, Any]) -> TrainingCon
     of its fields (``{"trust_region": {"max_kl": 0.05}}``) or field by field under its flat name
     (``{"max_kl": 0.05, "ppo_lr": 1e-3}``).  Unknown names are a ``ValueError`` naming them; bad values raise the
     group's own one-line ``ValueError``."""
+    if not isinstance(values, dict):
+        raise ValueError(f"settings must be a mapping of field names to values, got {type(values).__name__}")
     flat = flat_names()
     top = {f.name for f in fields(TrainingConfig)}
     unknown = sorted(k for k in values if k not in top and k not in flat)
