@@ -328,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (``json`` keeps the last of a repeated key without a word)."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once")
+    return dict(pairs)
+
+
 def _parse_config_text(path: Path) -> Any:
     """The data of a JSON or TOML (``.toml``) file; ``ValueError`` naming the file and what is wrong."""
     if path.is_dir():
@@ -347,7 +356,7 @@ def _parse_config_text(path: Path) -> Any:
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib  # type: ignore[no-redef]
             return tomllib.loads(text)
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except ModuleNotFoundError:
         raise ValueError("reading TOML on Python 3.10 needs the tomli package (or use a JSON config)") from None
     except Exception as exc:

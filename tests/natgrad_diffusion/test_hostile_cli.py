@@ -53,15 +53,19 @@ def resumed(changes: dict, *argv: object):
     """``act``: a directory whose ``run.json`` holds a configuration with ``changes``, resumed."""
 
     def act(tmp: Path) -> str:
-        from natgrad_diffusion.config import TRAINING, config_dict
-
-        run = tmp / "run"
-        run.mkdir()
-        saved = {**config_dict(TRAINING), "out": str(run), **changes}
-        (run / "run.json").write_text(json.dumps({"config": saved}))
-        return cli("train", "--resume", "--out", run, *FAST, *argv)
+        return cli("train", "--resume", "--out", run_dir(tmp, **changes), *FAST, *argv)
 
     return act
+
+
+def run_dir(tmp: Path, **changes: object) -> Path:
+    """A run directory whose ``run.json`` holds a configuration with ``changes`` (and nothing else)."""
+    from natgrad_diffusion.config import TRAINING, config_dict
+
+    run = tmp / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"config": {**config_dict(TRAINING), "out": str(run), **changes}}))
+    return run
 
 
 def png(path: Path, array: np.ndarray) -> Path:
@@ -307,6 +311,11 @@ CASES = [
     Case("cfg_keys_outside_train_table", "new", SILENT,
          with_config("settings.toml", "seed = 3\n[train]\nguidance_scale = 3.0\n"), refuses=["seed", "[train]"]),
     Case("cfg_train_table_not_table", "new", UNNAMED, json_config({"train": 5}), refuses=["[train]", "5"]),
+    Case("cfg_json_repeated_key", "new", SILENT, with_config("settings.json", '{"seed": 1, "guidance_scale": 3, "seed": 2}'),
+         refuses=["settings.json", "seed given more than once"]),
+    Case("cfg_json_nan_damping", "new", NAMED, with_config("settings.json", '{"damping": NaN}'), refuses=["damping", "nan"]),
+    Case("cfg_toml_huge_seed", "new", UNNAMED, with_config("settings.toml", "seed = 99999999999999999999\n"),
+         refuses=["seed", "99999999999999999999"]),
     Case("cfg_json_bom", "new", UNNAMED, load_config("settings.json", '\ufeff{"guidance_scale": 3.0}'.encode()),
          check=lambda result, tmp: result == {"guidance_scale": 3.0}),
     Case("resume_run_json_string_bool", "6 types", SILENT, resumed({"critic": "no"}),
@@ -463,11 +472,25 @@ CASES = [
     Case("eta_negative", "new", NAMED, train("--eta", "-0.5"), refuses=["eta", "-0.5"]),
     Case("guidance_below_one", "new", NAMED, train("--guidance-scale", "0.5"), refuses=["guidance_scale", "0.5"]),
     Case("test_mode_runs", "new", HANDLED, train(), check=ran),
+    Case("algorithm_upper_case", "new", NAMED, train("--algorithm", "TRPO"), refuses=["algorithm", "'TRPO'", "trpo"]),
+    Case("reward_lower_case", "new", HANDLED, train("--reward", "mmd"), check=ran),
+    Case("reference_wrong_size", "new", NAMED,
+         lambda tmp: train("--reference", reference_npz(tmp, noise((3, 64, 64))))(tmp), refuses=["ref.npz", "64×64"]),
     # -- the other subcommands -------------------------------------------------------------------------------------
     Case("sample_images_per_prompt_zero", "new", NAMED, sample("--prompt", "a crater", "--images-per-prompt", "0"),
          refuses=["--images-per-prompt", "0"]),
     Case("sample_prompts_missing", "new", NAMED, lambda tmp: cli("sample", "--prompts", tmp / "none.txt"),
          refuses=["none.txt", "not found"]),
+    Case("sample_prompt_too_long", "new", SILENT, sample("--prompt", "crater " * 300, "--steps", "2"),
+         refuses=["--prompt", "2099 characters"]),
+    Case("sample_run_json_string_bool", "6 types", UNNAMED, lambda tmp: cli("sample", "--run", run_dir(tmp, critic="no")),
+         refuses=["run.json", "critic", "'no'"]),
+    Case("evaluate_run_json_string_number", "12 unnamed", UNNAMED,
+         lambda tmp: cli("evaluate", "--run", run_dir(tmp, guidance_scale="2")),
+         refuses=["run.json", "guidance_scale", "'2'"]),
+    Case("build_reference_crop_factor_nan", "new", NAMED,
+         lambda tmp: cli("build-reference", tmp / "m", "--source", "mars", "--crop-factor", "nan"),
+         refuses=["--crop-factor", "nan"]),
     Case("build_reference_n_one", "new", NAMED, lambda tmp: cli("build-reference", tmp / "r.npz", "--n", 1),
          refuses=["--n", "1"]),
     Case("build_reference_size_seven", "new", NAMED, lambda tmp: cli("build-reference", tmp / "r.npz", "--size", 7),
