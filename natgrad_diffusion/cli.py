@@ -37,7 +37,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import GROUPS, TRAINING, TrainingConfig, flat_names, with_settings
+from .config import FEATURE_NAMES, GROUPS, LIMITS, TRAINING, TrainingConfig, flat_names, with_settings
 
 __all__ = ["build_parser", "load_config_file", "main", "training_config"]
 
@@ -159,6 +159,37 @@ def _json_dict(text: str) -> dict[str, Any]:
     return value
 
 
+def _bounded(lo: int, hi: int) -> Any:
+    """An argparse ``type``: an integer in ``[lo, hi]`` (the error names the range and the value)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}], got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer in [{lo}, {hi}], got {value}")
+        return value
+
+    return parse
+
+
+def _limit(name: str) -> Any:
+    """:func:`_bounded` over ``LIMITS[name]``."""
+    lo, hi = LIMITS[name]
+    return _bounded(int(lo), int(hi))
+
+
+def _prompt(text: str) -> str:
+    """An argparse ``type``: a non-empty prompt (:func:`~natgrad_diffusion.job.check_prompt`)."""
+    from .job import TrainingError, check_prompt
+
+    try:
+        return check_prompt(text, "the prompt")
+    except TrainingError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _names(text: str) -> tuple[str, ...]:
     """``"resnet18,pixels"`` → ``("resnet18", "pixels")`` (an empty string: none)."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -216,9 +247,13 @@ def _add_data_commands(sub: Any) -> None:
         help="render craters (default); crop pycda's labelled Mars tile into reference / validation / evaluation "
         "splits; the images of --folder; or patches of skimage's moon image",
     )
-    r.add_argument("--n", type=int, default=TRAINING.reference_n, help="images (render, moon)")
-    r.add_argument("--seed", type=int, default=TRAINING.reference_seed, help="seed of the renders, patches or split")
-    r.add_argument("--size", type=int, default=32, help="image size in pixels (the embedded model makes 32×32)")
+    r.add_argument("--n", type=_limit("images"), default=TRAINING.reference_n, help="images (render, moon)")
+    r.add_argument(
+        "--seed", type=_limit("seed"), default=TRAINING.reference_seed, help="seed of the renders, patches or split"
+    )
+    r.add_argument(
+        "--size", type=_limit("image_size"), default=32, help="image size in pixels (the embedded model makes 32×32)"
+    )
     r.add_argument("--diversity", default=TRAINING.reference_diversity, help="render: narrow, medium, broad or 0–1")
     r.add_argument("--crop-factor", type=float, default=None, help="mars: crop side / crater diameter (2.5)")
     r.add_argument("--min-diameter", type=float, default=None, help="mars: smallest crater diameter, pixels (12)")
@@ -229,11 +264,12 @@ def _add_data_commands(sub: Any) -> None:
     f.add_argument(
         "--extractor",
         default=TRAINING.features,
+        choices=FEATURE_NAMES,
         help=f"crater, resnet18, clip or pixels (default: {TRAINING.features})",
     )
     f.add_argument("--weights", default=TRAINING.feature_weights, help="extractor weights: hub id or directory")
     f.add_argument(
-        "--image-size", type=int, default=None,
+        "--image-size", type=_limit("feature_image_size"), default=None,
         help="images are resized to this size (default: the extractor's own: 32 for crater, 224 for resnet18)",
     )  # fmt: skip
 
@@ -242,14 +278,18 @@ def _add_run_commands(sub: Any) -> None:
     s = sub.add_parser("sample", help="sample images with a trained policy (or the pretrained model)")
     s.add_argument("--run", type=Path, default=None, help="run directory (default: the pretrained model)")
     s.add_argument("--model", default=None, help="model directory or hub id (default: the run's, or the crater model)")
-    s.add_argument("--prompt", action="append", default=None, help="prompt (repeatable; default: the eval prompts)")
+    s.add_argument(
+        "--prompt", action="append", type=_prompt, default=None, help="prompt (repeatable; default: the eval prompts)"
+    )
     s.add_argument("--prompts", type=Path, default=None, help="prompts file, one per line")
     s.add_argument(
-        "--images-per-prompt", type=int, default=TRAINING.eval_images_per_prompt,
+        "--images-per-prompt", type=_bounded(1, 1000), default=TRAINING.eval_images_per_prompt,
         help=f"images per prompt, one grid row each (default: {TRAINING.eval_images_per_prompt})",
     )  # fmt: skip
-    s.add_argument("--steps", type=int, default=None, help="denoising steps (default: the run's)")
-    s.add_argument("--seed", type=int, default=TRAINING.eval_seed, help="seed of the first image (image i: seed + i)")
+    s.add_argument("--steps", type=_limit("steps"), default=None, help="denoising steps (default: the run's)")
+    s.add_argument(
+        "--seed", type=_limit("seed"), default=TRAINING.eval_seed, help="seed of the first image (image i: seed + i)"
+    )
     s.add_argument(
         "--out",
         type=Path,
@@ -259,7 +299,7 @@ def _add_run_commands(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="metrics table: pretrained model vs a run's fine-tuned policy")
     e.add_argument("--run", type=Path, required=True, help="run directory")
     e.add_argument("--eval-prompts", type=Path, default=None, help="prompts file (default: the run's)")
-    e.add_argument("--images-per-prompt", type=int, default=None, help="default: the run's")
+    e.add_argument("--images-per-prompt", type=_bounded(2, 1000), default=None, help="default: the run's")
     e.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
     pl = sub.add_parser("plot", help="PNG plots of a run's CSV")
     pl.add_argument("--run", type=Path, required=True, help="run directory")
@@ -288,34 +328,79 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Settings from a JSON or TOML file: :class:`TrainingConfig` fields, nested groups as tables (or their flat
-    names); unknown keys are an error."""
-    path = Path(path)
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique (``json`` keeps the last of a repeated key without a word)."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once")
+    return dict(pairs)
+
+
+def _parse_config_text(path: Path) -> Any:
+    """The data of a JSON or TOML (``.toml``) file; ``ValueError`` naming the file and what is wrong."""
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a directory; give a JSON or TOML file")
     if not path.is_file():
         raise ValueError(f"config file {path} not found")
-    text = path.read_text(encoding="utf-8")
     try:
-        if path.suffix.lower() == ".toml":
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                         f"{exc.start})") from None  # fmt: skip
+    toml = path.suffix.lower() == ".toml"
+    try:
+        if toml:
             try:
                 import tomllib
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib  # type: ignore[no-redef]
-            data = tomllib.loads(text)
-        else:
-            data = json.loads(text)
+            return tomllib.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except ModuleNotFoundError:
         raise ValueError("reading TOML on Python 3.10 needs the tomli package (or use a JSON config)") from None
     except Exception as exc:
-        raise ValueError(f"cannot parse config file {path}: {exc}") from None
+        kind = "TOML" if toml else "JSON (a config file is JSON, or TOML named *.toml)"
+        raise ValueError(f"cannot parse config file {path} as {kind}: {exc}") from None
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Settings from a JSON or TOML file: :class:`TrainingConfig` fields, nested groups as tables (or their flat
+    names), all at the top or all in a ``[train]`` table; unknown keys and values of the wrong type are an error
+    (``ValueError`` naming the file)."""
+    path = Path(path)
+    data = _parse_config_text(path)
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a table / object of TrainingConfig fields")
-    data = data.get("train", data)
+    if "train" in data:
+        others = sorted(k for k in data if k != "train")
+        if others:
+            raise ValueError(f"config file {path}: {', '.join(others)} outside the [train] table (put every "
+                             "setting in it, or none)")  # fmt: skip
+        data = data["train"]
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path}: [train] must be a table of settings, got {data!r:.60}")
     try:
         with_settings(TRAINING, data)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"config file {path}: {exc}") from None
     return data
+
+
+def _saved_settings(out: str | os.PathLike) -> dict[str, Any]:
+    """The settings in ``OUT/run.json`` (``{}`` without one), checked: a bad value names the file."""
+    saved = Path(out) / "run.json"
+    if not saved.is_file():
+        return {}
+    from .job import known_settings
+    from .logs import read_metadata
+
+    stored = known_settings(read_metadata(saved.parent)["config"])
+    try:
+        with_settings(TRAINING, stored)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{saved}: {exc}") from None
+    return stored
 
 
 def training_config(args: argparse.Namespace) -> tuple[TrainingConfig, set[str]]:
@@ -329,36 +414,48 @@ def training_config(args: argparse.Namespace) -> tuple[TrainingConfig, set[str]]
         values.update(load_config_file(args.config))
     explicit = set(given)
     if args.resume:
-        saved = Path(given.get("out", values.get("out", TRAINING.out))) / "run.json"
-        if saved.is_file():
-            from .job import known_settings
-            from .logs import read_metadata
-
-            stored = known_settings(read_metadata(saved.parent)["config"])
-            values.update(stored)
-            explicit |= set(stored)
+        stored = _saved_settings(given.get("out", values.get("out", TRAINING.out)))
+        values.update(stored)
+        explicit |= set(stored)
     values.update(given)
     return with_settings(TRAINING, values), explicit
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``natgrad-diffusion`` console script (``argv`` defaults to ``sys.argv[1:]``)."""
-    from .commands import COMMANDS
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        fail("interrupted (the run directory keeps its last checkpoint; continue with --resume)")
-    except OSError as exc:
-        if args.debug:
-            raise
+def _message(exc: BaseException) -> str:
+    """The one line ``main`` prints for ``exc``."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, OSError):
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
-        reason = exc.strerror or str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fail(f"cannot use{where}: {reason}")
-    except (ValueError, TypeError, RuntimeError) as exc:
-        if args.debug:
+        return f"cannot use{where}: {exc.strerror or text or type(exc).__name__}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{f' ({text})' if text else ''}: lower --batch-size, the image sizes or the chunk sizes"
+    if isinstance(exc, FloatingPointError):  # natgrad.NonFiniteError: NaN or infinite numbers
+        return f"{text or type(exc).__name__} (numbers became NaN or infinite; --debug shows the traceback)"
+    if isinstance(exc, (ValueError, TypeError, RuntimeError)):
+        return text or type(exc).__name__
+    return f"internal error {type(exc).__name__}: {text} (--debug shows the traceback; please report it)"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``natgrad-diffusion`` console script (``argv`` defaults to ``sys.argv[1:]``).
+
+    Every failure ends in one line ``natgrad-diffusion: error: ...`` and exit status 2 (``--debug`` shows the
+    traceback instead), Ctrl-C included, from the first import on."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command, debug = None, "--debug" in argv
+    try:
+        from .commands import COMMANDS
+
+        args = build_parser().parse_args(argv)
+        command, debug = args.command, args.debug
+        COMMANDS[command](args)
+    except KeyboardInterrupt:
+        if command == "train":
+            fail("interrupted (the run directory keeps its last checkpoint; continue with --resume)")
+        fail("interrupted")
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug:
             raise
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fail(message)
+        fail(_message(exc))

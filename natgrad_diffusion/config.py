@@ -31,11 +31,13 @@ budget per *trajectory* when changing the number of steps, scale ``max_kl ∝ 1/
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum
 from typing import Any
 
-from natgrad.config import TrustRegionConfig
+from natgrad.config import TrustRegionConfig, checked_fields
 
 __all__ = [
     "CHUNKS",
@@ -44,7 +46,9 @@ __all__ = [
     "CRATER_POLICY_OPTIONS",
     "CRITIC",
     "DDPO_RECIPE",
+    "FEATURE_NAMES",
     "GROUPS",
+    "LIMITS",
     "LORA",
     "PPO",
     "SAMPLING",
@@ -106,6 +110,9 @@ class SamplingConfig:
     storage_dtype: str = "float32"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        checked_fields(self)
+
 
 @dataclass(frozen=True)
 class ChunkConfig:
@@ -137,6 +144,7 @@ class ChunkConfig:
     fvp_method: str = "jvp"
 
     def __post_init__(self) -> None:
+        checked_fields(self)
         if self.fvp_method not in ("jvp", "reverse"):
             raise ValueError(f"fvp_method of a LORA_UNET update must be jvp or reverse, got {self.fvp_method!r}")
         for name in ("grad_chunk", "fvp_chunk", "eval_chunk", "fvp_min_decisions"):
@@ -159,8 +167,11 @@ class LoRAConfig:
     rank: int = 4
     alpha: float = 4.0
     target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    init_lora_weights: str = "gaussian"
+    init_lora_weights: str | bool = "gaussian"
     init_seed: int | None = 0
+
+    def __post_init__(self) -> None:
+        checked_fields(self)
 
 
 @dataclass(frozen=True)
@@ -186,6 +197,9 @@ class SchedulerPolicyConfig:
     hidden: int = 64
     init_log_std: float = -0.5
 
+    def __post_init__(self) -> None:
+        checked_fields(self)
+
 
 @dataclass(frozen=True)
 class ConditioningPolicyConfig:
@@ -203,6 +217,9 @@ class ConditioningPolicyConfig:
     hidden: int = 64
     init_log_std: float = 0.0
     basis_seed: int = 0
+
+    def __post_init__(self) -> None:
+        checked_fields(self)
 
 
 @dataclass(frozen=True)
@@ -227,6 +244,9 @@ class CriticConfig:
     stat_buffer: int = 32
     stat_min_count: int = 4
 
+    def __post_init__(self) -> None:
+        checked_fields(self)
+
 
 @dataclass(frozen=True)
 class PPOConfig:
@@ -237,7 +257,8 @@ class PPOConfig:
 
     ``mean_logprob=True`` is DDPO's ratio (Black et al., 2023): the log-probabilities are averaged over each
     decision's ``D`` action dimensions, :math:`r = \\exp((\\log\\pi_\theta - \\log\\pi_{old}) / D)`; DDPO's recipe is
-    ``mean_logprob=True, clip_range=1e-4, lr=3e-4, adv_clip=5`` (:data:`DDPO_RECIPE`).
+    ``mean_logprob=True, clip_range=1e-4, lr=3e-4, adv_clip=5`` (:data:`DDPO_RECIPE`).  ``lr`` and ``clip_range`` are
+    finite numbers > 0; ``max_grad_norm`` and ``adv_clip`` may be ``inf`` (no clipping).
     """
 
     lr: float = 3e-4
@@ -249,10 +270,13 @@ class PPOConfig:
     mean_logprob: bool = False
 
     def __post_init__(self) -> None:
+        checked_fields(self)
         for name in ("lr", "clip_range", "max_grad_norm", "adv_clip"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"ppo {name} must be a number > 0, got {value!r}")
+            finite = name in ("lr", "clip_range")  # an infinite gradient-norm or advantage clip is no clip
+            if not value > 0 or (finite and not math.isfinite(value)):
+                kind = "a finite number" if finite else "a number"
+                raise ValueError(f"ppo {name} must be {kind} > 0, got {value!r}")
         _positive_int("ppo epochs", self.epochs)
         _positive_int("ppo minibatch", self.minibatch)
 
@@ -365,6 +389,12 @@ class TrainingConfig:
     threads: int | None = None
     test_mode: bool = False
 
+    def __post_init__(self) -> None:
+        for f in fields(self):  # paths may be given as Path objects: stored as the strings they name
+            if isinstance(getattr(self, f.name), os.PathLike):
+                object.__setattr__(self, f.name, os.fspath(getattr(self, f.name)))
+        checked_fields(self)
+
 
 #: the crater job's LoRA update: the embedded UNet is small, so the Fisher sub-sample's graph is kept (``reverse``)
 #: and a quarter of each update's decisions enter it; one update then takes about 8 s on one thread
@@ -390,6 +420,38 @@ TEST_MODE: dict[str, Any] = {
     "eval_max_prompts": 2,
 }
 
+
+#: the image feature extractors by name (:data:`natgrad_diffusion.features.FEATURE_EXTRACTORS`; here too so that
+#: the command line checks a name without importing torch)
+FEATURE_NAMES = ("crater", "resnet18", "clip", "pixels")
+
+#: the inclusive ranges that :func:`~natgrad_diffusion.job.validate_config` and the command line accept (issue 19:
+#: outside them a run does nothing useful, or allocates without bound, and says so only much later):
+#:
+#: * ``max_kl`` (and ``max_kl_bounds``): 1e-6 to 10 nats per decision.  Below, the KL of a step is float32 round-off
+#:   (about 1e-7) and the line search measures noise; above, the policy may leave everything it knew (a step of
+#:   KL 1e30 is NaN, and every update is rejected).
+#: * ``guidance_scale``: 1 (no guidance) to 50 (classifier-free guidance beyond that saturates the images; at 1e30
+#:   they are NaN).
+#: * ``eta``: 0 (deterministic DDIM) to 1 (DDPM-like); above 1 the DDIM variance exceeds the step's and the next
+#:   latent is NaN.
+#: * seeds (``seed``, ``eval_seed``, ``reference_seed``, ``--seed``): 0 to 2³² − 1.
+#: * ``steps``: 1 to the scheduler's training timesteps (read from a local model; 1000, the usual, for a hub id).
+#: * ``image_size``: the side of the images of ``build-reference`` (8 to 1024 pixels); ``feature_image_size``: the
+#:   size images are resized to for a feature extractor (1 to 1024).
+#: * ``images``: the images of a reference set (``reference_n``, ``build-reference --n``), 2 to 100 000.
+#: * ``prompt_length``: characters of one prompt (the text encoders read 77 tokens; a longer line is not a prompt).
+LIMITS: dict[str, tuple[float, float]] = {
+    "max_kl": (1e-6, 10.0),
+    "guidance_scale": (1.0, 50.0),
+    "eta": (0.0, 1.0),
+    "seed": (0, 2**32 - 1),
+    "steps": (1, 1000),
+    "image_size": (8, 1024),
+    "feature_image_size": (1, 1024),
+    "images": (2, 100_000),
+    "prompt_length": (1, 1000),
+}
 
 #: the PPO settings of public diffusion-RL code (DDPO, Black et al. 2023), translated to our decisions
 DDPO_RECIPE = {"ppo_mean_logprob": True, "ppo_clip_range": 1e-4, "ppo_lr": 3e-4, "ppo_adv_clip": 5.0}
@@ -424,6 +486,8 @@ def with_settings(config: TrainingConfig, values: dict[str, Any]) -> TrainingCon
     of its fields (``{"trust_region": {"max_kl": 0.05}}``) or field by field under its flat name
     (``{"max_kl": 0.05, "ppo_lr": 1e-3}``).  Unknown names are a ``ValueError`` naming them; bad values raise the
     group's own one-line ``ValueError``."""
+    if not isinstance(values, dict):
+        raise ValueError(f"settings must be a mapping of field names to values, got {type(values).__name__}")
     flat = flat_names()
     top = {f.name for f in fields(TrainingConfig)}
     unknown = sorted(k for k in values if k not in top and k not in flat)
@@ -451,8 +515,6 @@ def with_settings(config: TrainingConfig, values: dict[str, Any]) -> TrainingCon
         bad = sorted(set(changes) - known)
         if bad:
             raise ValueError(f"unknown {group} setting(s) {', '.join(bad)}")
-        if group == "trust_region" and "max_kl_bounds" in changes:
-            changes["max_kl_bounds"] = tuple(changes["max_kl_bounds"])
         plain[group] = replace(base, **changes)
     return replace(config, **plain)
 

@@ -346,7 +346,8 @@ def save_features(fs: FeatureSet, path: str | os.PathLike) -> Path:
 
 
 def load_features(path: str | os.PathLike) -> FeatureSet:
-    """Read a features file; :class:`FeatureFileError` if it is not a valid one of this version."""
+    """Read a features file; :class:`FeatureFileError` if it is not a valid one of this version, or holds fewer than
+    2 feature vectors (every use compares several) or NaN / infinite values."""
     path = Path(path)
     keys = ("features", "captions", "extractor", "reference", "version")
     z = read_npz(path, keys, "features", FeatureFileError)
@@ -363,6 +364,13 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
         raise FeatureFileError(f"{path}: corrupted metadata ({exc.msg})") from None
     if fs.features.ndim != 2 or fs.features.shape[0] != len(fs.captions):
         raise FeatureFileError(f"{path}: features {fs.features.shape} do not match {len(fs.captions)} captions")
+    if not np.issubdtype(fs.features.dtype, np.number) or np.issubdtype(fs.features.dtype, np.complexfloating):
+        raise FeatureFileError(f"{path}: features must be real numbers, got dtype {fs.features.dtype}")
+    if fs.features.shape[0] < 2:
+        raise FeatureFileError(f"{path}: {fs.features.shape[0]} feature vector(s); a features file needs at least 2")
+    if not np.isfinite(fs.features).all():
+        bad = int((~np.isfinite(fs.features)).any(axis=1).sum())
+        raise FeatureFileError(f"{path}: NaN or infinite features in {bad} of {fs.features.shape[0]} rows")
     return fs
 
 

@@ -7,18 +7,29 @@ Everything here runs before training starts, so that a bad input fails in one li
 
 from __future__ import annotations
 
+import inspect
+import json
 import os
 import re
+import typing
+import unicodedata
 import warnings
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from natgrad.config import checked_fields
+
 from .config import (
+    CONDITIONING_POLICY,
     CRATER_POLICY_OPTIONS,
+    FEATURE_NAMES,
+    LIMITS,
+    LORA,
+    SCHEDULER_POLICY,
     TEST_MODE,
     TRAINING,
     PolicyMode,
@@ -35,12 +46,15 @@ __all__ = [
     "TrainingError",
     "apply_test_mode",
     "check_model",
+    "check_prompt",
+    "check_range",
     "feature_extractor",
     "job_prompts",
     "load_model",
     "load_prompts",
     "load_reference_features",
     "load_run_config",
+    "max_steps",
     "parse_mode",
     "reference_set",
     "resolve_defaults",
@@ -132,21 +146,115 @@ def _check_choices(c: TrainingConfig) -> None:
 
 
 def _check_feature_names(c: TrainingConfig) -> None:
-    from .features import FEATURE_EXTRACTORS
-
     names = (c.features, *c.eval_features)
-    unknown = [n for n in names if n not in FEATURE_EXTRACTORS]
+    unknown = [n for n in names if n not in FEATURE_NAMES]
     if unknown:
-        raise TrainingError(
-            f"unknown feature space(s) {', '.join(unknown)}; choose from {', '.join(FEATURE_EXTRACTORS)}"
-        )
+        raise TrainingError(f"unknown feature space(s) {', '.join(unknown)}; choose from {', '.join(FEATURE_NAMES)}")
     if c.features in c.eval_features:
         raise TrainingError(f"eval_features lists {c.features!r}, the reward's own space (it is always evaluated)")
 
 
+def _number(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
+
+
+def check_range(name: str, value: float, limit: str | None = None, what: str = "a number", note: str = "") -> None:
+    """:class:`TrainingError` unless ``lo <= value <= hi`` for the range ``LIMITS[limit or name]``
+    (:data:`~natgrad_diffusion.config.LIMITS`; NaN is outside every range)."""
+    lo, hi = LIMITS[limit or name]
+    if not lo <= value <= hi:
+        raise TrainingError(f"{name} must be {what} in [{_number(lo)}, {_number(hi)}]{note}, got {value!r}")
+
+
+def max_steps(model: str | None) -> int:
+    """The training timesteps of the scheduler of ``model`` (``None``: the embedded model), read from its
+    ``scheduler/scheduler_config.json``; ``LIMITS["steps"][1]`` when it cannot be read (a hub id)."""
+    path = (DEFAULT_MODEL_DIR if model is None else Path(model)) / "scheduler" / "scheduler_config.json"
+    try:
+        steps = json.loads(path.read_text(encoding="utf-8"))["num_train_timesteps"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(LIMITS["steps"][1])
+    return int(steps) if isinstance(steps, int) and steps >= 1 else int(LIMITS["steps"][1])
+
+
+def _check_ranges(c: TrainingConfig) -> None:
+    tr = c.trust_region
+    check_range("max_kl", tr.max_kl, note=" (nats per decision)")
+    if tr.adaptive and not all(LIMITS["max_kl"][0] <= b <= LIMITS["max_kl"][1] for b in tr.max_kl_bounds):
+        lo, hi = LIMITS["max_kl"]
+        raise TrainingError(f"max_kl_bounds must lie in [{lo:g}, {hi:g}], got {list(tr.max_kl_bounds)}")
+    check_range("guidance_scale", c.guidance_scale)
+    if c.eta is not None:
+        lora = parse_mode(c.mode) is PolicyMode.LORA_UNET
+        check_range("eta", c.eta, note=" (> 0 for LORA_UNET)" if lora else "")
+        if lora and not c.eta > 0:
+            raise TrainingError(f"eta must be > 0 for LORA_UNET (its denoising steps are Gaussian), got {c.eta}")
+    for name in ("seed", "eval_seed", "reference_seed"):
+        check_range(name, getattr(c, name), "seed", "an integer")
+    top = max_steps(c.model)
+    if not 1 <= c.steps <= top:
+        raise TrainingError(f"steps must be an integer in [1, {top}] (the training timesteps of the model's "
+                            f"scheduler), got {c.steps}")  # fmt: skip
+    check_range("reference_n", c.reference_n, "images", "an integer")
+    if c.feature_image_size is not None:
+        check_range("feature_image_size", c.feature_image_size, what="an integer (pixels)")
+
+
+#: the policy options of each mode: its settings class (whose fields are the constructor's keywords) and extras
+_POLICY_SETTINGS = {
+    PolicyMode.LORA_UNET: (LORA, ()),
+    PolicyMode.SCHEDULER_POLICY: (SCHEDULER_POLICY, ()),
+    PolicyMode.DIVERSITY_POLICY: (CONDITIONING_POLICY, ("height", "width")),
+}
+
+
+def _checked_options(what: str, options: dict[str, Any], types: dict[str, Any]) -> None:
+    """:class:`TrainingError` naming ``what`` unless every option is one of ``types`` (name → annotation) and of its
+    type (:func:`natgrad.config.checked_fields`)."""
+    unknown = sorted(set(options) - set(types))
+    if unknown:
+        raise TrainingError(
+            f"{what}: unknown option(s) {', '.join(unknown)}; accepted: {', '.join(sorted(types)) or 'none'}"
+        )
+    spec = make_dataclass(what, [(n, types[n], field(default=None)) for n in options], frozen=True)
+    try:
+        checked_fields(spec(**options))
+    except ValueError as exc:
+        raise TrainingError(f"{what}: {exc}") from None
+
+
+def _annotations(func: Callable[..., Any]) -> dict[str, Any]:
+    """The keyword-only parameters of ``func`` with their annotations (``Any`` where one does not evaluate)."""
+    module = inspect.getmodule(func)
+    out: dict[str, Any] = {}
+    for p in inspect.signature(func).parameters.values():
+        if p.kind is not p.KEYWORD_ONLY:
+            continue
+        try:
+            out[p.name] = eval(p.annotation, vars(module)) if isinstance(p.annotation, str) else p.annotation
+        except Exception:  # an annotation of a TYPE_CHECKING import: no check of that option's type
+            out[p.name] = Any
+        if out[p.name] is inspect.Parameter.empty:
+            out[p.name] = Any
+    return out
+
+
+def _check_options(c: TrainingConfig) -> None:
+    for name in ("reward_options", "policy_options"):
+        if not isinstance(getattr(c, name), dict) and not (name == "policy_options" and c.policy_options is None):
+            raise TrainingError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
+    from .rewards import reward_factory
+
+    _checked_options("reward_options", c.reward_options, _annotations(reward_factory(c.reward)))
+    settings, extras = _POLICY_SETTINGS[parse_mode(c.mode)]
+    hints = {**typing.get_type_hints(type(settings)), **dict.fromkeys(extras, int | None)}
+    _checked_options("policy_options", c.policy_options or {}, hints)
+
+
 def validate_config(config: TrainingConfig) -> None:
-    """Raise :class:`TrainingError` with a one-line message for a configuration that cannot run (no model or
-    reference is loaded: the checks take milliseconds)."""
+    """Raise :class:`TrainingError` with a one-line message for a configuration that cannot run, or would run and do
+    nothing useful (values outside :data:`~natgrad_diffusion.config.LIMITS`).  No model is loaded: the checks take
+    milliseconds, and read only the prompt files and the reference file."""
     c = config
     _check_choices(c)
     _check_positive_ints(c)
@@ -156,25 +264,46 @@ def validate_config(config: TrainingConfig) -> None:
         )
     if c.batch_size < 3:
         raise TrainingError(f"batch_size must be >= 3 (set-level rewards need 3 images), got {c.batch_size}")
-    if not c.guidance_scale >= 1:
-        raise TrainingError(f"guidance_scale must be >= 1, got {c.guidance_scale}")
-    if c.eta is not None and (not c.eta >= 0 or (parse_mode(c.mode) is PolicyMode.LORA_UNET and not c.eta > 0)):
-        raise TrainingError(f"eta must be >= 0 (> 0 for LORA_UNET), got {c.eta}")
     if c.threads is not None and c.threads < 1:
         raise TrainingError(f"threads must be >= 1, got {c.threads}")
     if c.eval_max_prompts is not None and c.eval_max_prompts < 1:
         raise TrainingError(f"eval_max_prompts must be >= 1, got {c.eval_max_prompts}")
-    for name in ("reward_options", "policy_options"):
-        if not isinstance(getattr(c, name), dict) and not (name == "policy_options" and c.policy_options is None):
-            raise TrainingError(f"{name} must be a mapping, got {type(getattr(c, name)).__name__}")
+    check_model(c.model)
+    _check_ranges(c)
+    _check_options(c)
+    _check_feature_names(c)
     for role in ("train", "test"):
         job_prompts(c, role)
     for name in ("reference", "validation_reference", "eval_reference"):
         value = getattr(c, name)
-        if value not in (None, "mars", "render") and not Path(value).is_file():
-            raise TrainingError(f"{name} file {value} not found (or use mars / render)")
-    check_model(c.model)
-    _check_feature_names(c)  # last: it imports the feature extractors (and torch)
+        if value not in (None, "mars", "render"):
+            _check_reference_file(name, Path(value))
+
+
+def _check_reference_file(name: str, path: Path) -> None:
+    """A reference set with at least 2 images, or a features file with at least 2 finite rows."""
+    from .craters.reference import ReferenceFileError, load_reference_set
+    from .npz import npz_keys
+
+    if path.is_dir():
+        raise TrainingError(f"{name} {path} is a directory; give a reference set .npz (build-reference), a features "
+                            ".npz (build-features), mars or render")  # fmt: skip
+    if not path.is_file():
+        raise TrainingError(f"{name} file {path} not found (or use mars / render)")
+    if "features" in npz_keys(path, "reference", TrainingError):
+        from .features import FeatureFileError, load_features
+
+        try:
+            load_features(path)
+        except FeatureFileError as exc:
+            raise TrainingError(str(exc)) from None
+        return
+    try:
+        n = len(load_reference_set(path))
+    except ReferenceFileError as exc:
+        raise TrainingError(str(exc)) from None
+    if n < 2:
+        raise TrainingError(f"{name} {path} holds {n} image{'s' * (n != 1)}; a reference set needs at least 2")
 
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainingConfig:
@@ -218,18 +347,43 @@ def job_prompts(config: TrainingConfig, role: str) -> list[str]:
 
 
 def load_prompts(path: str | os.PathLike | None, *, default: Path = DEFAULT_TRAIN_PROMPTS) -> list[str]:
-    """Non-empty, stripped lines of a prompt file (``None``: ``default``); :class:`TrainingError` if none."""
+    """Non-empty, stripped lines of a prompt file (``None``: ``default``), UTF-8 (a byte-order mark is dropped; CRLF
+    line ends are fine); :class:`TrainingError` naming the file (and line) if it is missing, a directory, not UTF-8
+    text, holds control characters (a binary file) or a line longer than ``LIMITS["prompt_length"]`` characters, or
+    holds no prompt."""
     p = Path(path) if path is not None else default
+    if p.is_dir():
+        raise TrainingError(f"prompts file {p} is a directory; give a text file, one prompt per line")
     if not p.is_file():
         raise TrainingError(f"prompts file {p} not found")
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainingError(f"cannot read prompts file {p}: {exc}") from None
-    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise TrainingError(f"prompts file {p} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                            f"{exc.start}); save it as UTF-8, one prompt per line") from None  # fmt: skip
+    except OSError as exc:
+        raise TrainingError(f"cannot read prompts file {p}: {exc.strerror or exc}") from None
+    lines = enumerate(text.splitlines(), start=1)
+    prompts = [check_prompt(line, f"prompts file {p} line {number}") for number, line in lines if line.strip()]
     if not prompts:
         raise TrainingError(f"prompts file {p} is empty")
     return prompts
+
+
+def check_prompt(prompt: str, where: str = "prompt") -> str:
+    """``prompt`` stripped; :class:`TrainingError` naming ``where`` if it is empty, holds control characters or is
+    longer than ``LIMITS["prompt_length"]`` characters."""
+    text = prompt.strip()
+    longest = int(LIMITS["prompt_length"][1])
+    if not text:
+        raise TrainingError(f"{where} is empty; give the text of a prompt")
+    if any(unicodedata.category(ch) == "Cc" and ch != "\t" for ch in text):
+        raise TrainingError(f"{where} holds control characters (binary data?): {text[:40]!r}")
+    if len(text) > longest:
+        raise TrainingError(
+            f"{where} has {len(text)} characters; a prompt has at most {longest} (the text encoder reads 77 tokens)"
+        )
+    return text
 
 
 def check_model(model: str | None) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,10 +26,14 @@ __all__ = [
     "DIVERSITY_PRESETS",
     "FORMAT_VERSION",
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "MAX_SET_BYTES",
     "ReferenceFileError",
     "ReferenceSet",
+    "check_budget",
     "generate_reference_set",
     "load_reference_set",
+    "read_image",
     "reference_from_folder",
     "reference_from_moon",
     "resize_square",
@@ -87,6 +92,21 @@ def _validate(images: np.ndarray, captions: list[str], params: list[str], where:
         )
 
 
+#: the most memory the images of one reference set may take (bytes): 4 GiB
+MAX_SET_BYTES = 4 * 2**30
+
+
+def check_budget(n: int, size: int, rgb: bool = False) -> None:
+    """``ValueError`` (before anything is allocated) when ``n`` images of ``size × size`` (× 3 with ``rgb``) would
+    take more than :data:`MAX_SET_BYTES`."""
+    need = n * size * size * (3 if rgb else 1)
+    if need > MAX_SET_BYTES:
+        raise ValueError(
+            f"{n} images of {size}×{size} would take {need / 2**30:.1f} GiB, more than the "
+            f"{MAX_SET_BYTES // 2**30} GiB a reference set may take; lower the number of images (--n) or --size"
+        )
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # generated sets
 # ----------------------------------------------------------------------------------------------------------------------
@@ -106,6 +126,7 @@ def generate_reference_set(
     craters, only the noise differs), ``"medium"`` (0.5) or a number in ``[0, 1]``; ``base`` fixes the
     caption attributes a narrow set is concentrated on. Image ``i`` is the same for every ``n > i``.
     """
+    check_budget(n, size, rgb)
     d = DIVERSITY_PRESETS[diversity] if isinstance(diversity, str) else float(diversity)
     images, captions, scenes = render_batch(n, seed=seed, size=size, diversity=d, base=base, rgb=rgb)
     meta = {
@@ -145,6 +166,8 @@ def resize_square(image: np.ndarray, size: int, rgb: bool = False) -> np.ndarray
         raise ValueError(f"cannot interpret an image of shape {a.shape}")
     if a.dtype != np.uint8:
         a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("cannot interpret an image with NaN or infinite values")
         top = 1.0 if a.max() <= 1.0 else float(a.max())
         a = np.clip(np.round(a / top * 255.0), 0, 255).astype(np.uint8)
     h, w = a.shape[:2]
@@ -158,6 +181,63 @@ def resize_square(image: np.ndarray, size: int, rgb: bool = False) -> np.ndarray
     return np.asarray(img, dtype=np.uint8)
 
 
+#: the largest image :func:`reference_from_folder` reads (pixels): 64 megapixels, e.g. 8192 × 8192
+MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """The pixels of an image file: uint8 ``(H, W)`` / ``(H, W, 3)``, or float64 in ``[0, 1]`` for 16-bit, 32-bit
+    and float images (rescaled by their minimum and maximum).
+
+    Raises :class:`ReferenceFileError` naming the file when it is not a readable image (corrupt, truncated, not an
+    image), has more than :data:`MAX_IMAGE_PIXELS` pixels (checked from its header, before decoding), or holds NaN or
+    infinite values.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our own, lower limit applies, with the size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ReferenceFileError(
+                        f"{path}: a {width}×{height} image, more than the {MAX_IMAGE_PIXELS // 2**20} megapixels a "
+                        "reference image may have; downscale it first"
+                    )
+                im.load()
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    arr = np.asarray(im, dtype=np.float64)
+                elif im.mode in ("RGB", "L"):
+                    arr = np.asarray(im)
+                else:
+                    arr = np.asarray(im.convert("RGB"))
+    except ReferenceFileError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).replace(str(path), "").strip(" '") or type(exc).__name__
+        raise ReferenceFileError(f"{path}: not a readable image ({reason})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+    if arr.dtype == np.float64:
+        if not np.isfinite(arr).all():
+            bad = "NaN" if np.isnan(arr).any() else "infinite"
+            raise ReferenceFileError(f"{path}: {bad} pixel values ({int((~np.isfinite(arr)).sum())} pixels)")
+        arr = arr - arr.min()
+        arr = arr / max(arr.max(), 1e-12)
+    return arr
+
+
+def _read_caption(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig").strip()
+    except UnicodeDecodeError as exc:
+        raise ReferenceFileError(f"{path}: caption file is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+                                 f"offset {exc.start})") from None  # fmt: skip
+
+
 def reference_from_folder(
     folder: str | os.PathLike,
     size: int = 64,
@@ -167,12 +247,11 @@ def reference_from_folder(
 ) -> ReferenceSet:
     """Build a reference set from the png/jpg/tif images of a folder (sorted by name, not recursive).
 
-    Each image is centre-cropped to a square and resized to ``size`` (:func:`resize_square`), grayscale
-    unless ``rgb``. A caption is read from a sidecar ``<stem>.txt`` when present, else ``""``.
-    Raises ``FileNotFoundError`` if the folder has no such images.
+    Each image is read with :func:`read_image` (one that cannot be read is an error naming it), centre-cropped to a
+    square and resized to ``size`` (:func:`resize_square`), grayscale unless ``rgb``. A caption is read from a
+    sidecar ``<stem>.txt`` (UTF-8) when present, else ``""``.  Raises ``FileNotFoundError`` if the folder has no
+    such images, and :class:`ReferenceFileError` if it has only one (a reference set needs at least 2).
     """
-    from PIL import Image
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
@@ -181,20 +260,13 @@ def reference_from_folder(
         files = files[:limit]
     if not files:
         raise FileNotFoundError(f"no {'/'.join(e.lstrip('.') for e in extensions)} images in {folder}")
+    if len(files) < 2:
+        raise ReferenceFileError(f"{folder} holds 1 image ({files[0].name}); a reference set needs at least 2")
     images, captions = [], []
     for p in files:
-        with Image.open(p) as im:
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                arr = np.asarray(im, dtype=np.float64)
-                arr = arr - arr.min()
-                arr = arr / max(arr.max(), 1e-12)
-            elif im.mode in ("RGB", "L"):
-                arr = np.asarray(im)
-            else:
-                arr = np.asarray(im.convert("RGB"))
-        images.append(resize_square(arr, size, rgb=rgb))
+        images.append(resize_square(read_image(p), size, rgb=rgb))
         side = p.with_suffix(".txt")
-        captions.append(side.read_text().strip() if side.exists() else "")
+        captions.append(_read_caption(side) if side.is_file() else "")
     meta = {"source": "folder", "folder": str(folder), "files": [p.name for p in files], "size": size, "rgb": rgb}
     return ReferenceSet(np.stack(images), captions, [""] * len(files), meta)
 
@@ -209,6 +281,7 @@ def reference_from_moon(
     """
     from skimage import data
 
+    check_budget(n, size, rgb)
     moon = data.moon()
     rng = np.random.default_rng(seed)
     H, W = moon.shape

@@ -32,7 +32,7 @@ from .kernels import cosine_kernel, median_heuristic_bandwidth, rbf_kernel
 from .mi import MIReward, mutual_information_knn, mutual_information_knn_leave_one_out
 from .mmd import MMDReward, mmd2_unbiased, mmd2_unbiased_from_kernels, mmd2_unbiased_leave_one_out
 from .prdc import precision_recall_density_coverage
-from .registry import available_rewards, get_reward, register_reward
+from .registry import available_rewards, get_reward, register_reward, reward_factory
 from .vendi import VendiReward, vendi_score, vendi_score_from_kernel, within_prompt_vendi_score
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "precision_recall_density_coverage",
     "rbf_kernel",
     "register_reward",
+    "reward_factory",
     "sqrtm_psd",
     "standardize",
     "vendi_score",

@@ -18,7 +18,7 @@ from .mi import MIReward
 from .mmd import MMDReward
 from .vendi import VendiReward
 
-__all__ = ["available_rewards", "get_reward", "register_reward"]
+__all__ = ["available_rewards", "get_reward", "register_reward", "reward_factory"]
 
 RewardFactory = Callable[..., Reward]
 F = TypeVar("F", bound=RewardFactory)
@@ -56,6 +56,15 @@ def available_rewards() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
+def reward_factory(name: str) -> RewardFactory:
+    """The factory registered under ``name`` (case-insensitive; ``ValueError`` listing the known names if none):
+    its keyword-only parameters are the reward's options."""
+    key = _key(name)
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(available_rewards())}")
+    return _REGISTRY[key]
+
+
 def get_reward(name: str, reference_features: ArrayLike | None = None, **options: Any) -> Reward:
     """Construct the reward registered under ``name`` (case-insensitive).
 
@@ -68,10 +77,8 @@ def get_reward(name: str, reference_features: ArrayLike | None = None, **options
     Raises:
         ValueError: unknown name (the message lists the known ones), or a missing required reference.
     """
+    factory = reward_factory(name)
     key = _key(name)
-    if key not in _REGISTRY:
-        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(available_rewards())}")
-    factory = _REGISTRY[key]
     if reference_features is None and getattr(factory, "requires_reference", False):
         raise ValueError(f"the {key} reward needs reference_features")
     return factory(reference_features, **options)

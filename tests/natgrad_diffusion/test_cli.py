@@ -156,7 +156,7 @@ def test_console_script_is_installed_and_runs(capsys):
         (["train", "--max-kl", "-1"], "max_kl must be a finite number > 0"),
         (["train", "--ppo-epochs", "0"], "ppo epochs must be an integer >= 1"),
         (["train", "--fvp-subsample", "1.5"], "fvp_subsample must be a fraction"),
-        (["sample", "--images-per-prompt", "0"], "--images-per-prompt must be >= 1"),
+        (["sample", "--images-per-prompt", "0"], "argument --images-per-prompt: must be an integer in [1, 1000], got 0"),
         (["evaluate"], "the following arguments are required: --run"),
         (["plot"], "the following arguments are required: --run"),
         (["build-reference", "x.npz", "--diversity", "weird"], "reference_diversity must be one of"),
@@ -252,3 +252,94 @@ def test_zero_episodes_still_ends_with_a_summary(tiny_model, tmp_path, capsys): 
         main(["train", *flags])
     out = capsys.readouterr().out
     assert "0 episodes: nothing was trained" in out and "| fine-tuned |" in out and "Fine-tuned vs pretrained" in out
+
+
+# ---------------------------------------------------------------------------------------------- issue 19: inputs
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("c.toml", b"seed = 3\n[train]\nsteps = 4\n", r"c.toml: seed outside the \[train\] table"),
+        ("c.json", b'{"train": [1]}', r"c.json: \[train\] must be a table of settings, got \[1\]"),
+        ("c.json", b'{"seed": "\xe9"}', r"c.json is not UTF-8 text \(byte 0xe9 at offset 10\)"),
+        ("c.yml", b"seed: 3\n", r"cannot parse config file .*c.yml as JSON \(a config file is JSON, or TOML named"),
+        ("c.json", b'{"critic": "yes"}', "c.json: critic must be true or false, got 'yes'"),
+    ],
+    ids=["mixed_train_table", "train_not_table", "latin1", "yaml", "string_bool"],
+)
+def test_config_file_errors_name_the_file(tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        load_config_file(tmp_path / name)
+
+
+def test_config_file_with_a_bom_and_under_a_train_table(tmp_path):
+    (tmp_path / "c.json").write_bytes('\ufeff{"train": {"seed": 3, "trust_region": {"max_kl": 0.02}}}'.encode())
+    assert load_config_file(tmp_path / "c.json") == {"seed": 3, "trust_region": {"max_kl": 0.02}}
+    with pytest.raises(ValueError, match="is a directory"):
+        load_config_file(tmp_path)
+
+
+def _nonfinite():
+    from natgrad.trust_region import NonFiniteError
+
+    return NonFiniteError("the surrogate loss is nan")
+
+
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (_nonfinite(), "the surrogate loss is nan (numbers became NaN or infinite; --debug shows the traceback)"),
+        (MemoryError(), "out of memory: lower --batch-size, the image sizes or the chunk sizes"),
+        (KeyError("x"), "internal error KeyError: 'x' (--debug shows the traceback; please report it)"),
+        (OSError(28, "No space left on device", "/d/f"), "cannot use /d/f: No space left on device"),
+        (KeyboardInterrupt(), "interrupted (the run directory keeps its last checkpoint; continue with --resume)"),
+    ],
+    ids=["nonfinite", "memory", "internal", "oserror", "ctrl_c"],
+)
+def test_every_exception_ends_in_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path, exc, message):
+    import natgrad_diffusion.training
+
+    monkeypatch.setattr(natgrad_diffusion.training, "train", lambda *a, **k: (_ for _ in ()).throw(exc))
+    argv = ["train", "--test-mode", "--out", str(tmp_path / "run")]
+    assert fail(capsys, argv) == f"natgrad-diffusion: error: {message}"
+    if not isinstance(exc, KeyboardInterrupt):
+        with pytest.raises(type(exc)):
+            main(["--debug", *argv])
+
+
+def test_ctrl_c_before_the_arguments_are_parsed_is_one_line(capsys, monkeypatch):
+    import natgrad_diffusion.cli as cli
+
+    def interrupt():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupt)
+    assert fail(capsys, ["plot", "--run", "x"]) == "natgrad-diffusion: error: interrupted"
+
+
+def test_the_console_script_imports_neither_numpy_nor_torch_before_main():
+    """Everything heavy is imported inside ``main``'s guarded block, so that Ctrl-C at any time is one line."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:  # natgrad_diffusion checks a torchvision on import
+        pytest.skip("torchvision is installed")
+    code = "import sys\nimport natgrad_diffusion.cli\nprint('numpy' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["sample", "--prompt", "  "], "argument --prompt: the prompt is empty"),
+        (["sample", "--seed", str(2**32)], "argument --seed: must be an integer in [0, 4294967295], got 4294967296"),
+        (["build-reference", "x.npz", "--size", "1025"], "argument --size: must be an integer in [8, 1024], got 1025"),
+        (["build-reference", "x.npz", "--n", "many"], "argument --n: must be an integer in [2, 100000], got 'many'"),
+        (["build-features", "r.npz", "o.npz", "--extractor", "vgg"], "argument --extractor: invalid choice: 'vgg'"),
+        (["evaluate", "--run", "r", "--images-per-prompt", "1"], "argument --images-per-prompt: must be an integer"),
+        (["train", "--max-kl", "1e30"], "max_kl must be a number in [1e-06, 10] (nats per decision), got 1e+30"),
+        (["train", "--eta", "1.5"], "eta must be a number in [0, 1] (> 0 for LORA_UNET), got 1.5"),
+    ],
+)
+def test_subcommand_arguments_are_bounded_before_anything_loads(capsys, argv, message):
+    assert message in fail(capsys, argv)

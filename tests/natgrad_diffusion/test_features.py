@@ -128,6 +128,24 @@ def test_features_file_roundtrip_records_the_extractor(extractor: ResNet18Featur
         load_features(ref_path)
 
 
+@pytest.mark.parametrize(
+    ("features", "message"),
+    [
+        (np.ones((1, 4), np.float32), "1 feature vector.s.; a features file needs at least 2"),
+        (np.array([[1.0, np.nan], [0.0, 1.0], [2.0, 2.0]], np.float32), "NaN or infinite features in 1 of 3 rows"),
+        (np.ones((3, 2), np.complex64), "features must be real numbers, got dtype complex64"),
+    ],
+    ids=["one_row", "nan", "complex"],
+)
+def test_features_files_that_no_use_can_take_are_refused(tmp_path, features, message):
+    path = tmp_path / "f.npz"
+    np.savez(path, features=features, captions=np.array(["a"] * len(features)), extractor=np.array("{}"),
+             reference=np.array("{}"), version=np.array(1))  # fmt: skip
+    with pytest.raises(FeatureFileError, match=message) as info:
+        load_features(path)
+    assert str(path) in str(info.value)
+
+
 def test_pca_tsne_separate_clusters_and_plots_are_written(tmp_path):
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 1, (15, 10)), rng.normal(8, 1, (15, 10))])

@@ -123,3 +123,112 @@ def test_truncated_real_npz_is_a_one_line_error(tmp_path):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(TrainingError, match=str(cut)):
         load_reference_features(replace(TRAINING, reference=str(cut)), _Extractor(), (1, 32, 32))
+
+
+# ---------------------------------------------------------------------------------------------- issue 19: ranges
+@pytest.mark.parametrize(
+    ("change", "ok"),
+    [
+        ({"max_kl": 1e-6}, True), ({"max_kl": 10.0}, True), ({"max_kl": 9e-7}, False), ({"max_kl": 10.5}, False),
+        ({"guidance_scale": 50.0}, True), ({"guidance_scale": 50.5}, False), ({"guidance_scale": float("nan")}, False),
+        ({"eta": 1.0}, True), ({"eta": 1.0001}, False), ({"eta": 0.0, "mode": "DIVERSITY_POLICY"}, True),
+        ({"seed": 2**32 - 1}, True), ({"seed": 2**32}, False), ({"eval_seed": -1}, False),
+        ({"reference_seed": 2**40}, False), ({"steps": 1000}, True), ({"steps": 1001}, False),
+        ({"reference_n": 100_000}, True), ({"reference_n": 100_001}, False), ({"reference_n": 1}, False),
+        ({"feature_image_size": 1024}, True), ({"feature_image_size": 1025}, False),
+        ({"adaptive": True, "max_kl_bounds": (1e-6, 10.0)}, True), ({"adaptive": True, "max_kl_bounds": (1e-4, 11)}, False),
+        ({"adaptive": False, "max_kl_bounds": (1e-4, 11)}, True),  # bounds of a fixed radius are not used
+    ],
+)  # fmt: skip
+def test_values_are_checked_against_the_documented_ranges(change, ok):
+    from natgrad_diffusion.config import with_settings
+
+    cfg = with_settings(TRAINING, change)
+    if ok:
+        validate_config(cfg)
+        return
+    name = next(iter(change)) if "adaptive" not in change else "max_kl_bounds"
+    with pytest.raises(TrainingError, match=name) as info:
+        validate_config(cfg)
+    assert "\n" not in str(info.value)
+
+
+def test_steps_are_bounded_by_the_models_scheduler(tmp_path):
+    import json
+
+    from natgrad_diffusion.job import max_steps
+
+    assert max_steps(None) == 1000  # the embedded model
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "scheduler").mkdir()
+    (model / "scheduler" / "scheduler_config.json").write_text(json.dumps({"num_train_timesteps": 50}))
+    assert max_steps(str(model)) == 50
+    assert max_steps("someone/model") == 1000  # a hub id: the usual 1000
+    with pytest.raises(TrainingError, match=r"steps must be an integer in \[1, 50\] .*got 60"):
+        validate_config(replace(TRAINING, model=str(model), steps=60))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"reward": "MMD", "reward_options": {"bandwidth": "wide"}}, "reward_options: bandwidth must be a number"),
+        ({"reward": "MMD", "reward_options": {"w_vendi": 1.0}}, "unknown option.s. w_vendi; accepted: bandwidth"),
+        ({"reward": "VENDI", "reward_options": {"within_prompt": "yes"}}, "within_prompt must be true or false"),
+        ({"mode": "SCHEDULER_POLICY", "policy_options": {"guidance_range": [1, "12"]}}, r"guidance_range\[1\]"),
+        ({"mode": "DIVERSITY_POLICY", "policy_options": {"noise_rank": 2.5}}, "noise_rank must be an integer"),
+        ({"mode": "LORA_UNET", "policy_options": {"noise_scale": 7.0}}, "unknown option.s. noise_scale"),
+    ],
+)
+def test_reward_and_policy_options_are_checked_before_anything_loads(change, message):
+    with pytest.raises(TrainingError, match=message):
+        validate_config(replace(TRAINING, **change))
+
+
+def test_good_options_pass():
+    validate_config(replace(TRAINING, reward="MMD_MI", reward_options={"w_mi": 0.5, "normalize": "none"}))
+    validate_config(replace(TRAINING, mode="DIVERSITY_POLICY", policy_options={"noise_scale": 7, "height": 32}))
+    validate_config(replace(TRAINING, policy_options={"rank": 8, "target_modules": ["to_q"], "init_lora_weights": True}))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"\xff\xfea crater\n", r"is not UTF-8 text \(byte 0xff at offset 0\)"),
+        (b"a crater\nbad\x00line\n", "line 2 holds control characters"),
+        (b"ok\n" + b"x" * 1001 + b"\n", "line 2 has 1001 characters; a prompt has at most 1000"),
+    ],
+    ids=["latin1", "nul", "long"],
+)
+def test_prompt_files_are_refused_naming_the_file_and_line(tmp_path, content, message):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(content)
+    with pytest.raises(TrainingError, match=message) as info:
+        load_prompts(path)
+    assert str(path) in str(info.value)
+
+
+def test_prompt_files_drop_a_bom_and_take_crlf_tabs_and_unicode(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes("\ufeffa crater\r\n\r\ncratère\tà l'ouest\r\n".encode())
+    assert load_prompts(path) == ["a crater", "cratère\tà l'ouest"]
+    with pytest.raises(TrainingError, match="is a directory"):
+        load_prompts(tmp_path)
+
+
+def test_reference_files_are_read_when_the_configuration_is_checked(tmp_path):
+    from natgrad_diffusion.features import FeatureSet, save_features
+
+    one = _reference_file(tmp_path / "one.npz", (32, 32))
+    from natgrad_diffusion.craters.reference import ReferenceSet, save_reference_set
+
+    save_reference_set(ReferenceSet(np.zeros((1, 32, 32), np.uint8), ["a"]), one)
+    with pytest.raises(TrainingError, match=r"one\.npz holds 1 image; a reference set needs at least 2"):
+        validate_config(replace(TRAINING, reference=str(one)))
+    with pytest.raises(TrainingError, match=r"eval_reference .* is a directory"):
+        validate_config(replace(TRAINING, eval_reference=str(tmp_path)))
+    feats = tmp_path / "feats.npz"
+    save_features(FeatureSet(np.array([[0.0, np.inf], [1.0, 2.0]], np.float32), ["a", "b"], {}, {}), feats)
+    with pytest.raises(TrainingError, match=r"feats\.npz: NaN or infinite features in 1 of 2 rows"):
+        validate_config(replace(TRAINING, validation_reference=str(feats)))
+    validate_config(replace(TRAINING, reference=str(_reference_file(tmp_path / "ok.npz", (32, 32)))))

@@ -42,7 +42,7 @@ def test_build_mars_reference(tmp_path, capsys):
     [
         (["--crop-factor", "0.5"], "--crop-factor must be >= 1"),
         (["--min-diameter", "0"], "--min-diameter must be >= 1"),
-        (["--size", "4"], "--size must be >= 8"),
+        (["--size", "4"], "argument --size: must be an integer in [8, 1024], got 4"),
     ],
 )
 def test_bad_mars_options(tmp_path, capsys, extra, message):

@@ -11,10 +11,13 @@ from PIL import Image
 from natgrad_diffusion.craters.captions import parse_caption
 from natgrad_diffusion.craters.reference import (
     FORMAT_VERSION,
+    MAX_IMAGE_PIXELS,
     ReferenceFileError,
     ReferenceSet,
+    check_budget,
     generate_reference_set,
     load_reference_set,
+    read_image,
     reference_from_folder,
     reference_from_moon,
     resize_square,
@@ -135,3 +138,70 @@ def test_reference_from_moon_patches():
     assert all(img.std() > 3 for img in a.images)  # real texture, not blank
     box = json.loads(a.params[0])
     assert 64 <= box["side"] <= 192
+
+
+# ---------------------------------------------------------------------------------------- issue 19: hostile files
+def _png_header(path, width, height):
+    """A PNG that announces ``width × height`` and holds no pixels (what a huge image looks like to its header)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_read_image_names_the_file_of_every_unreadable_image(tmp_path):
+    good = tmp_path / "good.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)).save(good)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (tmp_path / "text.png").write_text("not an image")
+    Image.fromarray(np.array([[0.1, np.nan], [0.3, 0.4]], np.float32)).save(tmp_path / "nan.tif")
+    Image.fromarray(np.array([[0.1, -np.inf], [0.3, 0.4]], np.float32)).save(tmp_path / "inf.tif")
+    side = int(MAX_IMAGE_PIXELS**0.5) + 1
+    _png_header(tmp_path / "big.png", side, side)
+    _png_header(tmp_path / "bomb.png", 20000, 20000)  # beyond PIL's own decompression-bomb limit too
+    for name, message in [
+        ("cut.png", "cut.png: not a readable image .image file is truncated"),
+        ("text.png", "text.png: not a readable image .cannot identify image file"),
+        ("nan.tif", r"nan.tif: NaN pixel values \(1 pixels\)"),
+        ("inf.tif", r"inf.tif: infinite pixel values \(1 pixels\)"),
+        ("big.png", f"big.png: a {side}×{side} image, more than the 64 megapixels"),
+        ("bomb.png", "bomb.png: a 20000×20000 image"),
+    ]:
+        with pytest.raises(ReferenceFileError, match=message):
+            read_image(tmp_path / name)
+    assert Image.MAX_IMAGE_PIXELS is not None  # PIL's own limit is restored
+    assert read_image(good).dtype == np.uint8
+
+
+def test_float_and_16_bit_images_are_rescaled_and_nan_is_refused(tmp_path):
+    ramp = np.linspace(2.0, 3.0, 64, dtype=np.float32).reshape(8, 8)
+    Image.fromarray(ramp).save(tmp_path / "f.tif")
+    out = read_image(tmp_path / "f.tif")
+    assert out.min() == 0.0 and out.max() == 1.0
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        resize_square(np.full((8, 8), np.nan), 4)
+
+
+def test_a_folder_of_one_image_or_with_an_undecodable_caption_is_refused(tmp_path):
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "a.png")
+    with pytest.raises(ReferenceFileError, match=r"holds 1 image \(a.png\); a reference set needs at least 2"):
+        reference_from_folder(tmp_path, size=8)
+    Image.fromarray(np.full((8, 8), 9, np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "b.txt").write_bytes(b"crat\xe8re")
+    with pytest.raises(ReferenceFileError, match=r"b.txt: caption file is not UTF-8 text \(byte 0xe8 at offset 4\)"):
+        reference_from_folder(tmp_path, size=8)
+    (tmp_path / "b.txt").write_bytes("\ufeffcratère\n".encode())
+    assert reference_from_folder(tmp_path, size=8).captions == ["", "cratère"]
+
+
+def test_sets_larger_than_the_memory_budget_are_refused_before_any_allocation():
+    check_budget(100_000, 64)
+    with pytest.raises(ValueError, match=r"512 images of 60000×60000 would take 1716.6 GiB"):
+        generate_reference_set(512, size=60000)
+    with pytest.raises(ValueError, match="more than the 4 GiB"):
+        reference_from_moon(100_000, size=1024)

@@ -72,3 +72,11 @@ def test_register_custom_reward(clean_registry):
     register_reward("MEAN_NORM", overwrite=True)(MeanNorm)
     with pytest.raises(ValueError, match="non-empty"):
         register_reward("  ")
+
+
+def test_reward_factory_is_what_get_reward_calls():
+    from natgrad_diffusion.rewards import MMDReward, reward_factory
+
+    assert reward_factory(" mmd ") is MMDReward
+    with pytest.raises(ValueError, match="unknown reward 'NOPE'; known rewards: FID, MI"):
+        reward_factory("NOPE")
