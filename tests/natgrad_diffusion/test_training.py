@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from natgrad_diffusion.checkpoints import load_checkpoint
 from natgrad_diffusion.components import build_tiny_components
 from natgrad_diffusion.config import TRAINING
 from natgrad_diffusion.episode_log import CSV_COLUMNS
@@ -62,7 +63,7 @@ def without_timings(rows):
 
 
 def weights(run_dir):
-    payload = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    payload = load_checkpoint(run_dir / "checkpoint.pt")
     return payload["policy"], payload["critic"]
 
 
@@ -122,7 +123,7 @@ def test_killed_run_keeps_a_readable_csv_and_resumes_exactly(tiny_model, tmp_pat
         run(config_for(tiny_model, tmp_path / "killed"))
     rows = read_csv(tmp_path / "killed" / "train.csv")
     assert [r["episode"] for r in rows] == ["1", "2", "3"]
-    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["episode"] == 2
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["episode"] == 2
     assert not [p for p in (tmp_path / "killed").iterdir() if p.name.startswith(".")]  # no temp files left
     monkeypatch.setattr(FeatureReward, "__call__", original)
     run(config_for(tiny_model, tmp_path / "killed"), resume=True)
