@@ -74,6 +74,8 @@ def check_output_file(
     if not str(text).strip():
         raise OutputError(f"{what} is empty: give a file name")
     out = Path(text)
+    if out.is_dir():
+        raise OutputError(f"{what} {out} is a directory: give a file name")
     if suffixes is not None:
         if not out.suffix:
             out = out.with_name(out.name + suffixes[0])
