@@ -406,10 +406,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def restore(self) -> None:
-        """Put the checkpoint's state into the agent (resume) and open the CSV log."""
+        """Put the checkpoint's state into the agent (resume; ``policy/`` is exported again from it, since a run
+        killed during an export may have left an older one) and open the CSV log."""
         if self.payload is not None:
             restore(self.agent, self.payload, self.procs)
             self.samples, self.wall_before = int(self.payload["samples"]), float(self.payload["wall_s"])
+            if self.procs.main:
+                export_policy(self.agent.policy, self.run_dir / POLICY_DIR)
         else:
             self.samples, self.wall_before = 0, 0.0
         keep = self.start_episode if self.payload else None
