@@ -180,8 +180,10 @@ def policy_files(directory: str | os.PathLike) -> set[str]:
 
 # ------------------------------------------------------------------ train --out
 def _ours_left_behind(path: Path) -> bool:
-    """A file a killed run left before its ``run.json``: its lock (empty, or naming a holder), or a temporary
-    file of the ``run.json`` write."""
+    """A file a killed run left before its ``run.json``: its lock (empty, or naming a holder), a temporary file of
+    the ``run.json`` write, or an empty ``grids/`` (made before ``run.json`` by earlier versions)."""
+    if path.name == GRIDS_DIR and path.is_dir() and not path.is_symlink():
+        return not any(path.iterdir())
     if path.name == LOCK_FILE and path.is_file():
         try:
             text = path.read_text(encoding="utf-8").strip()

@@ -106,8 +106,10 @@ def user_folder(d):
 
 
 def stale_lock(d):
-    d.mkdir()
+    """What a run killed before its run.json leaves: its lock, an empty grids/, a temporary run.json."""
+    (d / "grids").mkdir(parents=True)
     (d / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "h", "started": "s", "command": "c"}))
+    (d / ".run.json.a1b2c3d4.tmp").write_text("{half")
     return d
 
 
