@@ -5,15 +5,15 @@
 ``config`` and library ``versions`` (:func:`run_record`).  :func:`check_run_dir` decides what a run may do with
 ``DIR``, before the model is loaded:
 
-======================================  ===========  ===============  ===============
-``DIR``                                 no flag      ``--resume``     ``--overwrite``
-======================================  ===========  ===============  ===============
-new, empty, or only a killed run's lock  new run      new run          new run
-a run with ``checkpoint.pt``             refused      continue it      replace it
-a run without a checkpoint               refused      refused          replace it
-any other folder that is not empty       refused      refused          refused
-``""``, a file, a broken link            refused      refused          refused
-======================================  ===========  ===============  ===============
+=======================================  =======  ============  ===============
+``DIR``                                  no flag  ``--resume``  ``--overwrite``
+=======================================  =======  ============  ===============
+new, empty, or only a killed run's lock  new run  new run       new run
+a run with ``checkpoint.pt``             refused  continue it   replace it
+a run without a checkpoint               refused  refused       replace it
+any other folder that is not empty       refused  refused       refused
+``""``, a file, a broken link            refused  refused       refused
+=======================================  =======  ============  ===============
 
 (``--resume --overwrite`` continues a run that has a checkpoint and replaces one that has none.)  *Replacing* a
 run removes only what a run writes, by exact name (:func:`clear_run`: ``grids/episode_00012.png``, not
