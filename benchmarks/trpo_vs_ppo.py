@@ -90,6 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _study_file(run: Run, suffix: str) -> Path:
+    """``RUN.study.json`` (the run's settings) and ``RUN.log`` (its output), next to the run directory: a run starts
+    only in a new or empty folder."""
+    path = run.out.with_name(run.out.name + suffix)
+    legacy = run.out / {".study.json": "study.json", ".log": "stdout.log"}[suffix]  # runs of an earlier version
+    return legacy if not path.exists() and legacy.exists() else path
+
+
 def _finished(run: Run) -> bool:
     meta = run.out / "run.json"
     if not meta.is_file() or "finished" not in json.loads(meta.read_text()):
@@ -104,21 +112,21 @@ def run_all(runs: list[Run], quick: bool, parallel: int) -> None:
     while todo or running:
         while todo and len(running) < parallel:
             run = todo.pop(0)
-            run.out.mkdir(parents=True, exist_ok=True)
-            (run.out / "study.json").write_text(json.dumps(run.config(quick), default=str))
-            cmd = [sys.executable, "-m", "natgrad_diffusion", "train", "--config", str(run.out / "study.json"),
+            run.out.parent.mkdir(parents=True, exist_ok=True)
+            _study_file(run, ".study.json").write_text(json.dumps(run.config(quick), default=str))
+            cmd = [sys.executable, "-m", "natgrad_diffusion", "train", "--config", str(_study_file(run, ".study.json")),
                    "--out", str(run.out), "--overwrite", "--no-progress"]  # fmt: skip
-            log = open(run.out / "stdout.log", "w")
+            log = open(_study_file(run, ".log"), "w")
             running.append((run, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
             print(f"started {run.name}", flush=True)
         time.sleep(2)
         for run, proc in list(running):
             if proc.poll() is not None:
                 running.remove((run, proc))
-                status = "done" if proc.returncode == 0 else f"FAILED ({run.out / 'stdout.log'})"
+                status = "done" if proc.returncode == 0 else f"FAILED ({_study_file(run, '.log')})"
                 print(f"{status}: {run.name}", flush=True)
                 if proc.returncode:
-                    raise SystemExit(f"run {run.name} failed; see {run.out / 'stdout.log'}")
+                    raise SystemExit(f"run {run.name} failed; see {_study_file(run, '.log')}")
 
 
 def validation_score(run_dir: Path) -> float:
@@ -214,8 +222,8 @@ def baseline_run(args: argparse.Namespace, mode: str) -> Run:
 
 
 def run_seconds(run: Run) -> float:
-    """Wall time of a finished run's process: from its ``study.json`` (written at start) to its log's last write."""
-    return (run.out / "stdout.log").stat().st_mtime - (run.out / "study.json").stat().st_mtime
+    """Wall time of a finished run's process: from its ``.study.json`` (written at start) to its log's last write."""
+    return _study_file(run, ".log").stat().st_mtime - _study_file(run, ".study.json").stat().st_mtime
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:

@@ -21,7 +21,8 @@ Run it::
 
 Outputs in ``--out`` (``runs/crater_example``): ``train.csv`` (one row per episode), ``evaluation.md``,
 ``eval_pretrained.png`` / ``eval_fine-tuned.png`` (one row per prompt, labelled), ``grids/``, ``plots/``,
-``policy/``.
+``policy/``.  A run already there is replaced (only the files a run writes: see
+:func:`natgrad_diffusion.rundir.clear_run`); a folder that is not empty and not a run is refused.
 """
 
 from __future__ import annotations
@@ -31,15 +32,19 @@ import time
 from dataclasses import replace
 
 from natgrad_diffusion.config import TRAINING
+from natgrad_diffusion.job import TrainingError
 from natgrad_diffusion.training import train
 from natgrad_diffusion.verdict import summary
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="fine-tune the embedded crater model with TRPO")
     p.add_argument("--episodes", type=int, default=None, help=f"policy updates (default: {TRAINING.episodes})")
     p.add_argument("--algorithm", default=None, choices=["trpo", "ppo"], help="default: trpo")
-    p.add_argument("--out", default="runs/crater_example", help="run directory (replaced)")
+    p.add_argument(
+        "--out", default="runs/crater_example",
+        help="run directory (a run there is replaced; a folder that is not empty and not a run is refused)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=None, help=f"default: {TRAINING.seed}")
     p.add_argument(
         "--threads",
@@ -49,12 +54,15 @@ def main() -> None:
         "several times slower)",
     )
     p.add_argument("--test-mode", action="store_true", help="a smoke run of seconds")
-    args = p.parse_args()
+    args = p.parse_args(argv)
 
     given = {k: v for k, v in vars(args).items() if v is not None and k in ("episodes", "algorithm", "seed")}
     config = replace(TRAINING, out=args.out, threads=args.threads, test_mode=args.test_mode, **given)
     start = time.perf_counter()
-    result = train(config, overwrite=True, explicit=given)
+    try:
+        result = train(config, overwrite=True, explicit=given)
+    except TrainingError as exc:  # a folder that is not a run, bad inputs: one line, exit status 2
+        p.error(str(exc))
     print(f"\n({(time.perf_counter() - start) / 60:.1f} min)")
     print(summary(result))
 

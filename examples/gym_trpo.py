@@ -49,6 +49,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 import natgrad
+from natgrad_diffusion.outputs import OutputError, check_writer_dir
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -479,10 +480,27 @@ class TensorBoardLog:
         self.writer.close()
 
 
+def _is_run(out: Path) -> bool:
+    """``out`` holds a run of this example (its ``progress.csv`` or ``result.json``)."""
+    try:
+        with open(out / "progress.csv", encoding="utf-8") as fh:
+            if fh.readline().startswith("update,timesteps,"):
+                return True
+    except (OSError, UnicodeDecodeError):
+        pass
+    try:
+        result = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        return isinstance(result, dict) and {"env", "seed", "config"} <= set(result)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
 def train(cfg: Config) -> dict[str, Any]:
     """Train, evaluate and write ``progress.csv``, ``learning_curve.png``, ``result.json`` and
-    ``policy.pt`` into ``cfg.out``.  Returns the result dictionary."""
+    ``policy.pt`` into ``cfg.out``, a new or empty folder or an earlier run of this example (whose files are
+    replaced; any other folder is refused before training: ``OutputError``).  Returns the result dictionary."""
     out = Path(cfg.out or f"runs/gym_trpo/{cfg.env}_seed{cfg.seed}")
+    check_writer_dir(out, _is_run, "a run of this example (progress.csv, result.json)")
     out.mkdir(parents=True, exist_ok=True)
     agent = TRPOAgent(cfg)
     per_update = cfg.n_steps * cfg.n_envs
@@ -580,7 +598,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = config_for(env, **args)
     if cfg.timesteps <= 0:
         parser.error("--timesteps must be positive")
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except OutputError as exc:
+        parser.error(str(exc))
     print(
         f"{cfg.env}: evaluation return {result['eval_mean_return']:.1f} ± {result['eval_std_return']:.1f} "
         f"over {cfg.eval_episodes} deterministic episodes; mean training return (last 100 episodes) "

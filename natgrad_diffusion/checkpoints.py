@@ -2,7 +2,9 @@
 
 ``checkpoint.pt`` holds everything the next episode depends on: trainable parameters, critic and optimizer
 states, the per-prompt reward history, the agents' generators and sampling seed, and the global RNG states of
-every rank.  It is written atomically by rank 0 (every rank's state gathered first).
+every rank.  It is written atomically by rank 0 (every rank's state gathered first), with a SHA-256 checksum
+(:mod:`natgrad_diffusion.integrity`): a damaged checkpoint is refused, never resumed.  ``policy/`` carries a
+manifest of its files' digests, and a file of the user's found in it survives each export.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ from __future__ import annotations
 import io
 import os
 import random
-import shutil
 import tempfile
+import warnings
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -21,19 +23,20 @@ import torch
 from torch import Tensor
 
 from .config import TrainingConfig, config_dict
+from .integrity import IntegrityError, seal, unseal, write_manifest
 from .job import TrainingError
-from .logs import atomic_write_bytes
+from .logs import atomic_write_bytes, umask_mode
 from .policies import DiffusionPolicy
 from .processes import Processes, all_gather_objects
-from .rundir import CHECKPOINT_FILE
+from .rundir import CHECKPOINT_FILE, POLICY_DIR, remove_policy_dir
 
 __all__ = [
     "CHECKPOINT_VERSION",
     "IDENTITY_FIELDS",
     "export_policy",
     "load_checkpoint",
-    "resolve_resume",
     "restore",
+    "resume_payload",
     "save_checkpoint",
 ]
 
@@ -140,34 +143,57 @@ def save_checkpoint(
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write_bytes(run_dir / CHECKPOINT_FILE, buf.getvalue())
-    export_policy(agent.policy, run_dir / "policy")
+    atomic_write_bytes(run_dir / CHECKPOINT_FILE, seal(buf.getvalue()))
+    export_policy(agent.policy, run_dir / POLICY_DIR)
 
 
 def export_policy(policy: DiffusionPolicy, target: Path) -> None:
-    """Write the policy's own format next to ``target`` and swap it in (a reader never sees half a policy)."""
-    tmp = Path(tempfile.mkdtemp(prefix=".policy.", dir=target.parent))
+    """Write the policy's own format and its manifest next to ``target`` and swap it in (a reader never sees half
+    a policy); files of the user's in the old ``target`` move into the new one."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     policy.save(tmp)
+    write_manifest(tmp)
+    os.chmod(tmp, umask_mode(directory=True))  # mkdtemp's 0o700 would hide it from the user's group
     old = target.parent / f".{target.name}.old"
-    if old.exists():
-        shutil.rmtree(old)
+    remove_policy_dir(old, keep_in=target if target.is_dir() else tmp)  # a killed export's
     if target.exists():
         os.replace(target, old)
     os.replace(tmp, target)
-    if old.exists():
-        shutil.rmtree(old)
+    remove_policy_dir(old, keep_in=target)
+
+
+_PAYLOAD_KEYS = ("episode", "config", "world_size", "policy", "critic", "critic_optimizer", "policy_optimizer",
+                 "iteration", "samples", "wall_s", "ranks")  # fmt: skip
+_REMEDY = "restore it from a backup, or start the run again with --overwrite"
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The payload of a checkpoint; :class:`~natgrad_diffusion.job.TrainingError` when unreadable or of another
-    version."""
+    """The payload of a checkpoint, its checksum checked.
+
+    Raises:
+        TrainingError: the file is unreadable, damaged (checksum), not a checkpoint, or of another version (one line
+            naming the file and what to do).
+    """
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        data, checked = unseal(Path(path).read_bytes(), path)
+    except IntegrityError as exc:
+        raise TrainingError(f"{exc}; {_REMEDY}") from None
+    if not checked:
+        warnings.warn(f"{path} was written without a checksum (an older version): its integrity cannot be checked",
+                      stacklevel=2)  # fmt: skip
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise TrainingError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(payload, dict) or payload.get("version") != CHECKPOINT_VERSION:
-        version = payload.get("version") if isinstance(payload, dict) else None
-        raise TrainingError(f"{path}: checkpoint version {version}, expected {CHECKPOINT_VERSION}")
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        raise TrainingError(f"cannot read checkpoint {path} ({type(exc).__name__}: {reason}); {_REMEDY}") from None
+    if not isinstance(payload, dict) or "version" not in payload:
+        raise TrainingError(f"{path} is not a natgrad-diffusion checkpoint (no version); {_REMEDY}")
+    version = payload["version"]
+    if version != CHECKPOINT_VERSION:
+        raise TrainingError(f"{path}: checkpoint version {version}, expected {CHECKPOINT_VERSION}; {_REMEDY}")
+    missing = [k for k in _PAYLOAD_KEYS if k not in payload]
+    if missing:
+        raise TrainingError(f"{path} is not a complete checkpoint (no {', '.join(missing)}); {_REMEDY}")
     return payload
 
 
@@ -192,21 +218,13 @@ def restore(agent: Any, payload: dict[str, Any], procs: Processes) -> None:
     _load_rank_state(agent, payload["ranks"][procs.rank])
 
 
-def resolve_resume(config: TrainingConfig, run_dir: Path, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """The checkpoint to resume from (``None``: a new run), after checking that the run may start: a new run does
-    not replace one unless ``overwrite``; a resume keeps the :data:`IDENTITY_FIELDS` of the checkpoint."""
-    ckpt = run_dir / CHECKPOINT_FILE
-    if not resume:
-        if ckpt.exists() and not overwrite:
-            raise TrainingError(
-                f"{run_dir} already holds a run ({CHECKPOINT_FILE}); pass --resume to continue it, "
-                "--overwrite to replace it, or choose another --out"
-            )
-        return None
-    if not ckpt.exists():
-        return None
-    payload = load_checkpoint(ckpt)
+def resume_payload(config: TrainingConfig, run_dir: Path) -> dict[str, Any]:
+    """The checkpoint of ``run_dir`` to resume (its checksum checked), after checking that the resume keeps the
+    :data:`IDENTITY_FIELDS` of the checkpoint."""
+    payload = load_checkpoint(run_dir / CHECKPOINT_FILE)
     saved, current = payload["config"], config_dict(config)
+    if not isinstance(saved, dict):
+        raise TrainingError(f"{run_dir / CHECKPOINT_FILE} holds no configuration; {_REMEDY}")
     changed = [k for k in IDENTITY_FIELDS if _normal(saved.get(k)) != _normal(current.get(k))]
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)

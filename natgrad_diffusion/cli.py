@@ -190,6 +190,16 @@ def _prompt(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _out_path(text: str) -> Path:
+    """An output path (``""`` is refused: it would mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return Path(text)
+
+
+_OVERWRITE = "replace existing output files (refused by default)"
+
+
 def _names(text: str) -> tuple[str, ...]:
     """``"resnet18,pixels"`` → ``("resnet18", "pixels")`` (an empty string: none)."""
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -239,7 +249,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
 
 def _add_data_commands(sub: Any) -> None:
     r = sub.add_parser("build-reference", help="a reference set .npz: rendered craters, real Mars crops, a folder")
-    r.add_argument("out", type=Path, help="OUT.npz (with --source mars: a directory for the three split files)")
+    r.add_argument("out", type=_out_path, help="OUT.npz (with --source mars: a directory for the three split files)")
+    r.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     r.add_argument(
         "--source",
         choices=("render", "mars", "folder", "moon"),
@@ -260,7 +271,8 @@ def _add_data_commands(sub: Any) -> None:
     r.add_argument("--folder", type=Path, default=None, help="folder: the directory of images")
     f = sub.add_parser("build-features", help="feature file of a reference set (.npz)")
     f.add_argument("reference", type=Path, help="reference set .npz")
-    f.add_argument("out", type=Path, help="features .npz to write")
+    f.add_argument("out", type=_out_path, help="features .npz to write")
+    f.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     f.add_argument(
         "--extractor",
         default=TRAINING.features,
@@ -292,22 +304,26 @@ def _add_run_commands(sub: Any) -> None:
     )
     s.add_argument(
         "--out",
-        type=Path,
+        type=_out_path,
         default=Path("samples.png"),
         help="grid PNG (default: ./samples.png); the images go to OUT.npz too",
     )
+    s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     e = sub.add_parser("evaluate", help="metrics table: pretrained model vs a run's fine-tuned policy")
     e.add_argument("--run", type=Path, required=True, help="run directory")
     e.add_argument("--eval-prompts", type=Path, default=None, help="prompts file (default: the run's)")
     e.add_argument("--images-per-prompt", type=_bounded(2, 1000), default=None, help="default: the run's")
-    e.add_argument("--out", type=Path, default=None, help="write the markdown table here too")
+    e.add_argument("--out", type=_out_path, default=None, help="write the markdown table here too (.md)")
+    e.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     pl = sub.add_parser("plot", help="PNG plots of a run's CSV")
     pl.add_argument("--run", type=Path, required=True, help="run directory")
-    pl.add_argument("--out", type=Path, default=None, help="directory (default: RUN/plots)")
+    pl.add_argument("--out", type=_out_path, default=None, help="directory (default: RUN/plots)")
+    pl.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     pf = sub.add_parser("plot-features", help="PCA and t-SNE plots of a features file (and a grid of its images)")
     pf.add_argument("features", type=Path, help="features .npz (build-features)")
     pf.add_argument("--reference", type=Path, default=None, help="its reference set .npz, for an image grid")
-    pf.add_argument("--out-dir", type=Path, default=Path("."), help="directory of the PNGs (default: .)")
+    pf.add_argument("--out-dir", type=_out_path, default=Path("."), help="directory of the PNGs (default: .)")
+    pf.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     pf.add_argument("--prefix", default="crater_reference", help="file name prefix")
 
 

@@ -1,7 +1,9 @@
 """The ``natgrad-diffusion`` subcommands (:mod:`natgrad_diffusion.cli` parses; this module acts).
 
-Each command checks its arguments first and imports torch and the diffusion stack only after, so that a bad value
-fails at once with one line.
+Each command checks its arguments first, its output paths included (:mod:`natgrad_diffusion.outputs`,
+:func:`natgrad_diffusion.rundir.check_run_dir`), and imports torch and the diffusion stack only after, so that a bad
+value fails at once with one line and no file of the user's is overwritten.  Outputs are written atomically
+(:func:`natgrad_diffusion.logs.atomic_output`): a kill never leaves half a file.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ from .job import (
     validate_config,
     with_test_mode,
 )
+from .logs import atomic_output
+from .outputs import check_output_dir, check_output_file
+from .rundir import CSV_FILE, PLOT_FILE, PLOTS_DIR, check_run_dir, is_run
 
 __all__ = ["COMMANDS"]
 
@@ -28,6 +33,7 @@ __all__ = ["COMMANDS"]
 def _cmd_train(args: argparse.Namespace) -> None:
     config, explicit = training_config(args)
     validate_config(with_test_mode(config, explicit))  # before the heavy imports below
+    check_run_dir(with_test_mode(config, explicit).out, resume=args.resume, overwrite=args.overwrite)
     from .training import train
     from .verdict import summary
 
@@ -46,9 +52,16 @@ def _positive(name: str, value: int | None) -> None:
         fail(f"{name} must be >= 1, got {value}")
 
 
+#: the image formats ``sample --out`` writes (the first is added to a name without a suffix)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+
+
 def _cmd_sample(args: argparse.Namespace) -> None:
     _positive("--images-per-prompt", args.images_per_prompt)
     _positive("--steps", args.steps)
+    out = check_output_file(args.out, suffixes=IMAGE_SUFFIXES, overwrite=args.overwrite, inputs=[args.prompts])
+    npz = check_output_file(out.with_suffix(".npz"), suffixes=(".npz",), overwrite=args.overwrite,
+                            inputs=[args.prompts])  # fmt: skip
     config = _run_config(args.run)
     prompts = args.prompt or (load_prompts(args.prompts) if args.prompts is not None else job_prompts(config, "test"))
     import numpy as np
@@ -65,15 +78,19 @@ def _cmd_sample(args: argparse.Namespace) -> None:
         steps=args.steps if args.steps is not None else config.steps, guidance_scale=config.guidance_scale,
         eta=config.eta, seed=args.seed,
     )  # fmt: skip
-    out = Path(args.out)
     save_image_grid(images, out, ncols=args.images_per_prompt, row_labels=prompts, scale=3)
-    np.savez_compressed(out.with_suffix(".npz"), images=images, prompts=np.array(image_prompts, dtype=np.str_))
+    with atomic_output(npz) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, images=images, prompts=np.array(image_prompts, dtype=np.str_))
     source = f"the policy of {args.run}" if args.run is not None else "the pretrained model"
-    print(f"wrote {len(images)} images of {source} to {out.resolve()} and {out.with_suffix('.npz').resolve()}")
+    print(f"wrote {len(images)} images of {source} to {out.resolve()} and {npz.resolve()}")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     _positive("--images-per-prompt", args.images_per_prompt)
+    out = None
+    if args.out is not None:
+        out = check_output_file(args.out, suffixes=(".md", ".markdown", ".txt"), overwrite=args.overwrite,
+                                inputs=[args.eval_prompts])  # fmt: skip
     config = _run_config(args.run)
     if args.images_per_prompt is not None:
         config = replace(config, eval_images_per_prompt=args.images_per_prompt)
@@ -96,8 +113,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
         rows[name], _ = evaluate_policy(components, policy, prompts, spaces, config, pretrained=pretrained)
     table = format_metrics_table(rows, columns=table_columns(spaces))
     print(table)
-    if args.out is not None:
-        atomic_write_text(args.out, table + "\n")
+    if out is not None:
+        atomic_write_text(out, table + "\n")
+        print(f"wrote the table to {out.resolve()}")
 
 
 def _mars_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -135,13 +153,16 @@ def _cmd_build_reference(args: argparse.Namespace) -> None:
 
     _check_reference_args(args)
     if args.source == "mars":
-        from .craters.mars import build_mars_reference
+        from .craters.mars import SPLITS, mars_reference_sets
 
         options = _mars_options(args)
-        for name, path in build_mars_reference(args.out, **options).items():
-            n = len(refs.load_reference_set(path))
-            print(f"wrote {n} {name} Mars crater crops ({args.size}×{args.size}) to {path}")
+        out_dir = check_output_dir(args.out, [f"{s}.npz" for s in SPLITS], overwrite=args.overwrite, what="OUT")
+        for name, ref in mars_reference_sets(**options).items():
+            with atomic_output(out_dir / f"{name}.npz") as tmp:
+                refs.save_reference_set(ref, tmp)
+            print(f"wrote {len(ref)} {name} Mars crater crops ({args.size}×{args.size}) to {out_dir / f'{name}.npz'}")
         return
+    out = check_output_file(args.out, suffixes=(".npz",), overwrite=args.overwrite, what="OUT")
     if args.source == "folder":
         ref = refs.reference_from_folder(args.folder, size=args.size)
     elif args.source == "moon":
@@ -149,17 +170,20 @@ def _cmd_build_reference(args: argparse.Namespace) -> None:
     else:
         diversity = args.diversity if args.diversity in refs.DIVERSITY_PRESETS else float(args.diversity)
         ref = refs.generate_reference_set(args.n, seed=args.seed, size=args.size, diversity=diversity)
-    refs.save_reference_set(ref, args.out)
+    with atomic_output(out) as tmp:
+        refs.save_reference_set(ref, tmp)
     kind = {"render": "crater", "moon": "lunar", "folder": "folder"}[args.source]
-    print(f"wrote {len(ref)} {kind} images ({ref.size}×{ref.size}) to {args.out}")
+    print(f"wrote {len(ref)} {kind} images ({ref.size}×{ref.size}) to {out}")
 
 
 def _cmd_build_features(args: argparse.Namespace) -> None:
     _positive("--image-size", args.image_size)
     if not args.reference.is_file():
         fail(f"reference file {args.reference} not found")
+    out = check_output_file(args.out, suffixes=(".npz",), overwrite=args.overwrite, what="OUT",
+                            inputs=[args.reference])  # fmt: skip
     from .craters.reference import load_reference_set
-    from .features import build_reference_features
+    from .features import build_reference_features, save_features
 
     n = len(load_reference_set(args.reference))
     if n < 2:
@@ -167,19 +191,30 @@ def _cmd_build_features(args: argparse.Namespace) -> None:
     options = {"weights": args.weights} if args.weights is not None else {}
     if args.image_size is not None:
         options["image_size"] = args.image_size
-    fs = build_reference_features(args.reference, args.out, args.extractor, **options)
+    fs = build_reference_features(args.reference, None, args.extractor, **options)
+    with atomic_output(out) as tmp:
+        save_features(fs, tmp)
     source = fs.extractor.get("weights")
-    print(f"wrote features {fs.features.shape} to {args.out} (extractor {fs.extractor.get('name')}, weights {source})")
+    print(f"wrote features {fs.features.shape} to {out} (extractor {fs.extractor.get('name')}, weights {source})")
 
 
 def _cmd_plot(args: argparse.Namespace) -> None:
+    out = args.out if args.out is not None else args.run / PLOTS_DIR
+    if (args.run / CSV_FILE).is_file():  # else plot_run says there is nothing to plot
+        run = args.run if is_run(args.run) else None  # a run's own plot is regenerated without --overwrite
+        check_output_dir(out, [PLOT_FILE], overwrite=args.overwrite, run=run)
     from .plots import plot_run
 
-    for path in plot_run(args.run, args.out):
+    for path in plot_run(args.run, out):
         print(f"wrote {path}")
 
 
 def _cmd_plot_features(args: argparse.Namespace) -> None:
+    if not args.prefix or "/" in args.prefix or "\\" in args.prefix:
+        fail(f"--prefix {args.prefix!r} must be a file name prefix (not empty, no path separator)")
+    names = [f"{args.prefix}_{m}.png" for m in ("pca", "tsne")]
+    names += [f"{args.prefix}_grid.png"] if args.reference is not None else []
+    check_output_dir(args.out_dir, names, overwrite=args.overwrite, what="--out-dir")
     from .plots import plot_features
 
     for path in plot_features(args.features, args.out_dir, args.prefix, args.reference):

@@ -6,11 +6,13 @@
   half-written last line, rewriting the file atomically, then appends.
 * :func:`write_metadata` / :func:`read_metadata`: ``run.json`` with the configuration, library versions, seed,
   process count and the feature extractor used; written atomically; a resume appends to its ``resumes`` list.
-* :func:`atomic_write_bytes` / :func:`atomic_write_text`: temp file in the same directory + :func:`os.replace`.
+* :func:`atomic_output` / :func:`atomic_write_bytes` / :func:`atomic_write_text`: temp file in the same directory,
+  ``fsync``, :func:`os.replace` (a kill never leaves half a file; the file gets the usual permissions).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -19,17 +21,19 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CSVLogger",
+    "atomic_output",
     "atomic_write_bytes",
     "atomic_write_text",
     "library_versions",
     "read_csv",
     "read_metadata",
+    "umask_mode",
     "update_metadata",
     "write_metadata",
 ]
@@ -37,21 +41,41 @@ __all__ = [
 METADATA_FILE = "run.json"
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The permissions an ordinary ``open(path, "w")`` (``directory``: ``mkdir``) gives a new file: ``0o666``
+    (``0o777``) less the umask."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_output(path) as tmp:`` write ``tmp`` (a temporary file next to ``path``, named
+    ``.NAME.XXXXXXXX.tmp``); when the block ends without an error it is synced and moved onto ``path``, so that a
+    reader, or the file it replaces, never sees half a file; after an error (or a kill) ``path`` is untouched and
+    the temporary file is removed (a kill leaves it, for :func:`natgrad_diffusion.rundir.remove_stale`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically: a reader sees the old file or the new one, never a mix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 

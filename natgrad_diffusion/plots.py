@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from natgrad_diffusion.craters.captions import ATTRIBUTES, parse_caption
+from natgrad_diffusion.logs import atomic_output
 
 __all__ = [
     "caption_attribute_table",
@@ -126,8 +127,8 @@ def plot_embedding(
     fig.suptitle(title or f"{method.upper()} of {features.shape[1]}-d features, N = {features.shape[0]}")
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=100, format=_format(path))
     plt.close(fig)
     return path
 
@@ -160,7 +161,6 @@ def save_image_grid(
     """Save an image grid PNG. Without labels/title the grid is written pixel-exact (``scale`` = integer
     upsampling); with ``row_labels`` (one per grid row) or a ``title`` it is drawn with matplotlib."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     a = np.asarray(images)
     grid = make_grid(a, ncols)
     import matplotlib
@@ -171,7 +171,8 @@ def save_image_grid(
     if row_labels is None and title is None:
         k = max(1, round(scale))
         big = grid.repeat(k, 0).repeat(k, 1)
-        plt.imsave(path, big, cmap="gray" if big.ndim == 2 else None, vmin=0, vmax=255)
+        with atomic_output(path) as tmp:
+            plt.imsave(tmp, big, cmap="gray" if big.ndim == 2 else None, vmin=0, vmax=255, format=_format(path))
         return path
     h, w = grid.shape[:2]
     label_w = 0.0 if not row_labels else 0.055 * max(len(s) for s in row_labels)
@@ -189,7 +190,8 @@ def save_image_grid(
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.05)  # keeps long row labels inside
+    with atomic_output(path) as tmp:  # bbox "tight" keeps long row labels inside
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", pad_inches=0.05, format=_format(path))
     plt.close(fig)
     return path
 
@@ -237,32 +239,54 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     import matplotlib.pyplot as plt
 
     from natgrad_diffusion.logs import read_csv
-    from natgrad_diffusion.rundir import CSV_FILE
+    from natgrad_diffusion.rundir import CSV_FILE, PLOT_FILE, PLOTS_DIR
 
     run_dir = Path(run_dir)
-    rows = read_csv(run_dir / CSV_FILE)
+    csv_path = run_dir / CSV_FILE
+    rows = read_csv(csv_path)
     if not rows:
-        raise ValueError(f"{run_dir / CSV_FILE} has no rows to plot")
-    out = Path(out_dir) if out_dir is not None else run_dir / "plots"
-    out.mkdir(parents=True, exist_ok=True)
+        raise ValueError(f"{csv_path} has no rows to plot")
+    if "episode" not in rows[0]:
+        raise ValueError(f"{csv_path} is not the training log of a run (no 'episode' column)")
+    out = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
 
     def column(key: str) -> np.ndarray:
-        return np.array([float(r[key]) if r.get(key) not in (None, "") else np.nan for r in rows])
+        values = [r.get(key) for r in rows]
+        try:
+            return np.array([float(v) if v not in (None, "") else np.nan for v in values])
+        except ValueError:
+            bad = next(v for v in values if v not in (None, "") and not _is_number(v))
+            raise ValueError(f"{csv_path}: column {key!r} holds {bad[:40]!r}, not a number") from None
 
     episodes = column("episode")
+    curves = [column(key) for key, _ in _RUN_PLOTS]  # every value checked before the figure
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
-    for ax, (key, title) in zip(axes.flat, _RUN_PLOTS):
-        ax.plot(episodes, column(key), marker=".", lw=1)
+    for ax, (_, title), values in zip(axes.flat, _RUN_PLOTS, curves):
+        ax.plot(episodes, values, marker=".", lw=1)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("episode", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(str(run_dir), fontsize=9)
     fig.tight_layout()
-    paths = [out / "training_curves.png"]
-    fig.savefig(paths[0], dpi=100)
+    paths = [out / PLOT_FILE]
+    with atomic_output(paths[0]) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return paths
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _format(path: Path) -> str:
+    """The image format of ``path``'s suffix (``png`` when it has none)."""
+    return path.suffix[1:].lower() or "png"
 
 
 def save_comparison_grid(

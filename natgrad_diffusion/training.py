@@ -21,11 +21,18 @@ Run directory (``out``, :mod:`natgrad_diffusion.rundir`)::
     run.json              configuration, versions, seed, processes, feature extractor, reference (+ resumes)
     run.lock              held while a run is going (a second run into the directory refuses)
     train.csv             one row per episode (flushed per row; a resume drops rows after its checkpoint)
-    checkpoint.pt         policy, critic, optimizers, stat tracker, RNG states of every rank (atomic replace)
-    policy/               the policy in its own format (:func:`natgrad_diffusion.policies.load_policy`)
+    checkpoint.pt         policy, critic, optimizers, stat tracker, RNG states of every rank (atomic replace,
+                          SHA-256 checksum)
+    policy/               the policy in its own format (:func:`natgrad_diffusion.policies.load_policy`) and the
+                          manifest of its files' digests
     grids/episode_*.png   training batches, one row per prompt
     evaluation.md/.json   pretrained model vs initial policy vs fine-tuned policy on the eval prompts
-    plots/*.png           reward, KL, metrics against the episode
+    eval_*.png            the evaluation images of each row (eval_comparison.png: real | pretrained | fine-tuned)
+    plots/training_curves.png   reward, KL, metrics against the episode
+
+A run starts only in a new or empty folder, continues its own run (``resume``) or replaces it (``overwrite``,
+which removes only the files listed above): :func:`natgrad_diffusion.rundir.check_run_dir` decides before the
+model is loaded, and a folder that is not a run is never written to.
 
 **Exact resume.**  Sampling seeds are a function of the episode, so ``N`` episodes in one go and ``k`` + resume +
 ``N − k`` produce the same CSV rows (timing columns aside) and the same weights.
@@ -49,10 +56,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from .agents import DiffusionAgent, PPOAgent, TRPOAgent
 from .baselines import best_fixed_prompt, brightness_contrast_map
-from .checkpoints import export_policy, resolve_resume, restore, save_checkpoint
+from .checkpoints import export_policy, restore, resume_payload, save_checkpoint
 from .config import CRITIC, SAMPLING, TRAINING, TrainingConfig, config_dict
 from .critic import Critic
 from .episode_log import CSV_COLUMNS, policy_std, update_columns
@@ -67,6 +75,7 @@ from .evaluation import (
     table_columns,
 )
 from .feature_reward import FeatureReward, images_uint8
+from .integrity import IntegrityError, verify_manifest
 from .job import (
     DEFAULT_MODEL_DIR,
     TrainingError,
@@ -92,7 +101,21 @@ from .processes import (
     setup_processes,
 )
 from .rewards import get_reward, median_heuristic_bandwidth
-from .rundir import CSV_FILE, EVALUATION_FILE, RunDirectoryBusy, RunLock, clear_run
+from .rundir import (
+    COMPARISON_IMAGE,
+    CSV_FILE,
+    EVALUATION_FILE,
+    GRIDS_DIR,
+    POLICY_DIR,
+    RunDirectoryBusy,
+    RunDirectoryError,
+    RunLock,
+    check_run_dir,
+    clear_run,
+    eval_image,
+    grid_image,
+    remove_stale,
+)
 
 __all__ = ["TrainResult", "Trainer", "load_policy_from_run", "make_agent", "train"]
 
@@ -192,16 +215,15 @@ class Trainer:
         """Lock the run directory, read the checkpoint (resume), load model, prompts, features and reference,
         build policy, critic and agent, and write ``run.json``."""
         c, p = self.config, self.procs
-        if p.main:
-            self._lock()
-        payload = resolve_resume(c, self.run_dir, self.resume, self.overwrite) if p.main else None
+        self.action = self._claim() if p.main else None
+        payload = resume_payload(c, self.run_dir) if self.action == "resume" else None
         self.payload = broadcast_object(payload, p)  # a run dir on a shared file system: rank 0 reads it
         self.start_episode = int(self.payload["episode"]) if self.payload is not None else 0
         if self.payload is not None and self.payload["world_size"] != p.world:
             raise TrainingError(
                 f"the checkpoint was written by {self.payload['world_size']} processes, this run has {p.world}"
             )
-        if self.resume and self.payload is None:
+        if self.resume and self.action == "new":
             self.say(f"no checkpoint in {self.run_dir}: starting a new run")
         self.device = device_of(p)
         self.components = load_model(c.model, device=self.device if self.device.type != "cpu" else None)
@@ -213,13 +235,23 @@ class Trainer:
             self._write_metadata()
         return self
 
-    def _lock(self) -> None:
+    def _claim(self) -> str:
+        """Check ``out`` (before the lock: a refused folder gets no lock file), lock it, decide again under the lock
+        (:func:`~natgrad_diffusion.rundir.check_run_dir`: ``"new"``, ``"resume"`` or ``"replace"``) and remove a
+        killed run's temporary files."""
+        flags = {"resume": self.resume, "overwrite": self.overwrite}
         try:
+            check_run_dir(self.config.out, **flags)
             lock = self._stack.enter_context(RunLock(self.run_dir))
-        except RunDirectoryBusy as exc:
+            action = check_run_dir(self.config.out, **flags)
+        except (RunDirectoryError, RunDirectoryBusy) as exc:
             raise TrainingError(str(exc)) from None
         if lock.stale:
             self.say(f"note: took over the stale lock of a run that no longer runs ({lock.stale})")
+        removed = remove_stale(self.run_dir)
+        if removed:
+            self.say(f"note: removed {len(removed)} temporary file(s) of a run that was killed")
+        return action
 
     def _open_features(self) -> None:
         c = self.config
@@ -254,9 +286,8 @@ class Trainer:
 
     def _write_metadata(self) -> None:
         c = self.config
-        if self.payload is None:
+        if self.action == "replace":
             clear_run(self.run_dir)
-        (self.run_dir / "grids").mkdir(parents=True, exist_ok=True)
         meta = {
             "config": config_dict(c),
             "seed": c.seed,
@@ -272,7 +303,8 @@ class Trainer:
         }
         if self.payload is not None:
             meta = {"resumed_at_episode": self.start_episode, **meta}
-        write_metadata(self.run_dir, meta, resume=self.payload is not None)
+        write_metadata(self.run_dir, meta, resume=self.payload is not None)  # first: the folder is a run from now on
+        (self.run_dir / GRIDS_DIR).mkdir(parents=True, exist_ok=True)
 
     # ------------------------------------------------------------------ evaluation
     @property
@@ -286,7 +318,7 @@ class Trainer:
         )  # fmt: skip
         self.evaluation[name] = metrics
         labels = self.eval_prompts[: len(images) // self.config.eval_images_per_prompt]
-        path = self.run_dir / f"eval_{name.split(',')[0].replace(' ', '_')}.png"
+        path = self.run_dir / eval_image(name)
         save_image_grid(images, path, ncols=self.config.eval_images_per_prompt, row_labels=labels, scale=3)
         self.images[name] = images
         return images
@@ -328,8 +360,7 @@ class Trainer:
             return
         if when == "before":
             if self.payload is not None and self._eval_path.exists():
-                saved = json.loads(self._eval_path.read_text())
-                self.evaluation = {k: v for k, v in saved.items() if k != "fine-tuned"}
+                self.evaluation = {k: v for k, v in self._saved_evaluation().items() if k != "fine-tuned"}
                 return
             self.say("evaluating the pretrained model, the baselines and the initial policy ...")
             self._evaluate_baselines()
@@ -341,13 +372,24 @@ class Trainer:
         if when == "after":
             atomic_write_text(self.run_dir / f"{EVALUATION_FILE}.md", self._evaluation_text())
 
+    def _saved_evaluation(self) -> dict[str, Any]:
+        try:
+            saved = json.loads(self._eval_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            saved = None
+        if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
+            raise TrainingError(
+                f"{self._eval_path} is damaged (not the evaluation table of a run): delete it to evaluate again"
+            )
+        return saved
+
     def _write_comparison(self) -> None:
         per = self.config.eval_images_per_prompt
         blocks = {"real (held out)": self.spaces.reference_images} if self.spaces.reference_images is not None else {}
         if "pretrained" in self.images:
             blocks["pretrained"] = self.images["pretrained"]
         blocks["fine-tuned"] = self.images["fine-tuned"]
-        save_comparison_grid(blocks, self.eval_prompts, per, self.run_dir / "eval_comparison.png")
+        save_comparison_grid(blocks, self.eval_prompts, per, self.run_dir / COMPARISON_IMAGE)
 
     def _evaluation_text(self) -> str:
         c, sp = self.config, self.spaces
@@ -364,10 +406,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def restore(self) -> None:
-        """Put the checkpoint's state into the agent (resume) and open the CSV log."""
+        """Put the checkpoint's state into the agent (resume; ``policy/`` is exported again from it, since a run
+        killed during an export may have left an older one) and open the CSV log."""
         if self.payload is not None:
             restore(self.agent, self.payload, self.procs)
             self.samples, self.wall_before = int(self.payload["samples"]), float(self.payload["wall_s"])
+            if self.procs.main:
+                export_policy(self.agent.policy, self.run_dir / POLICY_DIR)
         else:
             self.samples, self.wall_before = 0, 0.0
         keep = self.start_episode if self.payload else None
@@ -413,7 +458,7 @@ class Trainer:
         }
         self.csv.log(row)
         if p.main and (episode % c.grid_every == 0 or episode == c.episodes):
-            grid = self.run_dir / "grids" / f"episode_{episode:05d}.png"
+            grid = self.run_dir / grid_image(episode)
             save_image_grid(images_uint8(rollout.trajectory.images_float()), grid, ncols=c.images_per_prompt, scale=3)
         if episode % c.checkpoint_every == 0 or episode == c.episodes:
             save_checkpoint(self.run_dir, self.agent, c, episode, p, samples=self.samples, wall_s=row["wall_s"])
@@ -443,8 +488,8 @@ class Trainer:
         """Export the policy, evaluate the fine-tuned policy, plot, finish ``run.json``; release the run directory."""
         p = self.procs
         self.csv.close()
-        if p.main and not (self.run_dir / "policy").exists():
-            export_policy(self.agent.policy, self.run_dir / "policy")
+        if p.main and not (self.run_dir / POLICY_DIR).exists():
+            export_policy(self.agent.policy, self.run_dir / POLICY_DIR)
         self.evaluate("after")
         if p.main:
             if read_csv(self.run_dir / CSV_FILE):
@@ -536,8 +581,22 @@ def _run(config: TrainingConfig, procs: Processes, *, start: float, **kwargs: An
 
 
 def load_policy_from_run(run_dir: str | Path, components: Any) -> DiffusionPolicy:
-    """The policy exported to ``run_dir/policy`` (``LORA_UNET`` injects it into ``components.unet``)."""
-    path = Path(run_dir) / "policy"
+    """The policy exported to ``run_dir/policy`` (``LORA_UNET`` injects it into ``components.unet``), its files
+    checked against its manifest first.
+
+    Raises:
+        TrainingError: no policy, or a damaged one (one line naming the file and how to export it again).
+    """
+    path = Path(run_dir) / POLICY_DIR
+    again = f"delete {path} and run `natgrad-diffusion train --resume --out {run_dir}` to export it again"
     if not path.is_dir():
         raise TrainingError(f"{path} not found: not a run directory, or no checkpoint written yet")
-    return load_policy(path, components)
+    try:
+        verify_manifest(path)
+    except IntegrityError as exc:
+        raise TrainingError(f"{exc}: {again}") from None
+    try:
+        return load_policy(path, components)
+    except (ValueError, OSError, KeyError, TypeError, RuntimeError, SafetensorError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TrainingError(f"cannot load the policy in {path} ({reason}): {again}") from None

@@ -31,6 +31,7 @@ Usage: ``python scripts/train_crater_encoder.py --minutes 18 --steps 1200 [--out
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import subprocess
 import time
@@ -45,7 +46,15 @@ from tqdm import tqdm
 
 from natgrad_diffusion.craters.reference import resize_square
 from natgrad_diffusion.craters.render import render_batch
-from natgrad_diffusion.encoder import ENCODER_DIR, PIXEL_MEAN, PIXEL_STD, CraterEncoder, save_crater_encoder
+from natgrad_diffusion.encoder import (
+    CONFIG_FILE,
+    ENCODER_DIR,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    CraterEncoder,
+    save_crater_encoder,
+)
+from natgrad_diffusion.outputs import OutputError, check_writer_dir
 
 SIZE = 32
 #: options that only steer one invocation (may differ between a run and its resumption)
@@ -328,7 +337,9 @@ def weights_info(tr: Trainer) -> dict:
 
 
 def run(args: argparse.Namespace) -> Trainer:
-    """Train until ``--until`` (default ``--steps``) or ``--minutes``; saves the state and writes the weights."""
+    """Train until ``--until`` (default ``--steps``) or ``--minutes``; saves the state and writes the weights.
+    ``--out`` must be new, empty or an encoder folder (``OutputError`` before any training)."""
+    check_writer_dir(args.out, _is_encoder_dir, "a crater encoder (config.json with its architecture)")
     tr = build_trainer(args)
     state = Path(args.state)
     if args.resume:
@@ -356,6 +367,13 @@ def run(args: argparse.Namespace) -> Trainer:
     save_state(tr, state)
     save_crater_encoder(tr.model, args.out, weights_info(tr))
     return tr
+
+
+def _is_encoder_dir(d: Path) -> bool:
+    try:
+        return "architecture" in json.loads((d / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError):
+        return False
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -386,7 +404,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     args = parse_args(argv)
-    tr = run(args)
+    try:
+        tr = run(args)
+    except OutputError as exc:
+        raise SystemExit(f"error: {exc}") from None
     print(f"step {tr.step}, {tr.elapsed_s / 60:.1f} min, weights in {args.out}")
 
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from natgrad_diffusion.craters.model import CraterModel, CraterModelConfig, build_crater_model, to_model_space
 from natgrad_diffusion.craters.render import render_batch
+from natgrad_diffusion.outputs import OutputError, check_writer_dir
 
 __all__ = ["main", "parse_args", "train"]
 
@@ -181,8 +182,14 @@ class _Pool:
 
 
 def train(args: argparse.Namespace) -> CraterModel:
-    """Run the training loop described in the module docstring; returns the EMA model (also saved)."""
+    """Run the training loop described in the module docstring; returns the EMA model (also saved).  ``--out`` and
+    ``--work-dir`` must be new, empty, or this script's (a model / a training state), else ``OutputError`` before
+    any training."""
     from tqdm.auto import tqdm
+
+    check_writer_dir(args.out, lambda d: (d / "crater_model.json").is_file(), "a crater model (crater_model.json)")
+    check_writer_dir(args.work_dir, lambda d: (d / "train_state.pt").is_file(), "a training state (train_state.pt)",
+                     what="--work-dir")  # fmt: skip
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -284,7 +291,10 @@ def _save_state(path: Path, model, ema_unet, ema_text, opt, gen, step, elapsed, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    train(parse_args(argv))
+    try:
+        train(parse_args(argv))
+    except OutputError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -30,12 +30,11 @@ from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from ..config import PolicyMode
+from ..integrity import POLICY_FILE
 from ..sampling import SamplingBatch, SamplingControls
 from ..trajectory import Trajectory
 
 __all__ = ["POLICY_FILE", "Decisions", "DiffusionPolicy", "PolicyMode"]
-
-POLICY_FILE = "natgrad_policy.json"
 
 
 @dataclass
@@ -147,10 +146,19 @@ class DiffusionPolicy(nn.Module, abc.ABC):
 
     @staticmethod
     def read_config(directory: str | Path) -> dict[str, Any]:
+        """The saved ``{"mode", "class", "config"}`` of a policy folder (``ValueError`` naming the file when it is
+        damaged)."""
         path = Path(directory) / POLICY_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: not a saved natgrad_diffusion policy")
-        return json.loads(path.read_text())
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            payload = None
+        if not (isinstance(payload, dict) and isinstance(payload.get("config"), dict)
+                and {"mode", "class"} <= set(payload)):  # fmt: skip
+            raise ValueError(f"{path} is damaged: not the configuration of a saved natgrad_diffusion policy")
+        return payload
 
 
 def per_image_noise(generators: list[torch.Generator], size: int, device: torch.device | str = "cpu") -> Tensor:

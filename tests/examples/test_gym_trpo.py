@@ -143,3 +143,17 @@ def test_no_tensorboard_by_default(tmp_path):
     cfg.out = str(tmp_path)
     gym_trpo.train(cfg)
     assert not any(p.name.startswith("events.out.tfevents") for p in tmp_path.rglob("*"))
+
+
+def test_out_may_be_an_earlier_run_but_not_a_folder_of_the_users(tmp_path):
+    cfg = gym_trpo.config_for("CartPole-v1", timesteps=256, n_steps=256, eval_episodes=1, progress=False)
+    cfg.out = str(tmp_path / "run")
+    gym_trpo.train(cfg)
+    gym_trpo.train(cfg)  # its own run is replaced
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["updates"] == 1
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "result.json").write_text("my results")
+    argv = ["--env", "CartPole-v1", "--timesteps", "256", "--out", str(tmp_path / "mine"), "--no-progress"]
+    with pytest.raises(SystemExit):
+        gym_trpo.main(argv)
+    assert (tmp_path / "mine" / "result.json").read_text() == "my results"

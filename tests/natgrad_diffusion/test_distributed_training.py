@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from natgrad_diffusion.checkpoints import load_checkpoint
 from natgrad_diffusion.config import TRAINING
 from natgrad_diffusion.logs import read_csv
 
@@ -129,7 +130,7 @@ def test_crater_trainer_test_mode_on_two_processes(tmp_path):
     assert r0["rows"] == rows and r1["rows"] == []
     assert [r["episode"] for r in rows] == ["1", "2"] and [r["samples"] for r in rows] == ["8", "16"]
     assert all(0 < float(r["kl"]) <= TRAINING.trust_region.max_kl * (1 + 1e-3) for r in rows if r["accepted"] == "1")
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["ranks"]) == 2 and ckpt["episode"] == 2
     # each rank samples its own images (own seeds): their per-prompt reward histories differ
     assert ckpt["ranks"][0]["stat_tracker"] != ckpt["ranks"][1]["stat_tracker"]

@@ -145,3 +145,13 @@ def test_resume_gives_the_same_weights(train_script, tmp_path: Path) -> None:
     assert any(not torch.equal(full[k], part[k]) for k in full)  # the first half alone is not the same
     model, cfg = load_crater_encoder(tmp_path / "split")
     assert cfg["steps"] == 4 and isinstance(model, CraterEncoder)
+
+
+def test_training_script_refuses_a_folder_that_holds_no_encoder(train_script, tmp_path: Path) -> None:
+    from natgrad_diffusion.outputs import OutputError
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text('{"my": "settings"}')
+    with pytest.raises(OutputError, match="does not hold a crater encoder"):
+        train_script.run(_tiny(train_script, tmp_path, "mine"))
+    assert (tmp_path / "mine" / "config.json").read_text() == '{"my": "settings"}'

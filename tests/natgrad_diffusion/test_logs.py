@@ -8,10 +8,12 @@ import torch
 
 from natgrad_diffusion.logs import (
     CSVLogger,
+    atomic_output,
     atomic_write_text,
     library_versions,
     read_csv,
     read_metadata,
+    umask_mode,
     write_metadata,
 )
 
@@ -85,6 +87,20 @@ def test_atomic_write_leaves_no_temporary_files(tmp_path):
     atomic_write_text(tmp_path / "a.txt", "two")
     assert (tmp_path / "a.txt").read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_atomic_output_replaces_the_whole_file_or_nothing(tmp_path):
+    path = tmp_path / "grid.png"
+    path.write_bytes(b"the user's old file")
+    with pytest.raises(KeyboardInterrupt), atomic_output(path) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt  # interrupted in the middle of the write
+    assert path.read_bytes() == b"the user's old file" and sorted(tmp_path.iterdir()) == [path]
+    with atomic_output(path) as tmp:
+        assert tmp.parent == tmp_path and tmp.name.startswith(".grid.png.") and tmp.suffix == ".tmp"
+        tmp.write_bytes(b"new")
+    assert path.read_bytes() == b"new" and sorted(tmp_path.iterdir()) == [path]
+    assert path.stat().st_mode & 0o777 == umask_mode()  # not mkstemp's 0o600
 
 
 def test_metadata_resume_appends(tmp_path):

@@ -1,12 +1,15 @@
 """The crater trainer on a tiny model: exact resume, kill safety, run directory, evaluation, errors."""
 
 import json
+import os
 import warnings
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from natgrad_diffusion.checkpoints import load_checkpoint
 from natgrad_diffusion.components import build_tiny_components
 from natgrad_diffusion.config import TRAINING
 from natgrad_diffusion.episode_log import CSV_COLUMNS
@@ -62,7 +65,7 @@ def without_timings(rows):
 
 
 def weights(run_dir):
-    payload = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    payload = load_checkpoint(run_dir / "checkpoint.pt")
     return payload["policy"], payload["critic"]
 
 
@@ -122,11 +125,54 @@ def test_killed_run_keeps_a_readable_csv_and_resumes_exactly(tiny_model, tmp_pat
         run(config_for(tiny_model, tmp_path / "killed"))
     rows = read_csv(tmp_path / "killed" / "train.csv")
     assert [r["episode"] for r in rows] == ["1", "2", "3"]
-    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["episode"] == 2
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["episode"] == 2
     assert not [p for p in (tmp_path / "killed").iterdir() if p.name.startswith(".")]  # no temp files left
     monkeypatch.setattr(FeatureReward, "__call__", original)
     run(config_for(tiny_model, tmp_path / "killed"), resume=True)
     assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+@pytest.mark.parametrize("where", ["checkpoint.pt", "policy"])
+def test_kill_while_writing_a_checkpoint_or_the_policy_resumes_exactly(tiny_model, tmp_path, monkeypatch, where):
+    """Killed in the write of episode 4's checkpoint (its temporary file left, as ``kill -9`` leaves it) or between
+    the two renames of its policy export: the resume removes the leftovers, puts a policy back, and ends with the
+    same CSV rows, weights and exported policy as a run that was never killed."""
+    run(config_for(tiny_model, tmp_path / "straight"))
+    original, calls = os.replace, []
+
+    def dying(src, dst):
+        if Path(dst).name == where:
+            calls.append(dst)
+            if len(calls) == 2:  # episode 4's write
+                raise KeyboardInterrupt
+        return original(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying)
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(config_for(tiny_model, killed))
+    monkeypatch.setattr(os, "replace", original)
+    if where == "checkpoint.pt":
+        assert load_checkpoint(killed / "checkpoint.pt")["episode"] == 2
+        (killed / ".checkpoint.pt.k1ll3d99.tmp").write_bytes(b"half a checkpoint")
+    else:
+        assert load_checkpoint(killed / "checkpoint.pt")["episode"] == 4
+        assert not (killed / "policy").exists() and (killed / ".policy.old").is_dir()
+        assert [p.name for p in killed.glob(".policy.*") if p.name != ".policy.old"]  # the complete new export
+    run(config_for(tiny_model, killed), resume=True)
+    assert_same_run(tmp_path / "straight", killed)
+    assert not [p.name for p in killed.iterdir() if p.name.startswith(".")]
+    assert_same_policy(tmp_path / "straight" / "policy", killed / "policy")
+
+
+def assert_same_policy(a, b):
+    """The same exported policy: configuration and tensors (a safetensors header orders its metadata at random)."""
+    from safetensors.torch import load_file
+
+    assert (a / "natgrad_policy.json").read_text() == (b / "natgrad_policy.json").read_text()
+    (weights,) = [p.name for p in a.glob("*.safetensors")]
+    wa, wb = load_file(a / weights), load_file(b / weights)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_run_directory_and_evaluation(tiny_model, tmp_path):
@@ -155,7 +201,9 @@ def test_run_directory_and_evaluation(tiny_model, tmp_path):
     table = (out / "evaluation.md").read_text()
     assert "| fine-tuned |" in table and "MMD² crater* ↓" in table and "coverage" in table
     assert "used the **crater** space" in table
-    assert (out / "eval_comparison.png").is_file()
+    assert (out / "eval_comparison.png").is_file() and (out / "policy" / "natgrad_manifest.json").is_file()
+    images = {p.name: p.read_bytes() for p in out.glob("eval_*.png")}
+    assert len(images) == 5 and images["eval_pretrained.png"] != images["eval_best_fixed_prompt.png"]
     # an existing run is not overwritten by accident, and a resume may not change the experiment
     with pytest.raises(TrainingError, match="--resume"):
         run(cfg)

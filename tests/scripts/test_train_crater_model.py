@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from train_crater_model import parse_args, train
 
 from natgrad_diffusion.craters.model import load_crater_model
+from natgrad_diffusion.outputs import OutputError
 
 
 def test_training_script_runs_and_saves(tmp_path):
@@ -20,3 +22,12 @@ def test_training_script_runs_and_saves(tmp_path):
     args.steps, args.resume = 4, True
     train(args)
     assert json.loads((out / "training.json").read_text())["steps"] == 4
+
+
+def test_a_folder_that_holds_no_model_is_refused_before_training(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "training.json").write_text("my notes")
+    args = parse_args(["--out", str(tmp_path / "mine"), "--work-dir", str(tmp_path / "work"), "--steps", "1"])
+    with pytest.raises(OutputError, match="does not hold a crater model"):
+        train(args)
+    assert (tmp_path / "mine" / "training.json").read_text() == "my notes" and not (tmp_path / "work").exists()
