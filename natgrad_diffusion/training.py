@@ -44,7 +44,6 @@ GPUs, gloo on CPUs), checks that every rank was started with the same settings, 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import warnings
@@ -59,21 +58,11 @@ import torch
 from safetensors import SafetensorError
 
 from .agents import DiffusionAgent, PPOAgent, TRPOAgent
-from .baselines import best_fixed_prompt, brightness_contrast_map
 from .checkpoints import export_policy, restore, resume_payload, save_checkpoint
 from .config import CRITIC, SAMPLING, TRAINING, TrainingConfig, config_dict
 from .critic import Critic
 from .episode_log import CSV_COLUMNS, policy_std, update_columns
-from .evaluation import (
-    Spaces,
-    batch_metrics,
-    evaluate_policy,
-    evaluation_spaces,
-    format_metrics_table,
-    image_metrics,
-    sample_images,
-    table_columns,
-)
+from .evaluation import batch_metrics, evaluation_spaces, table_columns
 from .feature_reward import FeatureReward, images_uint8
 from .integrity import IntegrityError, verify_manifest
 from .job import (
@@ -84,13 +73,12 @@ from .job import (
     load_model,
     load_reference_features,
     parse_mode,
-    reference_set,
     resolve_defaults,
     validate_config,
     with_test_mode,
 )
-from .logs import CSVLogger, atomic_write_text, library_versions, read_csv, update_metadata, write_metadata
-from .plots import plot_run, save_comparison_grid, save_image_grid
+from .logs import CSVLogger, library_versions, read_csv, update_metadata, write_metadata
+from .plots import plot_run, save_image_grid
 from .policies import DiffusionPolicy, load_policy, make_policy
 from .processes import (
     Processes,
@@ -101,10 +89,9 @@ from .processes import (
     setup_processes,
 )
 from .rewards import get_reward, median_heuristic_bandwidth
+from .run_evaluation import RunEvaluation
 from .rundir import (
-    COMPARISON_IMAGE,
     CSV_FILE,
-    EVALUATION_FILE,
     GRIDS_DIR,
     POLICY_DIR,
     RunDirectoryBusy,
@@ -112,7 +99,6 @@ from .rundir import (
     RunLock,
     check_run_dir,
     clear_run,
-    eval_image,
     grid_image,
     remove_stale,
 )
@@ -203,10 +189,7 @@ class Trainer:
         self.config, self.procs = config, procs
         self.resume, self.overwrite, self.progress, self.say = resume, overwrite, progress, say
         self.run_dir = Path(config.out)
-        self.evaluation: dict[str, dict[str, float]] = {}
-        self.images: dict[str, np.ndarray] = {}
-        self.best_prompt: str | None = None
-        self.spaces: Spaces | None = None
+        self.evaluator: RunEvaluation | None = None
         self.episodes_done = 0
         self._stack = ExitStack()
 
@@ -267,7 +250,11 @@ class Trainer:
         self.reward_fn = FeatureReward(self.extractor, reward, self.procs)
         self.bandwidth = median_heuristic_bandwidth(self.reference)
         if c.evaluate and self.procs.main:
-            self.spaces = evaluation_spaces(c, self.extractor, self.reference, shape)
+            spaces = evaluation_spaces(c, self.extractor, self.reference, shape)
+            self.evaluator = RunEvaluation(
+                c, self.run_dir, self.components, spaces, train_prompts=self.prompts, eval_prompts=self.eval_prompts,
+                reward_extractor=self.extractor, reference_info=self.reference_info,
+            )  # fmt: skip
 
     def _open_agent(self) -> None:
         c = self.config
@@ -308,101 +295,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     @property
-    def _eval_path(self) -> Path:
-        return self.run_dir / f"{EVALUATION_FILE}.json"
-
-    def _evaluate_row(self, name: str, pretrained: bool, **kwargs: Any) -> np.ndarray:
-        metrics, images = evaluate_policy(
-            self.components, self.agent.policy, self.eval_prompts, self.spaces, self.config, pretrained=pretrained,
-            **kwargs,
-        )  # fmt: skip
-        self.evaluation[name] = metrics
-        labels = self.eval_prompts[: len(images) // self.config.eval_images_per_prompt]
-        path = self.run_dir / eval_image(name)
-        save_image_grid(images, path, ncols=self.config.eval_images_per_prompt, row_labels=labels, scale=3)
-        self.images[name] = images
-        return images
-
-    def _evaluate_baselines(self) -> None:
-        """The pretrained model as it is, with the reference's brightness and contrast, and with the best fixed
-        prompt (chosen on the validation set); then the untrained policy."""
-        c = self.config
-        pre = self._evaluate_row("pretrained", True)
-        if c.eval_baselines:
-            self._baseline_rows(pre)
-        self._evaluate_row("initial policy", False)
-
-    def _baseline_rows(self, pretrained_images: np.ndarray) -> None:
-        c = self.config
-        reference_images = reference_set(c, "reference", self.components.image_shape())
-        if reference_images is not None and self.spaces.reference_images is not None:
-            metrics = image_metrics(
-                brightness_contrast_map(pretrained_images, reference_images.images),
-                [p for p in self.eval_prompts for _ in range(c.eval_images_per_prompt)], self.spaces, c.vendi_kernel,
-            )  # fmt: skip
-            self.evaluation["pretrained + brightness/contrast map"] = metrics
-        validation = reference_set(c, "validation", self.components.image_shape())
-        if validation is not None:
-            best, _ = best_fixed_prompt(
-                lambda ps: sample_images(self.components, ps, images_per_prompt=c.eval_images_per_prompt,
-                                         steps=c.steps, guidance_scale=c.guidance_scale, eta=c.eta,
-                                         seed=c.eval_seed + 7919)[0],
-                self.prompts, self.extractor, self.extractor(validation.images),
-            )  # fmt: skip
-            self.best_prompt = best
-            self._evaluate_row("pretrained, best fixed prompt", True, sample_prompts=[best] * len(self.eval_prompts))
+    def evaluation(self) -> dict[str, dict[str, float]]:
+        """The evaluation rows so far (empty without evaluation)."""
+        return self.evaluator.rows if self.evaluator is not None else {}
 
     def evaluate(self, when: str) -> None:
         """``when="before"``: the pretrained model, the baselines and the initial policy (reused on resume);
-        ``"after"``: the fine-tuned policy, ``evaluation.md`` and the real | pretrained | fine-tuned grid.  Rank 0
-        only."""
-        if not (self.config.evaluate and self.procs.main):
+        ``"after"``: the fine-tuned policy, ``evaluation.md`` and the real | pretrained | fine-tuned grid
+        (:class:`~natgrad_diffusion.run_evaluation.RunEvaluation`).  Rank 0 only."""
+        if self.evaluator is None:
             return
         if when == "before":
-            if self.payload is not None and self._eval_path.exists():
-                self.evaluation = {k: v for k, v in self._saved_evaluation().items() if k != "fine-tuned"}
-                return
-            self.say("evaluating the pretrained model, the baselines and the initial policy ...")
-            self._evaluate_baselines()
+            self.evaluator.before(self.agent.policy, resumed=self.payload is not None, say=self.say)
         else:
-            self.say("evaluating the fine-tuned policy ...")
-            self._evaluate_row("fine-tuned", False)
-            self._write_comparison()
-        atomic_write_text(self._eval_path, json.dumps(self.evaluation, indent=2) + "\n")
-        if when == "after":
-            atomic_write_text(self.run_dir / f"{EVALUATION_FILE}.md", self._evaluation_text())
-
-    def _saved_evaluation(self) -> dict[str, Any]:
-        try:
-            saved = json.loads(self._eval_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            saved = None
-        if not isinstance(saved, dict) or not all(isinstance(v, dict) for v in saved.values()):
-            raise TrainingError(
-                f"{self._eval_path} is damaged (not the evaluation table of a run): delete it to evaluate again"
-            )
-        return saved
-
-    def _write_comparison(self) -> None:
-        per = self.config.eval_images_per_prompt
-        blocks = {"real (held out)": self.spaces.reference_images} if self.spaces.reference_images is not None else {}
-        if "pretrained" in self.images:
-            blocks["pretrained"] = self.images["pretrained"]
-        blocks["fine-tuned"] = self.images["fine-tuned"]
-        save_comparison_grid(blocks, self.eval_prompts, per, self.run_dir / COMPARISON_IMAGE)
-
-    def _evaluation_text(self) -> str:
-        c, sp = self.config, self.spaces
-        ref = self.reference_info
-        lines = [
-            f"Held-out evaluation: {len(self.eval_prompts)} prompts × {c.eval_images_per_prompt} images, {c.steps} "
-            f"steps, against {len(sp.reference_images) if sp.reference_images is not None else 'the reward'}'s "
-            f"held-out images ({c.eval_reference or c.reference or 'render'}, evaluation split).",
-            f"The reward ({c.reward}) used the **{sp.reward_space}** space (marked *) and the reference "
-            f"{ref.get('source')} ({ref.get('split', 'reference')} split); the other spaces are ones it never saw.",
-            "",
-        ]
-        return "\n".join(lines) + format_metrics_table(self.evaluation, columns=table_columns(sp)) + "\n"
+            self.evaluator.after(self.agent.policy, say=self.say)
 
     # ------------------------------------------------------------------ the loop
     def restore(self) -> None:
@@ -508,8 +414,8 @@ class Trainer:
             policy=self.agent.policy,
             components=self.components,
             feature_extractor=dict(self.extractor.metadata),
-            columns=table_columns(self.spaces) if self.spaces is not None else [],
-            best_prompt=self.best_prompt,
+            columns=table_columns(self.evaluator.spaces) if self.evaluator is not None else [],
+            best_prompt=self.evaluator.best_prompt if self.evaluator is not None else None,
         )
 
     def abort(self) -> None:

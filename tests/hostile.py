@@ -62,7 +62,8 @@ class Case:
         before: its class on the code before issue 19 (one of :data:`CLASSES`).
         act: ``act(tmp) -> result``: performs the trial in the empty directory ``tmp``.
         refuses: the words (case-insensitive) a refusal must contain; ``None``: it must not refuse.
-        check: ``check(result, tmp) -> bool``: the outcome is right (for a refusal: nothing was lost).
+        check: ``check(result, tmp) -> bool``: the outcome is right; with ``loses``, it is also called as
+            ``check(None, tmp)`` after an exception (a refusal after deleting files is data lost).
         warns: the words a warning must contain.
         loses: a failed ``check`` means the user's data were lost (else the result is silently wrong).
     """
@@ -106,6 +107,8 @@ def classify(case: Case, tmp: Path) -> tuple[str, str]:
             if isinstance(exc, SystemExit) and not isinstance(exc, Escaped):
                 return TRACEBACK, f"SystemExit({exc.code}) outside the command line"
             message = f"{type(exc).__name__}: {exc}"
+            if case.loses and case.check is not None and not case.check(None, tmp):
+                return LOST, f"the user's files changed, then: {message}"
             if not deliberate(exc):
                 return TRACEBACK, message
             if case.refuses is None:
