@@ -117,14 +117,7 @@ def check_output_dir(
         OutputError: ``""``, a file, a name with a path separator, an existing file (without ``overwrite``), a file
             of another run directory, or a folder that cannot be written.
     """
-    text = os.fspath(directory)
-    if not str(text).strip():
-        raise OutputError(f"{what} is empty: give a directory")
-    d = Path(text)
-    if d.is_symlink() and not d.exists():
-        raise OutputError(f"{what} {d} is a broken symbolic link (to {os.readlink(d)})")
-    if d.exists() and not d.is_dir():
-        raise OutputError(f"{what} {d} is a file, not a directory")
+    d = _folder(directory, what)
     for name in names:
         if not name or name in (".", "..") or "/" in name or os.sep in name:
             raise OutputError(f"{what}: the file name {name!r} is not a plain file name")
@@ -140,6 +133,19 @@ def check_output_dir(
     return d
 
 
+def _folder(directory: str | os.PathLike, what: str) -> Path:
+    """``directory`` as a path, refused when empty, a broken link or a file."""
+    text = os.fspath(directory)
+    if not str(text).strip():
+        raise OutputError(f"{what} is empty: give a directory")
+    d = Path(text)
+    if d.is_symlink() and not d.exists():
+        raise OutputError(f"{what} {d} is a broken symbolic link (to {os.readlink(d)})")
+    if d.exists() and not d.is_dir():
+        raise OutputError(f"{what} {d} is a file, not a directory")
+    return d
+
+
 def check_writer_dir(
     directory: str | os.PathLike, ours: Callable[[Path], bool], kind: str, what: str = "--out"
 ) -> Path:
@@ -150,14 +156,7 @@ def check_writer_dir(
     Raises:
         OutputError: ``""``, a file, a broken link, or a non-empty folder that is not one of ``kind``.
     """
-    text = os.fspath(directory)
-    if not str(text).strip():
-        raise OutputError(f"{what} is empty: give a directory")
-    d = Path(text)
-    if d.is_symlink() and not d.exists():
-        raise OutputError(f"{what} {d} is a broken symbolic link (to {os.readlink(d)})")
-    if d.exists() and not d.is_dir():
-        raise OutputError(f"{what} {d} is a file, not a directory")
+    d = _folder(directory, what)
     if d.is_dir() and any(d.iterdir()) and not ours(d):
         raise OutputError(f"{what} {d} is not empty and does not hold {kind}: choose a new or empty folder")
     _writable(d / "x", what)

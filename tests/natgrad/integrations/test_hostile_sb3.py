@@ -11,7 +11,6 @@ import math
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 sb3_contrib = pytest.importorskip("sb3_contrib")
 
@@ -21,14 +20,6 @@ from natgrad.integrations.sb3 import TRPO  # noqa: E402
 from tests.hostile import HANDLED, NAMED, SILENT, TRACEBACK, UNNAMED, Case  # noqa: E402
 
 SMALL = dict(n_steps=64, batch_size=64, policy_kwargs=dict(net_arch=[8]), seed=0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def built(env="CartPole-v1", learn=64, **kw):

@@ -47,15 +47,6 @@ SB3_KEYS = {
 NATGRAD_KEYS = {"train/cg_iterations", "train/cg_residual", "train/step_size", "train/line_search_iterations"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """sb3's small networks run fastest on one thread (and CI's cores are shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class IdentityEnvBox3(IdentityEnv):
     """A 3-dimensional Box identity task (reward −‖a − s‖²): exercises the per-dimension KL convention."""
 
