@@ -69,7 +69,7 @@ _HELP = {
     "reference_n": "craters to render when no --reference is given",
     "reference_seed": "seed of the rendered reference",
     "reference_diversity": "diversity of the rendered reference (narrow, medium, broad or a number in [0, 1])",
-    "features": "the reward's feature space: crater (the encoder learned on craters), resnet18, clip or pixels",
+    "features": "the reward's feature space: crater (the encoder learned on craters), resnet18, clip, pixels or spectrum",
     "feature_image_size": "images are resized to this size for the feature extractor (default: its own)",
     "feature_weights": "feature-extractor weights (hub id or directory; default $NATGRAD_RESNET18 / local cache)",
     "vendi_kernel": "kernel of the logged / evaluated Vendi scores: rbf or cosine",
@@ -277,7 +277,7 @@ def _add_data_commands(sub: Any) -> None:
         "--extractor",
         default=TRAINING.features,
         choices=FEATURE_NAMES,
-        help=f"crater, resnet18, clip or pixels (default: {TRAINING.features})",
+        help=f"crater, resnet18, clip, pixels or spectrum (default: {TRAINING.features})",
     )
     f.add_argument("--weights", default=TRAINING.feature_weights, help="extractor weights: hub id or directory")
     f.add_argument(

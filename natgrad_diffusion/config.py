@@ -423,7 +423,7 @@ TEST_MODE: dict[str, Any] = {
 
 #: the image feature extractors by name (:data:`natgrad_diffusion.features.FEATURE_EXTRACTORS`; here too so that
 #: the command line checks a name without importing torch)
-FEATURE_NAMES = ("crater", "resnet18", "clip", "pixels")
+FEATURE_NAMES = ("crater", "resnet18", "clip", "pixels", "spectrum")
 
 #: the inclusive ranges that :func:`~natgrad_diffusion.job.validate_config` and the command line accept (issue 19:
 #: outside them a run does nothing useful, or allocates without bound, and says so only much later):
