@@ -1,70 +1,82 @@
-"""Fine-tune the embedded crater diffusion model toward a reference set of craters, on a CPU, in minutes.
+"""The main job: bring the embedded crater model to real Mars craters in two stages, on a CPU, in minutes.
 
-What it does (all of it is ``natgrad_diffusion.training.train`` with the defaults of
-``natgrad_diffusion.config.TRAINING``):
+What it does (all of it is ``natgrad_diffusion.recipe.run_recipe`` with the project's defaults):
 
-1. loads the embedded 32×32 text-to-image crater model (``natgrad_diffusion/assets/crater-ddim-32``);
-2. builds the reference set and its features (see the crater tutorial in the docs for which set and which
-   feature space);
-3. samples the held-out prompts with the pretrained model (the "before");
-4. fine-tunes a policy with TRPO: each episode samples a batch of craters, scores it with the ``MMD_VENDI``
-   reward (stay close to the reference distribution, MMD², while making the images of each prompt differ
-   from one another, within-prompt Vendi score) and takes one trust-region step;
-5. samples the held-out prompts again (the "after"), prints the before/after table and says in words what
-   went up and down.
+1. **Supervised stage**: fine-tunes the embedded 32×32 crater model (trained on renders) on real crater crops of
+   the reference region of a labelled Mars tile (LoRA on the UNet, denoising loss; settings chosen on the
+   validation region, see ``benchmarks/results/supervised_grid.md``).
+2. **RL stage**: TRPO from the supervised model with the ``MMD_VENDI`` reward (stay close to the reference crops,
+   MMD², while making the images of a caption differ from one another, within-caption Vendi), a LoRA trust-region
+   step per episode.
+3. **Judgement**: the same captions and seeds for every row (real validation crops, pretrained, two non-RL
+   baselines, supervised, supervised + TRPO), judged against the held-out evaluation region by what neither stage
+   optimised: a classifier two-sample test, MMD², coverage and recall in three feature spaces the reward never saw,
+   grain, crater presence, caption fidelity and memorisation.  It prints the table and one line per comparison:
+   which judges got better, which worse, and by how much.
 
 Run it::
 
-    python examples/crater_finetune.py                  # the default job (see the docs for its timing)
-    python examples/crater_finetune.py --episodes 80    # longer
-    python examples/crater_finetune.py --test-mode      # a smoke run of seconds
+    python examples/crater_finetune.py                  # the default job (README: its time, measured)
+    python examples/crater_finetune.py --episodes 40    # a longer RL stage
+    python examples/crater_finetune.py --test-mode      # a smoke run of about a minute
 
-Outputs in ``--out`` (``runs/crater_example``): ``train.csv`` (one row per episode), ``evaluation.md``,
-``eval_pretrained.png`` / ``eval_fine-tuned.png`` (one row per prompt, labelled), ``grids/``, ``plots/``,
-``policy/``.  A run already there is replaced (only the files a run writes: see
-:func:`natgrad_diffusion.rundir.clear_run`); a folder that is not empty and not a run is refused.
+Outputs in ``--out`` (``runs/crater_example``): ``evaluation.md`` / ``.json`` (the table), ``eval_comparison.png``
+(real | pretrained | supervised | supervised + TRPO), ``supervised/`` (the supervised model, a diffusers folder),
+``rl/`` (the RL run: ``train.csv``, ``policy/``, ``grids/``, ``plots/``).  A run of this job already there is replaced
+(``--resume`` continues it instead); a folder that is not one is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import replace
 
 from natgrad_diffusion.config import TRAINING
-from natgrad_diffusion.job import TrainingError
-from natgrad_diffusion.training import train
-from natgrad_diffusion.verdict import summary
+from natgrad_diffusion.recipe import RecipeConfig, RecipeError, run_recipe
+from natgrad_diffusion.supervised import SUPERVISED
+from natgrad_diffusion.verdict import recipe_summary
+
+#: what ``--test-mode`` changes in the supervised stage and the judgement (the RL stage has its own test mode)
+TEST_MODE = {"steps": 8, "batch_size": 8, "checkpoint_every": 4, "eval_n": 8}
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="fine-tune the embedded crater model with TRPO")
-    p.add_argument("--episodes", type=int, default=None, help=f"policy updates (default: {TRAINING.episodes})")
-    p.add_argument("--algorithm", default=None, choices=["trpo", "ppo"], help="default: trpo")
-    p.add_argument(
-        "--out", default="runs/crater_example",
-        help="run directory (a run there is replaced; a folder that is not empty and not a run is refused)",
-    )  # fmt: skip
+def main() -> None:
+    p = argparse.ArgumentParser(description="fine-tune the embedded crater model on real craters, then with TRPO")
+    p.add_argument("--episodes", type=int, default=None, help="RL episodes (default: the recipe's)")
+    p.add_argument("--supervised-steps", type=int, default=None, help=f"default: {SUPERVISED.steps}")
+    p.add_argument("--out", default="runs/crater_example", help="the job's folder (a run of this job is replaced)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     p.add_argument("--seed", type=int, default=None, help=f"default: {TRAINING.seed}")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="torch threads (1: the tiny UNet gains little from more, and 2 threads on a busy 2-core machine are "
-        "several times slower)",
-    )
-    p.add_argument("--test-mode", action="store_true", help="a smoke run of seconds")
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the RL stage and the judges (1: the tiny "
+                   "UNet gains little from more, and 2 threads on a busy 2-core machine are several times slower)")
+    p.add_argument("--supervised-threads", type=int, default=2, help="torch threads of the supervised stage")
+    p.add_argument("--pretrained-rl", action="store_true", help="also run TRPO from the pretrained model (a row)")
+    p.add_argument("--test-mode", action="store_true", help="a smoke run of about a minute")
+    args = p.parse_args()
 
-    given = {k: v for k, v in vars(args).items() if v is not None and k in ("episodes", "algorithm", "seed")}
-    config = replace(TRAINING, out=args.out, threads=args.threads, test_mode=args.test_mode, **given)
+    defaults = RecipeConfig()
+    rl = replace(defaults.rl, threads=args.threads, test_mode=args.test_mode)
+    if args.episodes is not None:
+        rl = replace(rl, episodes=args.episodes)
+    if args.seed is not None:
+        rl = replace(rl, seed=args.seed)
+    sup = replace(SUPERVISED, threads=args.supervised_threads)
+    if args.supervised_steps is not None:
+        sup = replace(sup, steps=args.supervised_steps)
+    eval_n = None
+    if args.test_mode:
+        sup = replace(sup, **{k: v for k, v in TEST_MODE.items() if k != "eval_n"})
+        eval_n = TEST_MODE["eval_n"]
+    config = RecipeConfig(out=args.out, supervised=sup, rl=rl, rl_from_pretrained=args.pretrained_rl, eval_n=eval_n)
     start = time.perf_counter()
     try:
-        result = train(config, overwrite=True, explicit=given)
-    except TrainingError as exc:  # a folder that is not a run, bad inputs: one line, exit status 2
-        p.error(str(exc))
+        result = run_recipe(config, resume=args.resume, overwrite=not args.resume)
+    except (RecipeError, ValueError) as exc:
+        sys.exit(f"crater_finetune: error: {exc}")
     print(f"\n({(time.perf_counter() - start) / 60:.1f} min)")
-    print(summary(result))
+    print(recipe_summary(result))
 
 
 if __name__ == "__main__":

@@ -327,6 +327,29 @@ def _add_run_commands(sub: Any) -> None:
     pf.add_argument("--prefix", default="crater_reference", help="file name prefix")
 
 
+def _add_supervise_command(sub: Any) -> None:
+    from .supervised import SUPERVISED
+
+    s = sub.add_parser("supervise", help="the supervised stage: fine-tune a model on real crops (a diffusers folder)")
+    s.add_argument("--out", type=_out_path, required=True, help="folder of the fine-tuned model (new or empty)")
+    s.add_argument("--model", default=None, help="model to fine-tune: diffusers folder or hub id (default: the "
+                   "embedded crater model)")  # fmt: skip
+    s.add_argument("--data", default="mars", help="mars (the multi-scale real crater crops of the reference region, "
+                   "shipped) or a reference-set .npz with captions (build-reference)")  # fmt: skip
+    s.add_argument("--steps", type=_bounded(1, 10**7), default=SUPERVISED.steps, help="optimiser steps (default: "
+                   f"{SUPERVISED.steps})")  # fmt: skip
+    s.add_argument("--rank", type=_bounded(0, 1024), default=SUPERVISED.rank, help="LoRA rank; 0 trains the whole "
+                   f"UNet (default: {SUPERVISED.rank})")  # fmt: skip
+    s.add_argument("--lr", type=float, default=SUPERVISED.lr, help=f"learning rate (default: {SUPERVISED.lr})")
+    s.add_argument("--batch-size", type=_bounded(1, 4096), default=SUPERVISED.batch_size, help="images per step "
+                   f"(default: {SUPERVISED.batch_size})")  # fmt: skip
+    s.add_argument("--seed", type=_limit("seed"), default=SUPERVISED.seed, help="seed (default: 0)")
+    s.add_argument("--threads", type=_bounded(1, 1024), default=None, help="torch threads (default: torch's own)")
+    s.add_argument("--resume", action="store_true", help="continue the fine-tune in --out from its last state")
+    s.add_argument("--overwrite", action="store_true", help="replace the supervised model in --out")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``natgrad-diffusion`` argument parser (subcommands ``train``, ``sample``, ``evaluate``,
     ``build-reference``, ``build-features``, ``plot``, ``plot-features``)."""
@@ -339,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_train_options(t)
+    _add_supervise_command(sub)
     _add_run_commands(sub)
     _add_data_commands(sub)
     return parser

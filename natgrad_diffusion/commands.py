@@ -221,7 +221,29 @@ def _cmd_plot_features(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _cmd_supervise(args: argparse.Namespace) -> None:
+    from dataclasses import replace as replaced
+
+    from .supervised import SUPERVISED, check_supervised_dir
+
+    config = replaced(SUPERVISED, steps=args.steps, rank=args.rank, lr=args.lr, batch_size=args.batch_size,
+                      seed=args.seed, threads=args.threads)  # fmt: skip
+    check_supervised_dir(args.out, resume=args.resume, overwrite=args.overwrite)
+    if args.data != "mars" and not Path(args.data).is_file():
+        fail(f"--data {args.data} not found (mars, or a reference-set .npz)")
+    from .job import DEFAULT_MODEL_DIR, load_model
+    from .supervised import finetune, training_set
+
+    data = training_set(args.data)
+    components = load_model(args.model)
+    result = finetune(components, data, args.out, config, resume=args.resume, overwrite=args.overwrite,
+                      progress=not args.no_progress, source=str(args.model or DEFAULT_MODEL_DIR))  # fmt: skip
+    print(f"wrote the supervised model ({result.steps} steps, final loss {result.losses[-1]:.4f}) to {result.out}; "
+          f"use it with: natgrad-diffusion train --model {result.out}")
+
+
 COMMANDS = {
+    "supervise": _cmd_supervise,
     "train": _cmd_train,
     "sample": _cmd_sample,
     "evaluate": _cmd_evaluate,

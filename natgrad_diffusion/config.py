@@ -373,7 +373,7 @@ class TrainingConfig:
     features: str = "crater"
     feature_image_size: int | None = None
     feature_weights: str | None = None
-    eval_features: tuple[str, ...] = ("resnet18", "pixels")
+    eval_features: tuple[str, ...] = ("resnet18", "pixels", "spectrum")
     vendi_kernel: str = "rbf"
     critic: bool = False
     trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.05, cg_iters=6))

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from .rewards import (
 from .rewards.grain import grain_ratio
 from .sampling import sample
 
+if TYPE_CHECKING:
+    from .judges import CraterJudges
+
 __all__ = [
     "EVAL_METRICS",
     "Spaces",
@@ -38,6 +41,7 @@ __all__ = [
     "evaluate_policy",
     "format_metrics_table",
     "image_metrics",
+    "judge_metrics",
     "lora_disabled",
     "make_spaces",
     "sample_images",
@@ -65,13 +69,16 @@ class Spaces:
         names: the spaces, the reward's first.
         extractors: ``name -> uint8 images -> (N, d) features``.
         reference: ``name ->`` the held-out reference's features ``(m, d)``.
-        reference_images: the held-out reference images (uint8), for the grain statistic.
+        reference_images: the held-out reference images (uint8), for the grain statistic and the two-sample test.
+        judges: the Mars crater judges (:func:`~natgrad_diffusion.judges.crater_judges`: crater presence, caption
+            fidelity, memorisation) when the reference is the real Mars crops, else ``None``.
     """
 
     names: list[str]
     extractors: dict[str, Callable[[np.ndarray], np.ndarray]]
     reference: dict[str, np.ndarray]
     reference_images: np.ndarray
+    judges: CraterJudges | None = None
 
     @property
     def reward_space(self) -> str:
@@ -108,7 +115,12 @@ def evaluation_spaces(
         return Spaces([config.features], {config.features: extractor}, {config.features: reward_reference}, None)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random-init evaluation extractor: the table header names its weights
-        return make_spaces(config.features, extractor, config.eval_features, held_out.images)
+        spaces = make_spaces(config.features, extractor, config.eval_features, held_out.images)
+    if config.reference == "mars" and (config.eval_reference in (None, "mars")):
+        from .judges import crater_judges
+
+        spaces.judges = crater_judges()
+    return spaces
 
 
 def image_metrics(
@@ -129,16 +141,42 @@ def image_metrics(
         out.update({f"{name}/{key}": value for key, value in metrics.items()})
     out["grain_ratio"] = grain_ratio(images, spaces.reference_images)
     out["pixel_mean"], out["pixel_std"] = float(np.mean(images)), float(np.std(images))
+    out.update(judge_metrics(images, prompts, spaces))
+    return out
+
+
+def judge_metrics(images: np.ndarray, prompts: Sequence[str], spaces: Spaces) -> dict[str, float]:
+    """The judges of :mod:`natgrad_diffusion.judges` (``nan`` where they cannot judge): ``two_sample`` (the
+    classifier two-sample test's accuracy against the held-out reference images, 5 folds; ``two_sample_sd`` its
+    fold SD; it needs 5 images per set) and, with the Mars judges, ``crater_present``, ``caption_fidelity`` and
+    ``memorisation``."""
+    from .judges import two_sample_accuracy
+
+    out = dict.fromkeys(("two_sample", "two_sample_sd", "crater_present", "caption_fidelity", "memorisation"), math.nan)
+    real = spaces.reference_images
+    if real is not None and min(len(images), len(real)) >= 5:
+        out["two_sample"], out["two_sample_sd"] = two_sample_accuracy(images, real)
+    if spaces.judges is not None:
+        out["crater_present"] = spaces.judges.crater_present_rate(images)
+        out["caption_fidelity"] = spaces.judges.caption_fidelity(images, prompts)
+        out["memorisation"] = spaces.judges.memorisation(images)
     return out
 
 
 def table_columns(spaces: Spaces) -> list[tuple[str, str]]:
-    """The columns of the before/after table: MMD² and within-prompt Vendi in every space (the reward's marked
-    ``*``), the grain ratio and the reward space's coverage."""
+    """The columns of the before/after table: the two-sample test, MMD² and within-prompt Vendi in every space (the
+    reward's marked ``*``), coverage and recall in every space, the grain ratio, and the Mars judges (crater
+    present, caption fidelity, memorisation) when there are any."""
     star = {n: "*" if n == spaces.reward_space else "" for n in spaces.names}
-    cols = [(f"{n}/mmd2", f"MMD² {n}{star[n]} ↓") for n in spaces.names]
+    cols = [("two_sample", "two-sample acc. ↓")] if spaces.reference_images is not None else []
+    cols += [(f"{n}/mmd2", f"MMD² {n}{star[n]} ↓") for n in spaces.names]
     cols += [(f"{n}/vendi_within_prompt", f"Vendi within prompt {n}{star[n]} ↑") for n in spaces.names]
-    cols += [("grain_ratio", "grain ratio (1 = reference)"), (f"{spaces.reward_space}/coverage", "coverage* ↑")]
+    cols += [(f"{n}/coverage", f"coverage {n}{star[n]} ↑") for n in spaces.names]
+    cols += [(f"{n}/recall", f"recall {n}{star[n]} ↑") for n in spaces.names if n != spaces.reward_space]
+    cols += [("grain_ratio", "grain ratio (1 = reference)")]
+    if spaces.judges is not None:
+        cols += [("crater_present", "crater present ↑"), ("caption_fidelity", "caption fidelity ↑"),
+                 ("memorisation", "memorisation ↓")]  # fmt: skip
     return cols
 
 

@@ -66,7 +66,7 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_MODEL_DIR = ASSETS / "crater-ddim-32"
 DEFAULT_TRAIN_PROMPTS = ASSETS / "prompts" / "crater_train.txt"
 DEFAULT_EVAL_PROMPTS = ASSETS / "prompts" / "crater_test.txt"
-#: the real-Mars job's prompts (every caption lit from the west, as the real crops are): train / validation / test
+#: the real-Mars job's prompts (the caption of the real crops of the splits): train / validation / test
 MARS_PROMPTS = {role: ASSETS / "prompts" / f"mars_{role}.txt" for role in ("train", "validation", "test")}
 _MODE_ALIASES = {m.name: m for m in PolicyMode} | {m.value.upper(): m for m in PolicyMode}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -336,8 +336,11 @@ def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
 
 def job_prompts(config: TrainingConfig, role: str) -> list[str]:
     """The prompts of ``role`` (``"train"``, ``"validation"`` or ``"test"``): the file of ``config.prompts`` /
-    ``config.eval_prompts`` when given, else the embedded files that go with the reference: the west-lit real-Mars
-    prompts for ``reference="mars"``, the renderer's captions otherwise (whose validation role is its test file)."""
+    ``config.eval_prompts`` when given, else the embedded files that go with the reference: for ``reference="mars"``
+    the caption the real crops of the splits carry (``"a medium crater, lit from the west"``: every crop of the
+    shipped splits is centred on one crater at 2.5 diameters), once for training and on 12 lines (12 rows of the
+    evaluation grids) for validation and test; the renderer's captions otherwise (whose validation role is its test
+    file)."""
     given = {"train": config.prompts, "test": config.eval_prompts}.get(role)
     if given is not None:
         return load_prompts(given)

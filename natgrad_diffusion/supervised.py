@@ -53,6 +53,7 @@ __all__ = [
     "SupervisedConfig",
     "SupervisedError",
     "SupervisedResult",
+    "check_supervised_dir",
     "finetune",
     "is_supervised_dir",
     "model_images",
@@ -164,8 +165,11 @@ def is_supervised_dir(path: str | Path) -> bool:
     return (p / SUPERVISED_FILE).is_file() or (p / STATE_FILE).is_file()
 
 
-def _claim(out: Path, *, resume: bool, overwrite: bool) -> str:
-    """``"new"``, ``"resume"`` or ``"replace"`` for the folder ``out``; :class:`SupervisedError` otherwise."""
+def check_supervised_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> str:
+    """What :func:`finetune` will do with the folder ``out``: ``"new"`` (new or empty), ``"resume"`` (its state file,
+    with ``resume``) or ``"replace"`` (a supervised model, with ``overwrite``); :class:`SupervisedError` otherwise
+    (a file, a non-empty folder that holds no supervised model, a supervised model without either flag)."""
+    out = Path(out)
     if not str(out).strip():
         raise SupervisedError("--out is empty: give a folder for the supervised model")
     if out.exists() and not out.is_dir():
@@ -332,7 +336,7 @@ def finetune(
     active (e.g. to evaluate the model at several step counts in one run).
     """
     out = Path(out)
-    action = _claim(out, resume=resume, overwrite=overwrite)
+    action = check_supervised_dir(out, resume=resume, overwrite=overwrite)
     if action == "replace":
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .evaluation import EVAL_METRICS, format_metrics_table
 
-__all__ = ["changes", "summary"]
+__all__ = ["changes", "judged_line", "recipe_summary", "summary"]
 
 
 def changes(
@@ -95,4 +95,41 @@ def summary(result: Any) -> str:
         lines.append(f"No evaluation (--no-evaluate); per-episode log: {run}/train.csv.")
     if result.episodes == 0:
         lines.append("0 episodes: nothing was trained (the fine-tuned row equals the initial policy).")
+    return "\n".join(lines)
+
+
+def judged_line(
+    rows: dict[str, dict[str, float]], columns: Sequence[tuple[str, str]], after: str, before: str
+) -> str:
+    """One line: which judges (every column but the reward's own, marked ``*``) moved from row ``before`` to row
+    ``after``, better and worse, with both values."""
+    judges = [(k, lab) for k, lab in columns if "*" not in lab]
+    moved = changes(rows[before], rows[after], judges)
+    total = sum(len(v) for v in moved.values())
+    text = f"{after} vs {before}: better on {len(moved['better'])} of {total} judges"
+    text += f" ({'; '.join(moved['better'])})" if moved["better"] else ""
+    text += f", worse on {len(moved['worse'])}" + (f" ({'; '.join(moved['worse'])})" if moved["worse"] else "")
+    return text + (f", unchanged on {len(moved['same'])}." if moved["same"] else ".")
+
+
+def recipe_summary(result: Any) -> str:
+    """The text that ends the two-stage job (``result``: a :class:`~natgrad_diffusion.recipe.RecipeResult`): the
+    table, one overall line per comparison that matters (the job against the pretrained model, and what the RL stage
+    added to the supervised stage), and where the outputs are."""
+    rows, columns, out = result.rows, result.columns, result.out
+    lines = [
+        f"{out}: supervised stage + TRPO; every row: the same {int(next(iter(rows.values())).get('n', 0))} "
+        "captions and seeds, judged against the held-out evaluation region",
+        "",
+        format_metrics_table(rows, columns=columns),
+        "* the reward's own space; every other column is a judge neither stage optimised.",
+        "",
+    ]
+    for after, before in (("supervised + TRPO", "pretrained"), ("supervised + TRPO", "supervised"),
+                          ("supervised", "pretrained"), ("pretrained + TRPO", "pretrained")):  # fmt: skip
+        if after in rows and before in rows:
+            lines.append(judged_line(rows, columns, after, before))
+    minutes = ", ".join(f"{k} {v / 60:.1f} min" for k, v in result.seconds.items())
+    lines += ["", f"Time: {minutes}.", f"Table: {out}/evaluation.md; grid (real | pretrained | supervised | "
+              f"supervised + TRPO): {out}/eval_comparison.png; stages: {out}/supervised, {out}/rl."]  # fmt: skip
     return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""The two-stage recipe of the crater job: a supervised stage on real crops, then TRPO, judged by what neither saw.
+
+1. **Supervised** (:mod:`natgrad_diffusion.supervised`): the pretrained model fine-tuned on the multi-scale real
+   crater crops of the tile's reference region → ``OUT/supervised`` (a diffusers folder).
+2. **RL** (:func:`natgrad_diffusion.training.train`): TRPO with the distribution-matching and diversity reward,
+   starting from the supervised weights → ``OUT/rl``.  What it is for: more coverage of the real distribution and
+   more variety within a caption, at no cost in fidelity and no increase in memorisation.  With
+   ``rl_from_pretrained`` the same RL stage also runs from the pretrained model (today's recipe) → ``OUT/rl_pretrained``.
+3. **Judgement** (:func:`judge_rows`): every row samples the same captions with the same seeds, ``n`` images (the
+   size of the real validation row), and is judged against the held-out evaluation split in every space and by
+   every judge of :func:`~natgrad_diffusion.evaluation.image_metrics`: real validation crops (the ceiling),
+   pretrained, pretrained + brightness/contrast map, the best fixed prompt, supervised, supervised + TRPO (and
+   pretrained + TRPO).  ``OUT/evaluation.{md,json}``, ``OUT/eval_comparison.png`` (real | pretrained | supervised |
+   supervised + TRPO).
+
+:func:`run_recipe` runs the three; ``resume`` continues the stages where they stopped (a finished stage is reused).
+``OUT`` is recognised by its ``recipe.json``; a non-empty folder without one is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import TRAINING, TrainingConfig, config_dict
+from .supervised import SUPERVISED, SUPERVISED_FILE, SupervisedConfig
+
+__all__ = ["RECIPE_FILE", "RecipeConfig", "RecipeError", "RecipeResult", "judge_rows", "run_recipe"]
+
+RECIPE_FILE = "recipe.json"
+_STAGES = ("supervised", "rl", "rl_pretrained")
+_OWN_FILES = (RECIPE_FILE, "evaluation.json", "evaluation.md", "eval_comparison.png")
+
+
+class RecipeError(ValueError):
+    """The recipe cannot start (a folder that is not one of its runs, ...)."""
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The two-stage job.
+
+    Attributes:
+        out: the job's folder (``supervised/``, ``rl/``, ``evaluation.md``, ...).
+        supervised: the supervised stage (its seed is ``rl.seed``).
+        rl: the RL stage, a :class:`~natgrad_diffusion.config.TrainingConfig` whose ``model`` is the pretrained
+            model both stages start from (``out`` and ``evaluate`` are set by the recipe).
+        rl_from_pretrained: also run the RL stage from the pretrained model (the row "pretrained + TRPO").
+        eval_n: images per row (``None``: as many as the real validation crops).
+    """
+
+    out: str = "runs/crater_recipe"
+    supervised: SupervisedConfig = SUPERVISED
+    rl: TrainingConfig = field(default_factory=lambda: replace(TRAINING, episodes=20))
+    rl_from_pretrained: bool = False
+    eval_n: int | None = None
+
+
+@dataclass
+class RecipeResult:
+    """What :func:`run_recipe` returns: the rows (``{row: metrics}``), the table's columns, the folder and the
+    seconds of each stage."""
+
+    out: Path
+    config: RecipeConfig
+    rows: dict[str, dict[str, float]]
+    columns: list[tuple[str, str]]
+    seconds: dict[str, float]
+    best_prompt: str | None = None
+
+
+def _claim(out: Path, *, resume: bool, overwrite: bool) -> None:
+    if not str(out).strip():
+        raise RecipeError("--out is empty: give a folder")
+    if out.exists() and not out.is_dir():
+        raise RecipeError(f"{out} is a file, not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / RECIPE_FILE).is_file():
+        raise RecipeError(f"{out} is not empty and is not a run of the two-stage job (no {RECIPE_FILE}): choose a new "
+                          "or empty folder")  # fmt: skip
+    if resume:
+        return
+    if not overwrite:
+        raise RecipeError(f"{out} already holds a run of the two-stage job; pass --resume to continue it or "
+                          "--overwrite to replace it")  # fmt: skip
+    for name in _STAGES:  # each stage folder holds only what its stage wrote (their own rules apply inside)
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    for name in _OWN_FILES:
+        (out / name).unlink(missing_ok=True)
+
+
+def run_recipe(
+    config: RecipeConfig = RecipeConfig(),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    say: Callable[[str], None] = print,
+) -> RecipeResult:
+    """Run (or continue) the two-stage job of ``config``; see the module docstring."""
+    import torch
+
+    from .job import load_model, resolve_defaults, validate_config
+    from .supervised import finetune, training_set
+    from .training import train
+
+    rl = replace(config.rl, evaluate=False)
+    validate_config(rl)
+    out = Path(config.out)
+    _claim(out, resume=resume, overwrite=overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / RECIPE_FILE).write_text(json.dumps({"kind": "natgrad-diffusion two-stage job", "supervised":
+                                   asdict(config.supervised), "rl": config_dict(rl)}, indent=1) + "\n")  # fmt: skip
+    seconds: dict[str, float] = {}
+    sup_dir = out / "supervised"
+    base = str(rl.model) if rl.model is not None else None
+    start = time.perf_counter()
+    if (sup_dir / SUPERVISED_FILE).is_file() and resume:
+        say(f"stage 1: reusing the supervised model in {sup_dir}")
+    else:
+        say("stage 1: supervised fine-tune on the real crater crops of the reference region ...")
+        from .job import DEFAULT_MODEL_DIR
+
+        components = load_model(base)
+        sup = replace(config.supervised, seed=rl.seed)
+        finetune(components, training_set("mars"), sup_dir, sup, resume=resume, progress=progress,
+                 source=str(base or DEFAULT_MODEL_DIR), say=say)  # fmt: skip
+        del components
+    seconds["supervised"] = time.perf_counter() - start
+    start = time.perf_counter()
+    say("stage 2: TRPO from the supervised model ...")
+    explicit = _explicit(rl)
+    result = train(replace(rl, model=str(sup_dir), out=str(out / "rl")), resume=resume, progress=progress, log=say,
+                   explicit=explicit)  # fmt: skip
+    seconds["rl"] = time.perf_counter() - start
+    policies = {"supervised + TRPO": (result.components, result.policy)}
+    if config.rl_from_pretrained:
+        start = time.perf_counter()
+        say("stage 2 again, from the pretrained model (today's recipe) ...")
+        other = train(replace(rl, out=str(out / "rl_pretrained")), resume=resume, progress=progress, log=say,
+                      explicit=explicit)  # fmt: skip
+        policies["pretrained + TRPO"] = (other.components, other.policy)
+        seconds["rl_pretrained"] = time.perf_counter() - start
+    start = time.perf_counter()
+    say("judging every row on the evaluation split ...")
+    threads = torch.get_num_threads()
+    if rl.threads is not None:
+        torch.set_num_threads(rl.threads)
+    try:
+        rows, columns, best, images = judge_rows(resolve_defaults(rl), load_model(base), policies, config.eval_n)
+    finally:
+        torch.set_num_threads(threads)
+    seconds["judge"] = time.perf_counter() - start
+    _write(out, rows, columns, images, seconds)
+    return RecipeResult(out, config, rows, columns, seconds, best)
+
+
+def _explicit(rl: TrainingConfig) -> list[str]:
+    """The test-mode fields the user set: those that differ from the recipe's own RL defaults."""
+    from .config import TEST_MODE
+
+    default = RecipeConfig().rl
+    return [k for k in TEST_MODE if getattr(rl, k) != getattr(default, k)]
+
+
+def judge_rows(
+    config: TrainingConfig,
+    pretrained: Any,
+    policies: dict[str, tuple[Any, Any]],
+    n: int | None = None,
+) -> tuple[dict[str, dict[str, float]], list[tuple[str, str]], str | None, dict[str, np.ndarray]]:
+    """The rows of the recipe's table (see the module docstring): ``(rows, columns, best fixed prompt, images)``.
+
+    ``pretrained``: the components of the pretrained model; ``policies``: ``{row: (components, policy)}`` of the
+    RL stages (a ``LORA_UNET`` policy's components carry its adapters; the row without them is ``"supervised"``
+    for the first).  Every row has ``n`` images (default: the real validation crops'), captions cycled from the
+    test prompts, seeds ``config.eval_seed + i``.
+    """
+    from .baselines import best_fixed_prompt, brightness_contrast_map
+    from .evaluation import evaluation_spaces, image_metrics, lora_disabled, sample_images, table_columns
+    from .job import feature_extractor, job_prompts, load_reference_features, reference_set
+    from .supervised import training_set
+
+    shape = pretrained.image_shape()
+    extractor = feature_extractor(config)
+    reward_reference, _, _ = load_reference_features(config, extractor, shape)
+    spaces = evaluation_spaces(config, extractor, reward_reference, shape)
+    validation = reference_set(config, "validation", shape)
+    n = n or len(validation)
+    tests = job_prompts(config, "test")
+    prompts = [tests[i % len(tests)] for i in range(n)]
+
+    def sample(components: Any, policy: Any = None, with_prompts: list[str] | None = None, seed: int = 0) -> np.ndarray:
+        return sample_images(components, with_prompts or prompts, policy=policy, images_per_prompt=1,
+                             steps=config.steps, guidance_scale=config.guidance_scale, eta=config.eta,  # type: ignore[arg-type]
+                             seed=config.eval_seed + seed)[0]  # fmt: skip
+
+    images: dict[str, np.ndarray] = {"real (validation region)": validation.images[:n]}
+    images["pretrained"] = sample(pretrained)
+    mapped = brightness_contrast_map(images["pretrained"], reference_set(config, "reference", shape).images)
+    candidates = list(dict.fromkeys(training_set("mars").captions))
+    best, _ = best_fixed_prompt(lambda ps: sample(pretrained, with_prompts=ps * 8, seed=7919), candidates,
+                                extractor, extractor(validation.images))  # fmt: skip
+    images["pretrained + brightness/contrast map"] = mapped
+    images["pretrained, best fixed prompt"] = sample(pretrained, with_prompts=[best] * n)
+    for name, (components, policy) in policies.items():
+        if name == "supervised + TRPO":
+            with lora_disabled(policy):
+                images["supervised"] = sample(components)
+        images[name] = sample(components, policy)
+    captions = {name: prompts for name in images}
+    captions["real (validation region)"] = list(validation.captions[:n])
+    rows = {name: image_metrics(x, captions[name], spaces, config.vendi_kernel) for name, x in images.items()}
+    return rows, table_columns(spaces), best, images
+
+
+def _write(out: Path, rows: dict[str, dict[str, float]], columns: list[tuple[str, str]],
+           images: dict[str, np.ndarray], seconds: dict[str, float]) -> None:  # fmt: skip
+    from .evaluation import format_metrics_table
+    from .logs import atomic_write_text
+    from .plots import save_comparison_grid
+
+    atomic_write_text(out / "evaluation.json", json.dumps({"rows": rows, "seconds": seconds}, indent=1) + "\n")
+    atomic_write_text(out / "evaluation.md", format_metrics_table(rows, columns=columns) + "\n")
+    blocks = {k: images[k] for k in ("real (validation region)", "pretrained", "supervised", "supervised + TRPO")
+              if k in images}  # fmt: skip
+    per = 6
+    labels = ["" for _ in range(min(6, len(next(iter(blocks.values()))) // per))]
+    save_comparison_grid(blocks, labels, per, out / "eval_comparison.png", scale=3)
