@@ -34,12 +34,9 @@ import time
 from dataclasses import replace
 
 from natgrad_diffusion.config import TRAINING
-from natgrad_diffusion.recipe import RecipeConfig, RecipeError, run_recipe
+from natgrad_diffusion.recipe import RecipeConfig, RecipeError, run_recipe, with_test_mode
 from natgrad_diffusion.supervised import SUPERVISED
 from natgrad_diffusion.verdict import recipe_summary
-
-#: what ``--test-mode`` changes in the supervised stage and the judgement (the RL stage has its own test mode)
-TEST_MODE = {"steps": 8, "batch_size": 8, "checkpoint_every": 4, "eval_n": 8}
 
 
 def main() -> None:
@@ -57,7 +54,7 @@ def main() -> None:
     args = p.parse_args()
 
     defaults = RecipeConfig()
-    rl = replace(defaults.rl, threads=args.threads, test_mode=args.test_mode)
+    rl = replace(defaults.rl, threads=args.threads)
     if args.episodes is not None:
         rl = replace(rl, episodes=args.episodes)
     if args.seed is not None:
@@ -65,11 +62,9 @@ def main() -> None:
     sup = replace(SUPERVISED, threads=args.supervised_threads)
     if args.supervised_steps is not None:
         sup = replace(sup, steps=args.supervised_steps)
-    eval_n = None
+    config = RecipeConfig(out=args.out, supervised=sup, rl=rl, rl_from_pretrained=args.pretrained_rl)
     if args.test_mode:
-        sup = replace(sup, **{k: v for k, v in TEST_MODE.items() if k != "eval_n"})
-        eval_n = TEST_MODE["eval_n"]
-    config = RecipeConfig(out=args.out, supervised=sup, rl=rl, rl_from_pretrained=args.pretrained_rl, eval_n=eval_n)
+        config = with_test_mode(config)
     start = time.perf_counter()
     try:
         result = run_recipe(config, resume=args.resume, overwrite=not args.resume)

@@ -127,7 +127,7 @@ def image_metrics(
     images: np.ndarray, prompts: Sequence[str], spaces: Spaces, vendi_kernel: str = "rbf"
 ) -> dict[str, float]:
     """Every metric of :func:`~natgrad_diffusion.rewards.evaluate_metrics` in every space (keys
-    ``"space/metric"``), the grain ratio to the reference (``grain_ratio``, 1 = as grainy as the reference) and
+    ``"space/metric"``; FID in the reward's space only), the grain ratio to the reference (``grain_ratio``, 1 = as grainy as the reference) and
     the pixel mean / std (``pixel_mean``, ``pixel_std``, in ``[0, 255]``)."""
     codes = np.asarray(prompts)
     out: dict[str, float] = {}
@@ -137,6 +137,7 @@ def image_metrics(
             spaces.reference[name],
             codes,
             vendi_kernel=vendi_kernel,  # type: ignore[arg-type]
+            fid=name == spaces.reward_space,
         )
         out.update({f"{name}/{key}": value for key, value in metrics.items()})
     out["grain_ratio"] = grain_ratio(images, spaces.reference_images)

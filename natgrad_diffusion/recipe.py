@@ -32,7 +32,17 @@ import numpy as np
 from .config import TRAINING, TrainingConfig, config_dict
 from .supervised import SUPERVISED, SUPERVISED_FILE, SupervisedConfig
 
-__all__ = ["RECIPE_FILE", "RecipeConfig", "RecipeError", "RecipeResult", "judge_rows", "run_recipe"]
+__all__ = [
+    "RECIPE_FILE",
+    "RecipeConfig",
+    "RecipeError",
+    "RecipeJudge",
+    "RecipeResult",
+    "judge_rows",
+    "recipe_columns",
+    "run_recipe",
+    "with_test_mode",
+]
 
 RECIPE_FILE = "recipe.json"
 _STAGES = ("supervised", "rl", "rl_pretrained")
@@ -63,6 +73,13 @@ class RecipeConfig:
     eval_n: int | None = None
 
 
+def with_test_mode(config: RecipeConfig) -> RecipeConfig:
+    """``config`` as a smoke run of about a minute: 8 supervised steps of 8 images, the RL stage's test mode
+    (:data:`~natgrad_diffusion.config.TEST_MODE`), 8 images per row."""
+    supervised = replace(config.supervised, steps=8, batch_size=8, checkpoint_every=4)
+    return replace(config, supervised=supervised, rl=replace(config.rl, test_mode=True), eval_n=8)
+
+
 @dataclass
 class RecipeResult:
     """What :func:`run_recipe` returns: the rows (``{row: metrics}``), the table's columns, the folder and the
@@ -74,6 +91,7 @@ class RecipeResult:
     columns: list[tuple[str, str]]
     seconds: dict[str, float]
     best_prompt: str | None = None
+    n: int = 0
 
 
 def _claim(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -110,11 +128,12 @@ def run_recipe(
     import torch
 
     from .job import load_model, resolve_defaults, validate_config
+    from .job import with_test_mode as with_rl_test_mode
     from .supervised import finetune, training_set
     from .training import train
 
     rl = replace(config.rl, evaluate=False)
-    validate_config(rl)
+    validate_config(with_rl_test_mode(rl, _explicit(rl)))
     out = Path(config.out)
     _claim(out, resume=resume, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,12 +175,13 @@ def run_recipe(
     if rl.threads is not None:
         torch.set_num_threads(rl.threads)
     try:
-        rows, columns, best, images = judge_rows(resolve_defaults(rl), load_model(base), policies, config.eval_n)
+        judged = resolve_defaults(with_rl_test_mode(rl, _explicit(rl)))
+        rows, columns, best, images = judge_rows(judged, load_model(base), policies, config.eval_n)
     finally:
         torch.set_num_threads(threads)
     seconds["judge"] = time.perf_counter() - start
     _write(out, rows, columns, images, seconds)
-    return RecipeResult(out, config, rows, columns, seconds, best)
+    return RecipeResult(out, config, rows, columns, seconds, best, len(images["pretrained"]))
 
 
 def _explicit(rl: TrainingConfig) -> list[str]:
@@ -170,6 +190,48 @@ def _explicit(rl: TrainingConfig) -> list[str]:
 
     default = RecipeConfig().rl
     return [k for k in TEST_MODE if getattr(rl, k) != getattr(default, k)]
+
+
+class RecipeJudge:
+    """The judgement of the recipe's rows: the evaluation split, its spaces and judges, and the rows' captions and
+    seeds (``n`` images: the test prompts cycled, seeds ``config.eval_seed + i``).
+
+    Attributes:
+        spaces: the evaluation spaces (:func:`~natgrad_diffusion.evaluation.evaluation_spaces`).
+        validation: the real validation crops (the ceiling row and the baselines' choice).
+        prompts: the captions of the ``n`` images of every row.
+        columns: the table's columns (:func:`recipe_columns`).
+    """
+
+    def __init__(self, config: TrainingConfig, image_shape: tuple[int, int, int], n: int | None = None) -> None:
+        from .evaluation import evaluation_spaces
+        from .job import feature_extractor, job_prompts, load_reference_features, reference_set
+
+        self.config = config
+        self.extractor = feature_extractor(config)
+        reward_reference, _, _ = load_reference_features(config, self.extractor, image_shape)
+        self.spaces = evaluation_spaces(config, self.extractor, reward_reference, image_shape)
+        self.validation = reference_set(config, "validation", image_shape)
+        self.reference = reference_set(config, "reference", image_shape)
+        n = n or len(self.validation)
+        tests = job_prompts(config, "test")
+        self.prompts = [tests[i % len(tests)] for i in range(n)]
+        names = self.spaces.names
+        self.columns = recipe_columns(names[0], names[1:])
+
+    def sample(self, components: Any, policy: Any = None, prompts: list[str] | None = None, seed: int = 0) -> np.ndarray:
+        """uint8 images of ``prompts`` (default: the rows' captions), one each, seeds ``eval_seed + seed + i``."""
+        from .evaluation import sample_images
+
+        c = self.config
+        return sample_images(components, prompts or self.prompts, policy=policy, images_per_prompt=1, steps=c.steps,
+                             guidance_scale=c.guidance_scale, eta=c.eta, seed=c.eval_seed + seed)[0]  # type: ignore[arg-type]  # fmt: skip
+
+    def judge(self, images: np.ndarray, captions: list[str] | None = None) -> dict[str, float]:
+        """Every metric and judge of :func:`~natgrad_diffusion.evaluation.image_metrics` for one row."""
+        from .evaluation import image_metrics
+
+        return image_metrics(images, captions or self.prompts, self.spaces, self.config.vendi_kernel)
 
 
 def judge_rows(
@@ -182,45 +244,48 @@ def judge_rows(
 
     ``pretrained``: the components of the pretrained model; ``policies``: ``{row: (components, policy)}`` of the
     RL stages (a ``LORA_UNET`` policy's components carry its adapters; the row without them is ``"supervised"``
-    for the first).  Every row has ``n`` images (default: the real validation crops'), captions cycled from the
-    test prompts, seeds ``config.eval_seed + i``.
+    for the first).  Every row has ``n`` images (default: the real validation crops'), captions and seeds of
+    :class:`RecipeJudge`.
     """
     from .baselines import best_fixed_prompt, brightness_contrast_map
-    from .evaluation import evaluation_spaces, image_metrics, lora_disabled, sample_images, table_columns
-    from .job import feature_extractor, job_prompts, load_reference_features, reference_set
+    from .evaluation import lora_disabled
     from .supervised import training_set
 
-    shape = pretrained.image_shape()
-    extractor = feature_extractor(config)
-    reward_reference, _, _ = load_reference_features(config, extractor, shape)
-    spaces = evaluation_spaces(config, extractor, reward_reference, shape)
-    validation = reference_set(config, "validation", shape)
-    n = n or len(validation)
-    tests = job_prompts(config, "test")
-    prompts = [tests[i % len(tests)] for i in range(n)]
-
-    def sample(components: Any, policy: Any = None, with_prompts: list[str] | None = None, seed: int = 0) -> np.ndarray:
-        return sample_images(components, with_prompts or prompts, policy=policy, images_per_prompt=1,
-                             steps=config.steps, guidance_scale=config.guidance_scale, eta=config.eta,  # type: ignore[arg-type]
-                             seed=config.eval_seed + seed)[0]  # fmt: skip
-
-    images: dict[str, np.ndarray] = {"real (validation region)": validation.images[:n]}
-    images["pretrained"] = sample(pretrained)
-    mapped = brightness_contrast_map(images["pretrained"], reference_set(config, "reference", shape).images)
+    judge = RecipeJudge(config, pretrained.image_shape(), n)
+    n = len(judge.prompts)
+    images: dict[str, np.ndarray] = {"real (validation region)": judge.validation.images[:n]}
+    images["pretrained"] = judge.sample(pretrained)
+    images["pretrained + brightness/contrast map"] = brightness_contrast_map(images["pretrained"],
+                                                                            judge.reference.images)  # fmt: skip
     candidates = list(dict.fromkeys(training_set("mars").captions))
-    best, _ = best_fixed_prompt(lambda ps: sample(pretrained, with_prompts=ps * 8, seed=7919), candidates,
-                                extractor, extractor(validation.images))  # fmt: skip
-    images["pretrained + brightness/contrast map"] = mapped
-    images["pretrained, best fixed prompt"] = sample(pretrained, with_prompts=[best] * n)
+    best, _ = best_fixed_prompt(lambda ps: judge.sample(pretrained, prompts=ps * 8, seed=7919), candidates,
+                                judge.extractor, judge.extractor(judge.validation.images))  # fmt: skip
+    images["pretrained, best fixed prompt"] = judge.sample(pretrained, prompts=[best] * n)
     for name, (components, policy) in policies.items():
         if name == "supervised + TRPO":
             with lora_disabled(policy):
-                images["supervised"] = sample(components)
-        images[name] = sample(components, policy)
-    captions = {name: prompts for name in images}
-    captions["real (validation region)"] = list(validation.captions[:n])
-    rows = {name: image_metrics(x, captions[name], spaces, config.vendi_kernel) for name, x in images.items()}
-    return rows, table_columns(spaces), best, images
+                images["supervised"] = judge.sample(components)
+        images[name] = judge.sample(components, policy)
+    captions = {"real (validation region)": list(judge.validation.captions[:n])}
+    rows = {name: judge.judge(x, captions.get(name)) for name, x in images.items()}
+    return rows, judge.columns, best, images
+
+
+def recipe_columns(reward_space: str, unseen: list[str]) -> list[tuple[str, str]]:
+    """The recipe table's columns: the two-sample test; MMD² in the reward's space (marked ``*``) and every unseen
+    space; precision, recall, density and coverage in the unseen spaces but the last (ResNet-18 and pixels by
+    default); within-caption Vendi in the reward's space and the first unseen one; the grain ratio; crater
+    presence, caption fidelity and memorisation."""
+    cols = [("two_sample", "two-sample acc. ↓"), (f"{reward_space}/mmd2", f"MMD² {reward_space}* ↓")]
+    cols += [(f"{s}/mmd2", f"MMD² {s} ↓") for s in unseen]
+    for s in unseen[:-1] if len(unseen) > 1 else unseen:
+        cols += [(f"{s}/precision", f"precision {s} ↑"), (f"{s}/recall", f"recall {s} ↑"),
+                 (f"{s}/density", f"density {s}"), (f"{s}/coverage", f"coverage {s} ↑")]  # fmt: skip
+    cols += [(f"{reward_space}/vendi_within_prompt", f"Vendi within caption {reward_space}* ↑")]
+    cols += [(f"{s}/vendi_within_prompt", f"Vendi within caption {s} ↑") for s in unseen[:1]]
+    cols += [("grain_ratio", "grain ratio (1 = real)"), ("crater_present", "crater present ↑"),
+             ("caption_fidelity", "caption fidelity ↑"), ("memorisation", "memorisation ↓")]  # fmt: skip
+    return cols
 
 
 def _write(out: Path, rows: dict[str, dict[str, float]], columns: list[tuple[str, str]],

@@ -118,8 +118,8 @@ def recipe_summary(result: Any) -> str:
     added to the supervised stage), and where the outputs are."""
     rows, columns, out = result.rows, result.columns, result.out
     lines = [
-        f"{out}: supervised stage + TRPO; every row: the same {int(next(iter(rows.values())).get('n', 0))} "
-        "captions and seeds, judged against the held-out evaluation region",
+        f"{out}: supervised stage + TRPO; every row: the same {result.n} captions and seeds, judged against the "
+        "held-out evaluation region",
         "",
         format_metrics_table(rows, columns=columns),
         "* the reward's own space; every other column is a judge neither stage optimised.",

@@ -44,6 +44,7 @@ def evaluate_metrics(
     mi_k: int = 3,
     bandwidth: float | None = None,
     fid_shrinkage: float = 0.0,
+    fid: bool = True,
     vendi_kernel: KernelName = "cosine",
     vendi_bandwidth: float | None = None,
 ) -> dict[str, float]:
@@ -53,7 +54,8 @@ def evaluate_metrics(
 
     * ``n``, ``n_prompts``: batch size and number of distinct prompts (1 without ``prompt_ids``);
     * ``mmd2``: unbiased MMD² with the RBF bandwidth from the reference's median heuristic (or ``bandwidth``);
-    * ``fid``: Fréchet distance of the Gaussian fits (biased at small ``n``: compare at equal ``n``);
+    * ``fid``: Fréchet distance of the Gaussian fits (biased at small ``n``: compare at equal ``n``; ``nan`` with
+      ``fid=False``: a matrix square root of the feature dimension, the dearest metric here);
     * ``vendi``: Vendi score of the whole batch; ``vendi_within_prompt``: mean per-prompt Vendi score;
     * ``pairwise_distance_within_prompt``: see :func:`mean_pairwise_distance_within_prompt`;
     * ``mi``: Ross k-NN estimate of I(prompt; feature) (``nan`` without ``prompt_ids``);
@@ -76,7 +78,7 @@ def evaluate_metrics(
         "n": float(n),
         "n_prompts": float(1 if codes is None else np.unique(codes).size),
         "mmd2": mmd2_unbiased(x, ref, bandwidth=ref_bandwidth) if n >= 2 else math.nan,
-        "fid": frechet_distance_features(x, ref, shrinkage=fid_shrinkage) if n >= 2 else math.nan,
+        "fid": frechet_distance_features(x, ref, shrinkage=fid_shrinkage) if n >= 2 and fid else math.nan,
         "vendi": vendi_score(x, kernel=vendi_kernel, bandwidth=vendi_bandwidth),
         "vendi_within_prompt": within_prompt_vendi_score(
             x, one_prompt if codes is None else codes, kernel=vendi_kernel, bandwidth=vendi_bandwidth
