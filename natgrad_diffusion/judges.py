@@ -199,7 +199,7 @@ class CraterJudges:
 
 
 @cache
-def crater_judges(seed: int = 0, epochs: int = 12) -> CraterJudges:
+def crater_judges(seed: int = 0, epochs: int = 30) -> CraterJudges:
     """The :class:`CraterJudges`, trained on the shipped reference-region sets (once per process and seed)."""
     from .craters.mars import shipped_mars_reference
     from .craters.mars_regions import shipped_region_set
