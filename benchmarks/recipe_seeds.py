@@ -74,8 +74,8 @@ def goals(mean: dict[str, dict[str, float]], unseen: list[str]) -> list[tuple]:
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict:
+    from natgrad_diffusion.config import SUPERVISED
     from natgrad_diffusion.recipe import RecipeConfig, run_recipe
-    from natgrad_diffusion.supervised import SUPERVISED
 
     defaults = RecipeConfig()
     config = RecipeConfig(out=str(args.runs / f"seed{seed}"), supervised=replace(SUPERVISED, threads=args.supervised_threads),

@@ -33,9 +33,8 @@ import sys
 import time
 from dataclasses import replace
 
-from natgrad_diffusion.config import TRAINING
+from natgrad_diffusion.config import SUPERVISED, TRAINING
 from natgrad_diffusion.recipe import RecipeConfig, RecipeError, run_recipe, with_test_mode
-from natgrad_diffusion.supervised import SUPERVISED
 from natgrad_diffusion.verdict import recipe_summary
 
 

@@ -37,7 +37,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import FEATURE_NAMES, GROUPS, LIMITS, TRAINING, TrainingConfig, flat_names, with_settings
+from .config import FEATURE_NAMES, GROUPS, LIMITS, SUPERVISED, TRAINING, TrainingConfig, flat_names, with_settings
 
 __all__ = ["build_parser", "load_config_file", "main", "training_config"]
 
@@ -328,8 +328,6 @@ def _add_run_commands(sub: Any) -> None:
 
 
 def _add_supervise_command(sub: Any) -> None:
-    from .supervised import SUPERVISED
-
     s = sub.add_parser("supervise", help="the supervised stage: fine-tune a model on real crops (a diffusers folder)")
     s.add_argument("--out", type=_out_path, required=True, help="folder of the fine-tuned model (new or empty)")
     s.add_argument("--model", default=None, help="model to fine-tune: diffusers folder or hub id (default: the "

@@ -224,7 +224,8 @@ def _cmd_plot_features(args: argparse.Namespace) -> None:
 def _cmd_supervise(args: argparse.Namespace) -> None:
     from dataclasses import replace as replaced
 
-    from .supervised import SUPERVISED, check_supervised_dir
+    from .config import SUPERVISED
+    from .supervised import check_supervised_dir
 
     config = replaced(SUPERVISED, steps=args.steps, rank=args.rank, lr=args.lr, batch_size=args.batch_size,
                       seed=args.seed, threads=args.threads)  # fmt: skip

@@ -8,8 +8,9 @@ fixed seed inside :func:`torch.random.fork_rng`, so judging never moves the call
   (:func:`judge_cnn`) learns to tell set ``a`` from set ``b`` (the larger one subsampled to the smaller's size);
   the mean and standard deviation of its ``k``-fold held-out accuracy are returned.  0.5: indistinguishable;
   1: always told apart.  Real crops of two regions give its floor.
-* :class:`CraterJudges` (:func:`crater_judges`), trained once per process on the shipped reference-region sets of
-  :mod:`natgrad_diffusion.craters.mars_regions` and validated on the validation region:
+* :class:`CraterJudges` (:func:`crater_judges`): two small networks trained on the shipped reference-region sets of
+  :mod:`natgrad_diffusion.craters.mars_regions` (:func:`train_crater_judges`; their weights ship in
+  ``assets/crater-judges``, written by ``scripts/train_judges.py``) and validated on the validation region:
 
   - **crater present**: a CNN trained on crater crops against background crops (terrain at least one diameter away
     from every labelled crater); :meth:`~CraterJudges.crater_present_rate` is the fraction of images it calls a
@@ -24,11 +25,13 @@ fixed seed inside :func:`torch.random.fork_rng`, so judging never moves the call
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,12 +41,15 @@ from torch import Tensor, nn
 from .craters.captions import size_class
 
 __all__ = [
+    "JUDGES_DIR",
     "JUDGE_SIZE",
     "CraterJudges",
     "as_judge_input",
     "crater_judges",
     "judge_cnn",
+    "save_crater_judges",
     "standardised_pixels",
+    "train_crater_judges",
     "two_sample_accuracy",
 ]
 
@@ -198,15 +204,17 @@ class CraterJudges:
         return float((_nearest(standardised_pixels(images), self.training) < self.threshold).mean())
 
 
-@cache
-def crater_judges(seed: int = 0, epochs: int = 30) -> CraterJudges:
-    """The :class:`CraterJudges`, trained on the shipped reference-region sets (once per process and seed)."""
-    from .craters.mars import shipped_mars_reference
+#: the shipped judge weights (:func:`train_crater_judges` with its defaults; ``scripts/train_judges.py`` writes them)
+JUDGES_DIR = Path(__file__).resolve().parent / "assets" / "crater-judges"
+
+
+def train_crater_judges(seed: int = 0, epochs: int = 30) -> CraterJudges:
+    """Train the crater-presence classifier and the size regressor on the shipped reference-region sets
+    (:mod:`natgrad_diffusion.craters.mars_regions`: crater crops against background; :math:`\\log(d/\text{side})`
+    of the crater crops), ``epochs`` passes of minibatches of 64 with the north–south mirror, seeded."""
     from .craters.mars_regions import shipped_region_set
 
     craters, background = shipped_region_set("crater_crops"), shipped_region_set("background")
-    val_craters = shipped_region_set("crater_crops", "validation")
-    val_background = shipped_region_set("background", "validation")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         x = torch.cat([as_judge_input(craters.images), as_judge_input(background.images)])
@@ -220,10 +228,20 @@ def crater_judges(seed: int = 0, epochs: int = 30) -> CraterJudges:
         ratios = torch.tensor([_ratio(p) for p in craters.params]).log()
         size = _fit(judge_cnn(), as_judge_input(craters.images), ratios, F.mse_loss, epochs=epochs, batch=64,
                     seed=seed + 1)  # fmt: skip
-    training = standardised_pixels(craters.images)
+    return _with_data(presence, size)
+
+
+def _with_data(presence: nn.Module, size: nn.Module) -> CraterJudges:
+    """The judges of the two networks, with the memorisation pool and threshold and their validation figures."""
+    from .craters.mars import shipped_mars_reference
+    from .craters.mars_regions import shipped_region_set
+
+    training = standardised_pixels(shipped_region_set("crater_crops").images)
     evaluation = shipped_mars_reference("evaluation").images
     threshold = float(np.percentile(_nearest(standardised_pixels(evaluation), training), 5))
-    judges = CraterJudges(presence, size, training, threshold)
+    judges = CraterJudges(presence.eval(), size.eval(), training, threshold)
+    val_craters = shipped_region_set("crater_crops", "validation")
+    val_background = shipped_region_set("background", "validation")
     with torch.no_grad():
         hit_c = (presence(as_judge_input(val_craters.images)).squeeze(1) > 0).float().mean()
         hit_b = (presence(as_judge_input(val_background.images)).squeeze(1) <= 0).float().mean()
@@ -237,10 +255,37 @@ def crater_judges(seed: int = 0, epochs: int = 30) -> CraterJudges:
     return judges
 
 
+def save_crater_judges(judges: CraterJudges, directory: str | Path) -> Path:
+    """Write the two networks (``presence.safetensors``, ``size.safetensors``) and ``judges.json`` (their
+    architecture and validation figures) to ``directory``."""
+    from safetensors.torch import save_file
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in judges.presence.state_dict().items()}, str(d / "presence.safetensors"))
+    save_file({k: v.contiguous() for k, v in judges.size.state_dict().items()}, str(d / "size.safetensors"))
+    record = {"architecture": "judge_cnn(width=16)", "validation": judges.validation}
+    (d / "judges.json").write_text(json.dumps(record, indent=1) + "\n")
+    return d
+
+
+@cache
+def crater_judges(directory: str | None = None) -> CraterJudges:
+    """The :class:`CraterJudges` of the shipped weights (:data:`JUDGES_DIR`, or ``directory``), loaded once per
+    process."""
+    from safetensors.torch import load_file
+
+    d = Path(directory) if directory is not None else JUDGES_DIR
+    nets = []
+    for name in ("presence", "size"):
+        net = judge_cnn()
+        net.load_state_dict(load_file(str(d / f"{name}.safetensors")))
+        nets.append(net)
+    return _with_data(*nets)
+
+
 def _ratio(params: str) -> float:
     """Diameter / crop side of a crater crop's record."""
-    import json
-
     rec = json.loads(params)
     x0, _, x1, _ = rec["box"]
     return float(rec["diameter"]) / float(x1 - x0)

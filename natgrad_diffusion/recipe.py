@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import TRAINING, TrainingConfig, config_dict
-from .supervised import SUPERVISED, SUPERVISED_FILE, SupervisedConfig
+from .config import SUPERVISED, TRAINING, SupervisedConfig, TrainingConfig, config_dict
+from .supervised import SUPERVISED_FILE
 
 __all__ = [
     "RECIPE_FILE",

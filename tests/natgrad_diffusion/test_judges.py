@@ -9,10 +9,13 @@ import torch
 from natgrad_diffusion.craters.mars import shipped_mars_reference
 from natgrad_diffusion.craters.mars_regions import shipped_region_set
 from natgrad_diffusion.judges import (
+    JUDGES_DIR,
     as_judge_input,
     asked_size,
     crater_judges,
+    save_crater_judges,
     standardised_pixels,
+    train_crater_judges,
     two_sample_accuracy,
 )
 
@@ -78,3 +81,20 @@ def test_crater_judges_judge_real_crops_as_real():
     val = shipped_region_set("crater_crops", "validation")
     assert judges.caption_fidelity(val.images, val.captions) > 0.45
     assert np.isnan(judges.caption_fidelity(val.images[:3], ["a crater"] * 3))
+
+
+def test_the_shipped_judges_are_what_their_record_says():
+    import json
+
+    recorded = json.loads((JUDGES_DIR / "judges.json").read_text())["validation"]
+    assert crater_judges().validation == pytest.approx(recorded, abs=1e-6)
+
+
+def test_training_the_judges_writes_weights_that_load_the_same(tmp_path):
+    judges = train_crater_judges(epochs=1)
+    assert set(judges.validation) == {"presence_accuracy", "size_class_accuracy", "real_crater_present_rate"}
+    save_crater_judges(judges, tmp_path)
+    loaded = crater_judges(str(tmp_path))
+    assert loaded.validation == judges.validation
+    images = shipped_mars_reference("validation").images
+    assert loaded.predicted_sizes(images) == judges.predicted_sizes(images)
