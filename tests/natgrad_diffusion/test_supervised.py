@@ -125,3 +125,25 @@ def test_model_images_match_the_model(make_components):
     latent = make_components(pixel_space=False)
     z = model_images(data(size=32).images, latent)
     assert z.shape == (6, *latent.latent_shape())
+
+
+def test_the_command_fine_tunes_a_stable_diffusion_layout(make_components, tmp_path, capsys):
+    """``supervise --model`` on a folder in the Stable Diffusion layout (a tiny one: VAE, UNet, CLIP, DDIM)."""
+    from natgrad_diffusion.cli import main
+    from natgrad_diffusion.craters.reference import save_reference_set
+
+    comps = make_components(pixel_space=False)
+    sd = tmp_path / "sd"
+    comps.unet.save_pretrained(sd / "unet")
+    comps.vae.save_pretrained(sd / "vae")
+    comps.text_encoder.save_pretrained(sd / "text_encoder")
+    comps.tokenizer.save_pretrained(str(sd / "tokenizer"))
+    comps.scheduler.save_pretrained(sd / "scheduler")
+    rng = np.random.default_rng(0)
+    rgb = ReferenceSet(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), ["a crater"] * 6)
+    save_reference_set(rgb, tmp_path / "crops.npz")
+    main(["supervise", "--model", str(sd), "--data", str(tmp_path / "crops.npz"), "--out", str(tmp_path / "out"),
+          "--steps", "2", "--batch-size", "2", "--rank", "2", "--no-progress"])  # fmt: skip
+    assert "natgrad-diffusion train --model" in capsys.readouterr().out
+    loaded = load_components(tmp_path / "out")
+    assert loaded.vae is not None and set(unet_state(loaded)) == set(unet_state(comps))
