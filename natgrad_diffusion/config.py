@@ -478,7 +478,7 @@ class SupervisedConfig:
         threads: ``torch.set_num_threads`` while training (``None``: leave it).
     """
 
-    steps: int = 400
+    steps: int = 100
     batch_size: int = 32
     lr: float = 1e-3
     ema: float = 0.99
@@ -487,7 +487,7 @@ class SupervisedConfig:
     caption_dropout: float = 0.1
     warmup: int = 20
     seed: int = 0
-    checkpoint_every: int = 100
+    checkpoint_every: int = 50
     threads: int | None = None
 
     def __post_init__(self) -> None:

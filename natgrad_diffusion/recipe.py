@@ -68,7 +68,7 @@ class RecipeConfig:
 
     out: str = "runs/crater_recipe"
     supervised: SupervisedConfig = SUPERVISED
-    rl: TrainingConfig = field(default_factory=lambda: replace(TRAINING, episodes=20))
+    rl: TrainingConfig = field(default_factory=lambda: replace(TRAINING, episodes=30))
     rl_from_pretrained: bool = False
     eval_n: int | None = None
 
