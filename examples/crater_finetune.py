@@ -29,7 +29,6 @@ Outputs in ``--out`` (``runs/crater_example``): ``evaluation.md`` / ``.json`` (t
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from dataclasses import replace
 
@@ -67,8 +66,8 @@ def main() -> None:
     start = time.perf_counter()
     try:
         result = run_recipe(config, resume=args.resume, overwrite=not args.resume)
-    except (RecipeError, ValueError) as exc:
-        sys.exit(f"crater_finetune: error: {exc}")
+    except (RecipeError, ValueError) as exc:  # a folder that is not a run, bad inputs: one line, exit status 2
+        p.error(str(exc))
     print(f"\n({(time.perf_counter() - start) / 60:.1f} min)")
     print(recipe_summary(result))
 

@@ -102,8 +102,8 @@ def _claim(out: Path, *, resume: bool, overwrite: bool) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     if not (out / RECIPE_FILE).is_file():
-        raise RecipeError(f"{out} is not empty and is not a run of the two-stage job (no {RECIPE_FILE}): choose a new "
-                          "or empty folder")  # fmt: skip
+        raise RecipeError(f"{out} is not empty and not a run directory of the two-stage job (no {RECIPE_FILE}): "
+                          "choose a new or empty folder")  # fmt: skip
     if resume:
         return
     if not overwrite:
@@ -300,4 +300,4 @@ def _write(out: Path, rows: dict[str, dict[str, float]], columns: list[tuple[str
               if k in images}  # fmt: skip
     per = 6
     labels = ["" for _ in range(min(6, len(next(iter(blocks.values()))) // per))]
-    save_comparison_grid(blocks, labels, per, out / "eval_comparison.png", scale=3)
+    save_comparison_grid(blocks, labels, per, out / "eval_comparison.png", scale=2)

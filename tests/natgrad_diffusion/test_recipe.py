@@ -39,6 +39,6 @@ def test_two_smoke_runs_give_the_same_digits(tmp_path):
 
 def test_a_folder_that_is_not_a_run_of_the_job_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(RecipeError, match="is not a run of the two-stage job"):
+    with pytest.raises(RecipeError, match="not a run directory of the two-stage job"):
         run_recipe(smoke(tmp_path), progress=False, say=lambda _: None)
     assert (tmp_path / "notes.txt").read_text() == "mine" and not (tmp_path / RECIPE_FILE).exists()
