@@ -28,7 +28,8 @@ def changes(
     out: dict[str, list[str]] = {"better": [], "worse": [], "same": []}
     for key, label in columns:
         a, b = before.get(key, math.nan), after.get(key, math.nan)
-        if not (math.isfinite(a) and math.isfinite(b)):
+        directed = key == "grain_ratio" or label.endswith(("↓", "↑"))
+        if not (directed and math.isfinite(a) and math.isfinite(b)):
             continue
         name = label.rstrip(" ↑↓")
         text = f"{name} {a:.3g} → {b:.3g}"
@@ -36,7 +37,7 @@ def changes(
             out["same"].append(text)
         elif key == "grain_ratio":
             out["better" if abs(b - 1) < abs(a - 1) else "worse"].append(text)
-        elif label.endswith(("↓", "↑")):
+        else:
             out["better" if (b < a) == label.endswith("↓") else "worse"].append(text)
     return out
 

@@ -18,6 +18,15 @@ def test_changes_respect_each_metrics_orientation():
     assert all("recall" not in t for ts in moved.values() for t in ts)  # NaN: left out
 
 
+def test_a_column_without_a_direction_is_never_counted():
+    """A column with no better side (PRDC's density) is left out whether it moved or not, so the count of judges
+    in the overall line is the same for every pair of rows."""
+    columns = [("density", "density"), ("mmd2", "MMD² ↓")]
+    for after in (0.5, 0.9):
+        moved = changes({"density": 0.5, "mmd2": 0.1}, {"density": after, "mmd2": 0.05}, columns)
+        assert sum(len(v) for v in moved.values()) == 1 and moved["better"] == ["MMD² 0.1 → 0.05"]
+
+
 def _result(**config):
     ev = {
         "pretrained": {"mmd2": 0.01, "vendi_within_prompt": 1.5},
