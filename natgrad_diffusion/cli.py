@@ -37,84 +37,25 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import FEATURE_NAMES, GROUPS, LIMITS, SUPERVISED, TRAINING, TrainingConfig, flat_names, with_settings
+from .config import (
+    DEPRECATED_NAMES,
+    FEATURE_NAMES,
+    GROUPS,
+    LIMITS,
+    SUPERVISED,
+    TRAINING,
+    TrainingConfig,
+    flat_names,
+    setting_help,
+    with_settings,
+)
 
 __all__ = ["build_parser", "load_config_file", "main", "training_config"]
 
 PROG = "natgrad-diffusion"
 
-_HELP = {
-    "mode": "policy mode: DIVERSITY_POLICY (conditioning + noise offsets), SCHEDULER_POLICY (guidance, eta, spacing)"
-    " or LORA_UNET (LoRA on the UNet)",
-    "algorithm": "trpo or ppo",
-    "reward": "MMD, MI, FID, MMD_MI, VENDI or MMD_VENDI (MMD to the reference + within-prompt Vendi)",
-    "reward_options": "reward keyword arguments as JSON, e.g. '{\"w_mi\": 0.5}'",
-    "policy_options": "policy keyword arguments as JSON, e.g. '{\"noise_scale\": 7}' (merged over the mode's crater defaults)",
-    "episodes": "policy updates (each samples --batch-size images per process)",
-    "batch_size": "images per episode per process (a multiple of --images-per-prompt)",
-    "images_per_prompt": "images per prompt in a batch (>= 2)",
-    "steps": "DDIM denoising steps",
-    "guidance_scale": "classifier-free guidance weight",
-    "eta": "DDIM eta (default: 0, or 1 for LORA_UNET)",
-    "seed": "seed of the initialisation and of every sampling seed",
-    "model": "diffusers-layout directory or hub id (default: the embedded crater model)",
-    "out": "run directory",
-    "prompts": "training prompts file, one per line (default: the embedded crater prompts)",
-    "eval_prompts": "evaluation prompts file (default: the embedded crater test prompts)",
-    "reference": "what the reward compares with: mars (real Mars crops shipped with the package), render, or a"
-    " reference set .npz (build-reference) / features .npz (build-features)",
-    "validation_reference": "image set for choosing settings (default: the validation split of --reference's kind)",
-    "eval_reference": "held-out image set of the evaluation (default: the evaluation split of --reference's kind)",
-    "eval_features": "further evaluation feature spaces, comma-separated, e.g. resnet18,pixels",
-    "reference_n": "craters to render when no --reference is given",
-    "reference_seed": "seed of the rendered reference",
-    "reference_diversity": "diversity of the rendered reference (narrow, medium, broad or a number in [0, 1])",
-    "features": "the reward's feature space: crater (the encoder learned on craters), resnet18, clip, pixels or spectrum",
-    "feature_image_size": "images are resized to this size for the feature extractor (default: its own)",
-    "feature_weights": "feature-extractor weights (hub id or directory; default $NATGRAD_RESNET18 / local cache)",
-    "vendi_kernel": "kernel of the logged / evaluated Vendi scores: rbf or cosine",
-    "critic": "fit a value critic (--no-critic: per-prompt normalised rewards)",
-    "checkpoint_every": "checkpoint every N episodes",
-    "grid_every": "training image grid every N episodes",
-    "evaluate": "before/after evaluation on the eval prompts (--no-evaluate to skip)",
-    "eval_images_per_prompt": "images per eval prompt (>= 2)",
-    "eval_baselines": "evaluate the non-RL baselines too (brightness/contrast map, best fixed prompt)",
-    "eval_seed": "base seed of the evaluation images",
-    "eval_max_prompts": "use only the first N eval prompts",
-    "threads": "torch.set_num_threads (default: torch's own)",
-    "test_mode": "smoke run of seconds: 2 episodes of 4 images, 2 steps, small reference (flags given still win)",
-    # trust region (natgrad.TrustRegionConfig)
-    "max_kl": "TRPO trust-region radius (mean KL per decision)",
-    "damping": "TRPO: damping λ added to the Fisher",
-    "cg_iters": "TRPO: conjugate-gradient iterations",
-    "cg_rtol": "TRPO: CG relative tolerance",
-    "cg_atol": "TRPO: CG absolute tolerance",
-    "backtrack_iters": "TRPO: line-search candidates",
-    "backtrack_coeff": "TRPO: line-search shrink factor",
-    "accept_ratio": "TRPO: minimal actual / expected improvement",
-    "line_search": "TRPO: backtracking line search (--no-line-search: natural policy gradient)",
-    "fvp_method": "TRPO: Fisher-vector product method (auto, reverse, jvp, linearize, kl_hvp)",
-    "adaptive": "TRPO: adapt max_kl from the improvement ratio",
-    "max_kl_bounds": "TRPO adaptive: bounds of max_kl as JSON, e.g. '[1e-4, 0.1]'",
-    "grow": "TRPO adaptive: growth factor",
-    "shrink": "TRPO adaptive: shrink factor",
-    "grow_above": "TRPO adaptive: grow above this improvement ratio",
-    "shrink_below": "TRPO adaptive: shrink below this improvement ratio",
-    "warm_start": "TRPO: start CG from the previous solution",
-    # PPO
-    "ppo_lr": "PPO: Adam learning rate",
-    "ppo_clip_range": "PPO: clip range of the ratio",
-    "ppo_epochs": "PPO: passes over the decisions per update",
-    "ppo_minibatch": "PPO: decisions per minibatch",
-    "ppo_max_grad_norm": "PPO: gradient-norm clip",
-    "ppo_adv_clip": "PPO: advantage clip",
-    # LoRA chunks
-    "grad_chunk": "LORA_UNET TRPO: decisions per gradient chunk",
-    "fvp_chunk": "LORA_UNET TRPO: decisions per Fisher-product chunk",
-    "eval_chunk": "LORA_UNET TRPO: decisions per line-search chunk",
-    "fvp_subsample": "LORA_UNET TRPO: fraction (< 1) or count of decisions in the Fisher sub-sample",
-    "fvp_min_decisions": "LORA_UNET TRPO: smallest Fisher sub-sample",
-}
+#: how the help of a nested group's option starts (the field's own help follows)
+_GROUP_LABELS = {None: "", "trust_region": "TRPO: ", "ppo": "PPO: ", "chunks": "LORA_UNET TRPO: "}
 
 _METAVARS = {
     "mode": "MODE",
@@ -128,7 +69,8 @@ _METAVARS = {
     "reference_diversity": "LEVEL",
     "features": "NAME",
     "feature_weights": "DIR|HUB_ID",
-    "fvp_method": "METHOD",
+    "trpo_fvp_method": "METHOD",
+    "lora_fvp_method": "METHOD",
 }
 
 
@@ -213,13 +155,12 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
-def _add_option(p: argparse.ArgumentParser, name: str, annotation: str, default: Any) -> None:
+def _add_option(p: argparse.ArgumentParser, name: str, annotation: str, default: Any, help_text: str) -> None:
     """One ``--flag`` for the setting ``name`` (``default=SUPPRESS``: only the flags given appear)."""
-    help_text = _HELP.get(name, name)
     if "default" not in help_text:
         help_text += f" (default: {default})"
     kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": name}
-    flag = "--" + name.replace("_", "-")
+    flag = _flag(name)
     if annotation == "bool":
         action = "store_true" if name == "test_mode" else argparse.BooleanOptionalAction
         p.add_argument(flag, action=action, **kw)
@@ -240,11 +181,19 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainingConfig` field and per field of its nested groups (under its flat name)."""
     for f in fields(TrainingConfig):
         if f.name not in GROUPS:
-            _add_option(p, f.name, str(f.type), getattr(TRAINING, f.name))
+            _add_option(p, f.name, str(f.type), getattr(TRAINING, f.name), setting_help(None, f.name))
     for flat, (group, name) in flat_names().items():
         value = getattr(getattr(TRAINING, group), name)
         annotation = str(next(f.type for f in fields(getattr(TRAINING, group)) if f.name == name))
-        _add_option(p, flat, annotation, value)
+        _add_option(p, flat, annotation, value, _GROUP_LABELS[group] + setting_help(group, name))
+    for old, new in DEPRECATED_NAMES.items():
+        p.add_argument(_flag(old), dest=old, default=argparse.SUPPRESS, metavar="VALUE",
+                       help=f"deprecated: use {_flag(new)}")  # fmt: skip
+
+
+def _flag(name: str) -> str:
+    """The flag of a setting: ``ppo_lr`` → ``--ppo-lr``."""
+    return "--" + name.replace("_", "-")
 
 
 def _add_data_commands(sub: Any) -> None:
@@ -310,13 +259,13 @@ def _add_run_commands(sub: Any) -> None:
     )
     s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     e = sub.add_parser("evaluate", help="metrics table: pretrained model vs a run's fine-tuned policy")
-    e.add_argument("--run", type=Path, required=True, help="run directory")
+    e.add_argument("--run", type=Path, required=True, help="the run directory to evaluate")
     e.add_argument("--eval-prompts", type=Path, default=None, help="prompts file (default: the run's)")
     e.add_argument("--images-per-prompt", type=_bounded(2, 1000), default=None, help="default: the run's")
     e.add_argument("--out", type=_out_path, default=None, help="write the markdown table here too (.md)")
     e.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     pl = sub.add_parser("plot", help="PNG plots of a run's CSV")
-    pl.add_argument("--run", type=Path, required=True, help="run directory")
+    pl.add_argument("--run", type=Path, required=True, help="the run directory whose train.csv to plot")
     pl.add_argument("--out", type=_out_path, default=None, help="directory (default: RUN/plots)")
     pl.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     pf = sub.add_parser("plot-features", help="PCA and t-SNE plots of a features file (and a grid of its images)")
@@ -341,7 +290,7 @@ def _add_supervise_command(sub: Any) -> None:
     s.add_argument("--lr", type=float, default=SUPERVISED.lr, help=f"learning rate (default: {SUPERVISED.lr})")
     s.add_argument("--batch-size", type=_bounded(1, 4096), default=SUPERVISED.batch_size, help="images per step "
                    f"(default: {SUPERVISED.batch_size})")  # fmt: skip
-    s.add_argument("--seed", type=_limit("seed"), default=SUPERVISED.seed, help="seed (default: 0)")
+    s.add_argument("--seed", type=_limit("seed"), default=SUPERVISED.seed, help="seed of the adapters, minibatches, noises and timesteps (default: 0)")
     s.add_argument("--threads", type=_bounded(1, 1024), default=None, help="torch threads (default: torch's own)")
     s.add_argument("--resume", action="store_true", help="continue the fine-tune in --out from its last state")
     s.add_argument("--overwrite", action="store_true", help="replace the supervised model in --out")
@@ -446,7 +395,13 @@ def training_config(args: argparse.Namespace) -> tuple[TrainingConfig, set[str]]
     and the names of the settings the user fixed: the flags given and, on ``--resume``, the run's saved settings
     (``--test-mode`` leaves those alone)."""
     names = [f.name for f in fields(TrainingConfig) if f.name not in GROUPS] + list(flat_names())
-    given = {k: getattr(args, k) for k in names if hasattr(args, k)}
+    given = {k: getattr(args, k) for k in [*names, *DEPRECATED_NAMES] if hasattr(args, k)}
+    for old, new in DEPRECATED_NAMES.items():
+        if old in given:
+            sys.stderr.write(f"{PROG}: warning: {_flag(old)} is deprecated: use {_flag(new)}\n")
+            if new in given:
+                fail(f"{_flag(old)} and {_flag(new)} are the same setting; give only {_flag(new)}")
+            given[new] = given.pop(old)
     values: dict[str, Any] = {}
     if args.config is not None:
         values.update(load_config_file(args.config))

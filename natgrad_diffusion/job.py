@@ -35,6 +35,7 @@ from .config import (
     PolicyMode,
     TrainingConfig,
     flat_names,
+    ignored_settings,
     with_settings,
 )
 from .logs import read_metadata
@@ -177,6 +178,18 @@ def max_steps(model: str | None) -> int:
     return int(steps) if isinstance(steps, int) and steps >= 1 else int(LIMITS["steps"][1])
 
 
+def _check_ignored(c: TrainingConfig) -> None:
+    """A setting its path never reads is refused, naming the setting and the path (it would be accepted and do
+    nothing)."""
+    by_path: dict[str, list[str]] = {}
+    for name, path in ignored_settings(c):
+        by_path.setdefault(path, []).append(f"{name} (--{name.replace('_', '-')})")
+    if by_path:
+        parts = [f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} not read by {path}"
+                 for path, names in by_path.items()]  # fmt: skip
+        raise TrainingError("; ".join(parts) + "; remove them, or choose the path that reads them")
+
+
 def _check_ranges(c: TrainingConfig) -> None:
     tr = c.trust_region
     check_range("max_kl", tr.max_kl, note=" (nats per decision)")
@@ -270,6 +283,7 @@ def validate_config(config: TrainingConfig) -> None:
         raise TrainingError(f"eval_max_prompts must be >= 1, got {c.eval_max_prompts}")
     check_model(c.model)
     _check_ranges(c)
+    _check_ignored(c)
     _check_options(c)
     _check_feature_names(c)
     for role in ("train", "test"):

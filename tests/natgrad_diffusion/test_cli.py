@@ -1,5 +1,6 @@
 """``natgrad-diffusion``: one-line errors, config files and their precedence, and every subcommand end to end."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -184,8 +185,14 @@ def test_help_gives_each_default_once_and_every_option_a_help(capsys):
     for action in parser._subparsers._group_actions[0].choices.values():  # every subcommand
         for option in action._actions:
             if option.dest != "help":
-                assert option.help, f"{action.prog} {option.option_strings or option.dest} has no help"
+                name = f"{action.prog} {option.option_strings or option.dest}"
+                assert option.help, f"{name} has no help"
+                words = option.help.replace("(default", " ").split()
+                # a placeholder (the option's own name) is not help: it says what the option does in a few words
+                assert option.help.split(" (default")[0] != option.dest and len(words) >= 3, f"{name}: {option.help!r}"
                 assert option.help.count("default") <= 1, option.help
+                if action.prog.endswith(" train") and option.default is argparse.SUPPRESS:
+                    assert "default" in option.help or "deprecated" in option.help, f"{name}: no default in its help"
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
@@ -343,3 +350,18 @@ def test_the_console_script_imports_neither_numpy_nor_torch_before_main():
 )
 def test_subcommand_arguments_are_bounded_before_anything_loads(capsys, argv, message):
     assert message in fail(capsys, argv)
+
+
+def test_old_fvp_method_flag_warns_and_sets_the_lora_update(capsys):
+    args = build_parser().parse_args(["train", "--fvp-method", "jvp"])
+    config, explicit = training_config(args)
+    assert config.chunks.fvp_method == "jvp" and config.trust_region == TRAINING.trust_region
+    assert "lora_fvp_method" in explicit
+    assert "--fvp-method is deprecated: use --lora-fvp-method" in capsys.readouterr().err
+    config, _ = training_config(build_parser().parse_args(["train", "--trpo-fvp-method", "jvp"]))
+    assert config.trust_region.fvp_method == "jvp" and config.chunks == TRAINING.chunks
+
+
+def test_a_flag_the_path_ignores_is_one_line_naming_it(capsys):
+    err = fail(capsys, ["train", "--adaptive", "--out", "unused"])
+    assert "adaptive (--adaptive) is not read by the LORA_UNET TRPO update" in err

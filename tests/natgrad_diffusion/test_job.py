@@ -136,8 +136,10 @@ def test_truncated_real_npz_is_a_one_line_error(tmp_path):
         ({"reference_seed": 2**40}, False), ({"steps": 1000}, True), ({"steps": 1001}, False),
         ({"reference_n": 100_000}, True), ({"reference_n": 100_001}, False), ({"reference_n": 1}, False),
         ({"feature_image_size": 1024}, True), ({"feature_image_size": 1025}, False),
-        ({"adaptive": True, "max_kl_bounds": (1e-6, 10.0)}, True), ({"adaptive": True, "max_kl_bounds": (1e-4, 11)}, False),
-        ({"adaptive": False, "max_kl_bounds": (1e-4, 11)}, True),  # bounds of a fixed radius are not used
+        ({"adaptive": True, "max_kl_bounds": (1e-6, 10.0), "mode": "DIVERSITY_POLICY"}, True),
+        ({"adaptive": True, "max_kl_bounds": (1e-4, 11), "mode": "DIVERSITY_POLICY"}, False),
+        ({"adaptive": True, "max_kl_bounds": (1e-4, 11)}, False),  # out of range, and ignored by LORA_UNET
+        ({"adaptive": False, "max_kl_bounds": (1e-4, 11), "mode": "DIVERSITY_POLICY"}, False),  # ignored: refused
     ],
 )  # fmt: skip
 def test_values_are_checked_against_the_documented_ranges(change, ok):
