@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -47,8 +46,8 @@ from .config import (
     TrainingConfig,
     flat_names,
     setting_help,
-    with_settings,
 )
+from .settings import flag_of, load_config_file, training_config
 
 __all__ = ["build_parser", "load_config_file", "main", "training_config"]
 
@@ -160,7 +159,7 @@ def _add_option(p: argparse.ArgumentParser, name: str, annotation: str, default:
     if "default" not in help_text:
         help_text += f" (default: {default})"
     kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": name}
-    flag = _flag(name)
+    flag = flag_of(name)
     if annotation == "bool":
         action = "store_true" if name == "test_mode" else argparse.BooleanOptionalAction
         p.add_argument(flag, action=action, **kw)
@@ -187,13 +186,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
         annotation = str(next(f.type for f in fields(getattr(TRAINING, group)) if f.name == name))
         _add_option(p, flat, annotation, value, _GROUP_LABELS[group] + setting_help(group, name))
     for old, new in DEPRECATED_NAMES.items():
-        p.add_argument(_flag(old), dest=old, default=argparse.SUPPRESS, metavar="VALUE",
-                       help=f"deprecated: use {_flag(new)}")  # fmt: skip
-
-
-def _flag(name: str) -> str:
-    """The flag of a setting: ``ppo_lr`` → ``--ppo-lr``."""
-    return "--" + name.replace("_", "-")
+        p.add_argument(flag_of(old), dest=old, default=argparse.SUPPRESS, metavar="VALUE",
+                       help=f"deprecated: use {flag_of(new)}")  # fmt: skip
 
 
 def _add_data_commands(sub: Any) -> None:
@@ -290,7 +284,12 @@ def _add_supervise_command(sub: Any) -> None:
     s.add_argument("--lr", type=float, default=SUPERVISED.lr, help=f"learning rate (default: {SUPERVISED.lr})")
     s.add_argument("--batch-size", type=_bounded(1, 4096), default=SUPERVISED.batch_size, help="images per step "
                    f"(default: {SUPERVISED.batch_size})")  # fmt: skip
-    s.add_argument("--seed", type=_limit("seed"), default=SUPERVISED.seed, help="seed of the adapters, minibatches, noises and timesteps (default: 0)")
+    s.add_argument(
+        "--seed",
+        type=_limit("seed"),
+        default=SUPERVISED.seed,
+        help="seed of the adapters, minibatches, noises and timesteps (default: 0)",
+    )
     s.add_argument("--threads", type=_bounded(1, 1024), default=None, help="torch threads (default: torch's own)")
     s.add_argument("--resume", action="store_true", help="continue the fine-tune in --out from its last state")
     s.add_argument("--overwrite", action="store_true", help="replace the supervised model in --out")
@@ -313,105 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(sub)
     _add_data_commands(sub)
     return parser
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are unique (``json`` keeps the last of a repeated key without a word)."""
-    keys = [k for k, _ in pairs]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-        raise ValueError(f"{', '.join(repeated)} given more than once")
-    return dict(pairs)
-
-
-def _parse_config_text(path: Path) -> Any:
-    """The data of a JSON or TOML (``.toml``) file; ``ValueError`` naming the file and what is wrong."""
-    if path.is_dir():
-        raise ValueError(f"config file {path} is a directory; give a JSON or TOML file")
-    if not path.is_file():
-        raise ValueError(f"config file {path} not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                         f"{exc.start})") from None  # fmt: skip
-    toml = path.suffix.lower() == ".toml"
-    try:
-        if toml:
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            return tomllib.loads(text)
-        return json.loads(text, object_pairs_hook=_unique_keys)
-    except ModuleNotFoundError:
-        raise ValueError("reading TOML on Python 3.10 needs the tomli package (or use a JSON config)") from None
-    except Exception as exc:
-        kind = "TOML" if toml else "JSON (a config file is JSON, or TOML named *.toml)"
-        raise ValueError(f"cannot parse config file {path} as {kind}: {exc}") from None
-
-
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Settings from a JSON or TOML file: :class:`TrainingConfig` fields, nested groups as tables (or their flat
-    names), all at the top or all in a ``[train]`` table; unknown keys and values of the wrong type are an error
-    (``ValueError`` naming the file)."""
-    path = Path(path)
-    data = _parse_config_text(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a table / object of TrainingConfig fields")
-    if "train" in data:
-        others = sorted(k for k in data if k != "train")
-        if others:
-            raise ValueError(f"config file {path}: {', '.join(others)} outside the [train] table (put every "
-                             "setting in it, or none)")  # fmt: skip
-        data = data["train"]
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path}: [train] must be a table of settings, got {data!r:.60}")
-    try:
-        with_settings(TRAINING, data)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config file {path}: {exc}") from None
-    return data
-
-
-def _saved_settings(out: str | os.PathLike) -> dict[str, Any]:
-    """The settings in ``OUT/run.json`` (``{}`` without one), checked: a bad value names the file."""
-    saved = Path(out) / "run.json"
-    if not saved.is_file():
-        return {}
-    from .job import known_settings
-    from .logs import read_metadata
-
-    stored = known_settings(read_metadata(saved.parent)["config"])
-    try:
-        with_settings(TRAINING, stored)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{saved}: {exc}") from None
-    return stored
-
-
-def training_config(args: argparse.Namespace) -> tuple[TrainingConfig, set[str]]:
-    """The :class:`TrainingConfig` of parsed ``train`` arguments (see the module docstring for the precedence),
-    and the names of the settings the user fixed: the flags given and, on ``--resume``, the run's saved settings
-    (``--test-mode`` leaves those alone)."""
-    names = [f.name for f in fields(TrainingConfig) if f.name not in GROUPS] + list(flat_names())
-    given = {k: getattr(args, k) for k in [*names, *DEPRECATED_NAMES] if hasattr(args, k)}
-    for old, new in DEPRECATED_NAMES.items():
-        if old in given:
-            sys.stderr.write(f"{PROG}: warning: {_flag(old)} is deprecated: use {_flag(new)}\n")
-            if new in given:
-                fail(f"{_flag(old)} and {_flag(new)} are the same setting; give only {_flag(new)}")
-            given[new] = given.pop(old)
-    values: dict[str, Any] = {}
-    if args.config is not None:
-        values.update(load_config_file(args.config))
-    explicit = set(given)
-    if args.resume:
-        stored = _saved_settings(given.get("out", values.get("out", TRAINING.out)))
-        values.update(stored)
-        explicit |= set(stored)
-    values.update(given)
-    return with_settings(TRAINING, values), explicit
 
 
 def _message(exc: BaseException) -> str:

@@ -11,9 +11,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from .cli import fail, training_config
 from .config import TRAINING, TrainingConfig
 from .job import (
     job_prompts,
@@ -26,8 +25,14 @@ from .job import (
 from .logs import atomic_output
 from .outputs import check_output_dir, check_output_file
 from .rundir import CSV_FILE, PLOT_FILE, PLOTS_DIR, check_run_dir, is_run
+from .settings import training_config
 
 __all__ = ["COMMANDS"]
+
+
+def _refuse(message: str) -> NoReturn:
+    """A bad argument: ``main`` prints it as one line ``natgrad-diffusion: error: message`` (exit status 2)."""
+    raise ValueError(message)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -49,7 +54,7 @@ def _run_config(run: Path | None) -> TrainingConfig:
 
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
-        fail(f"{name} must be >= 1, got {value}")
+        _refuse(f"{name} must be >= 1, got {value}")
 
 
 #: the image formats ``sample --out`` writes (the first is added to a name without a suffix)
@@ -122,14 +127,14 @@ def _mars_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"size": args.size, "seed": args.seed}
     if args.crop_factor is not None:
         if not args.crop_factor >= 1.0:
-            fail(f"--crop-factor must be >= 1 (the crop holds the whole crater), got {args.crop_factor}")
+            _refuse(f"--crop-factor must be >= 1 (the crop holds the whole crater), got {args.crop_factor}")
         options["crop_factor"] = args.crop_factor
     if args.min_diameter is not None:
         if not args.min_diameter >= 1.0:
-            fail(f"--min-diameter must be >= 1 pixel, got {args.min_diameter}")
+            _refuse(f"--min-diameter must be >= 1 pixel, got {args.min_diameter}")
         options["min_diameter"] = args.min_diameter
     if args.out.suffix == ".npz" or (args.out.exists() and not args.out.is_dir()):
-        fail(
+        _refuse(
             f"--source mars writes reference/validation/evaluation .npz files: OUT must be a directory, got {args.out}"
         )
     return options
@@ -137,13 +142,13 @@ def _mars_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_reference_args(args: argparse.Namespace) -> None:
     if args.source != "mars" and (args.crop_factor is not None or args.min_diameter is not None):
-        fail("--crop-factor and --min-diameter apply to --source mars only")
+        _refuse("--crop-factor and --min-diameter apply to --source mars only")
     if (args.source == "folder") != (args.folder is not None):
-        fail("--folder DIR goes with --source folder (and --source folder needs --folder DIR)")
+        _refuse("--folder DIR goes with --source folder (and --source folder needs --folder DIR)")
     if args.size < 8:
-        fail(f"--size must be >= 8, got {args.size}")
+        _refuse(f"--size must be >= 8, got {args.size}")
     if args.n < 2:
-        fail(f"--n must be >= 2, got {args.n}")
+        _refuse(f"--n must be >= 2, got {args.n}")
     if args.source == "render":
         validate_config(replace(TRAINING, reference_diversity=args.diversity))
 
@@ -179,7 +184,7 @@ def _cmd_build_reference(args: argparse.Namespace) -> None:
 def _cmd_build_features(args: argparse.Namespace) -> None:
     _positive("--image-size", args.image_size)
     if not args.reference.is_file():
-        fail(f"reference file {args.reference} not found")
+        _refuse(f"reference file {args.reference} not found")
     out = check_output_file(args.out, suffixes=(".npz",), overwrite=args.overwrite, what="OUT",
                             inputs=[args.reference])  # fmt: skip
     from .craters.reference import load_reference_set
@@ -187,7 +192,7 @@ def _cmd_build_features(args: argparse.Namespace) -> None:
 
     n = len(load_reference_set(args.reference))
     if n < 2:
-        fail(f"{args.reference} holds {n} images; a reference needs at least 2")
+        _refuse(f"{args.reference} holds {n} images; a reference needs at least 2")
     options = {"weights": args.weights} if args.weights is not None else {}
     if args.image_size is not None:
         options["image_size"] = args.image_size
@@ -211,7 +216,7 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 
 def _cmd_plot_features(args: argparse.Namespace) -> None:
     if not args.prefix or "/" in args.prefix or "\\" in args.prefix:
-        fail(f"--prefix {args.prefix!r} must be a file name prefix (not empty, no path separator)")
+        _refuse(f"--prefix {args.prefix!r} must be a file name prefix (not empty, no path separator)")
     names = [f"{args.prefix}_{m}.png" for m in ("pca", "tsne")]
     names += [f"{args.prefix}_grid.png"] if args.reference is not None else []
     check_output_dir(args.out_dir, names, overwrite=args.overwrite, what="--out-dir")
@@ -231,7 +236,7 @@ def _cmd_supervise(args: argparse.Namespace) -> None:
                       seed=args.seed, threads=args.threads)  # fmt: skip
     check_supervised_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.data != "mars" and not Path(args.data).is_file():
-        fail(f"--data {args.data} not found (mars, or a reference-set .npz)")
+        _refuse(f"--data {args.data} not found (mars, or a reference-set .npz)")
     from .job import DEFAULT_MODEL_DIR, load_model
     from .supervised import finetune, training_set
 
@@ -239,8 +244,10 @@ def _cmd_supervise(args: argparse.Namespace) -> None:
     components = load_model(args.model)
     result = finetune(components, data, args.out, config, resume=args.resume, overwrite=args.overwrite,
                       progress=not args.no_progress, source=str(args.model or DEFAULT_MODEL_DIR))  # fmt: skip
-    print(f"wrote the supervised model ({result.steps} steps, final loss {result.losses[-1]:.4f}) to {result.out}; "
-          f"use it with: natgrad-diffusion train --model {result.out}")
+    print(
+        f"wrote the supervised model ({result.steps} steps, final loss {result.losses[-1]:.4f}) to {result.out}; "
+        f"use it with: natgrad-diffusion train --model {result.out}"
+    )
 
 
 COMMANDS = {
