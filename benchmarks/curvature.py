@@ -4,6 +4,10 @@
     python benchmarks/curvature.py --quick         # fewer repeats, no memory workers (smoke test)
     python benchmarks/curvature.py --cases gaussian_mlp categorical_mlp --threads 2
 
+Its peers: ``pip install -c constraints.txt -e ".[bench]"`` (sb3-contrib) and, for curvlinops,
+``pip install -c constraints.txt --no-deps -r benchmarks/curvlinops-requirements.txt`` (without the torchvision its
+backpack dependency declares, which does not load beside the CPU torch; curvlinops does not need it).
+
 All timings of one table are taken in one process, interleaved round-robin, as the
 median over repeats; ratios are natgrad / peer (below 1 means natgrad is faster).
 Every method works on the *same* sb3-contrib policy object and the same batch:

@@ -53,6 +53,11 @@ __all__ = ["build_parser", "load_config_file", "main", "training_config"]
 
 PROG = "natgrad-diffusion"
 
+#: the top-level modules of the ``diffusion`` extra's packages (pyproject.toml): a command that finds one missing
+#: says which extra to install
+DIFFUSION_EXTRA_MODULES = frozenset({"diffusers", "transformers", "peft", "accelerate", "safetensors", "scipy",
+                                     "matplotlib", "tqdm", "numpy", "skimage", "PIL", "sklearn"})  # fmt: skip
+
 #: how the help of a nested group's option starts (the field's own help follows)
 _GROUP_LABELS = {None: "", "trust_region": "TRPO: ", "ppo": "PPO: ", "chunks": "LORA_UNET TRPO: "}
 
@@ -248,10 +253,11 @@ def _add_run_commands(sub: Any) -> None:
     s.add_argument(
         "--out",
         type=_out_path,
-        default=Path("samples.png"),
-        help="grid PNG (default: ./samples.png); the images go to OUT.npz too",
+        default=None,
+        help="grid PNG (default: RUN/samples.png, or runs/samples.png without --run); the images go to OUT.npz too",
     )
     s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="metrics table: pretrained model vs a run's fine-tuned policy")
     e.add_argument("--run", type=Path, required=True, help="the run directory to evaluate")
     e.add_argument("--eval-prompts", type=Path, default=None, help="prompts file (default: the run's)")
@@ -317,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _message(exc: BaseException) -> str:
     """The one line ``main`` prints for ``exc``."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in DIFFUSION_EXTRA_MODULES:
+        return (f"this command needs the diffusion extra (no module {exc.name!r}): "
+                'pip install -c constraints.txt "natgrad[diffusion]"')  # fmt: skip
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         return f"cannot use{where}: {exc.strerror or text or type(exc).__name__}"

@@ -64,7 +64,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 def _cmd_sample(args: argparse.Namespace) -> None:
     _positive("--images-per-prompt", args.images_per_prompt)
     _positive("--steps", args.steps)
-    out = check_output_file(args.out, suffixes=IMAGE_SUFFIXES, overwrite=args.overwrite, inputs=[args.prompts])
+    default = (args.run if args.run is not None else Path("runs")) / "samples.png"
+    out = check_output_file(args.out if args.out is not None else default, suffixes=IMAGE_SUFFIXES,
+                            overwrite=args.overwrite, inputs=[args.prompts])  # fmt: skip
     npz = check_output_file(out.with_suffix(".npz"), suffixes=(".npz",), overwrite=args.overwrite,
                             inputs=[args.prompts])  # fmt: skip
     config = _run_config(args.run)
@@ -81,7 +83,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     images, image_prompts = sample_images(
         components, prompts, policy=policy, images_per_prompt=args.images_per_prompt,
         steps=args.steps if args.steps is not None else config.steps, guidance_scale=config.guidance_scale,
-        eta=config.eta, seed=args.seed,
+        eta=config.eta, seed=args.seed, progress=not args.no_progress,
     )  # fmt: skip
     save_image_grid(images, out, ncols=args.images_per_prompt, row_labels=prompts, scale=3)
     with atomic_output(npz) as tmp, open(tmp, "wb") as f:

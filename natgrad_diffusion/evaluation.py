@@ -192,15 +192,19 @@ def sample_images(
     eta: float = 0.0,
     seed: int = TRAINING.eval_seed,
     batch_prompts: int = 8,
+    progress: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """uint8 images (``(N, H, W)`` grayscale or ``(N, H, W, 3)``) and their prompts, prompt-major.
 
     ``policy=None`` samples the model as it is (for ``LORA_UNET`` the UNet carries the adapters).  Image ``i``
-    uses seed ``seed + i`` whatever ``batch_prompts`` is.
+    uses seed ``seed + i`` whatever ``batch_prompts`` is.  ``progress``: a progress bar over the prompts.
     """
+    from tqdm.auto import tqdm
+
     out, out_prompts = [], []
     prompts = list(prompts)
     hook = policy if policy is not None and policy.mode is not PolicyMode.LORA_UNET else None
+    bar = tqdm(total=len(prompts), disable=not progress, desc="sampling", unit="prompt", leave=False)
     for start in range(0, len(prompts), batch_prompts):
         traj = sample(
             components,
@@ -215,6 +219,8 @@ def sample_images(
         )
         out.append(images_uint8(traj.images_float()))
         out_prompts += traj.image_prompts
+        bar.update(len(prompts[start : start + batch_prompts]))
+    bar.close()
     return np.concatenate(out), out_prompts
 
 

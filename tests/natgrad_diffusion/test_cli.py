@@ -249,6 +249,19 @@ def test_sample_and_plot_without_a_run_directory(tiny_model, tmp_path, capsys): 
     assert "none/train.csv has no rows to plot" in fail(capsys, ["plot", "--run", str(tmp_path / "none")])
 
 
+def test_sample_writes_under_runs_by_default_and_shows_progress(tiny_model, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Without --out the grid goes to runs/samples.png (never into the current folder itself)."""
+    monkeypatch.chdir(tmp_path)
+    main(["sample", "--model", str(tiny_model / "model"), "--prompt", "a crater", "--steps", "2"])
+    captured = capsys.readouterr()
+    assert (tmp_path / "runs" / "samples.png").is_file() and (tmp_path / "runs" / "samples.npz").is_file()
+    assert not (tmp_path / "samples.png").exists()
+    assert "sampling" in captured.err  # the progress bar
+    main(["sample", "--model", str(tiny_model / "model"), "--prompt", "a crater", "--steps", "2", "--no-progress",
+          "--out", "quiet.png"])  # fmt: skip
+    assert "sampling" not in capsys.readouterr().err
+
+
 def test_zero_episodes_still_ends_with_a_summary(tiny_model, tmp_path, capsys):  # noqa: F811
     flags = ["--model", str(tiny_model / "model"), "--prompts", str(tiny_model / "prompts.txt")]
     flags += ["--eval-prompts", str(tiny_model / "prompts.txt"), "--out", str(tmp_path / "run"), "--no-progress"]
@@ -300,8 +313,13 @@ def _nonfinite():
         (KeyError("x"), "internal error KeyError: 'x' (--debug shows the traceback; please report it)"),
         (OSError(28, "No space left on device", "/d/f"), "cannot use /d/f: No space left on device"),
         (KeyboardInterrupt(), "interrupted (the run directory keeps its last checkpoint; continue with --resume)"),
+        (ModuleNotFoundError("No module named 'diffusers'", name="diffusers"),
+         "this command needs the diffusion extra (no module 'diffusers'): pip install -c constraints.txt "
+         '"natgrad[diffusion]"'),
+        (ModuleNotFoundError("No module named 'nope'", name="nope"),
+         "internal error ModuleNotFoundError: No module named 'nope' (--debug shows the traceback; please report it)"),
     ],
-    ids=["nonfinite", "memory", "internal", "oserror", "ctrl_c"],
+    ids=["nonfinite", "memory", "internal", "oserror", "ctrl_c", "missing_extra", "missing_other"],
 )
 def test_every_exception_ends_in_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path, exc, message):
     import natgrad_diffusion.training
