@@ -84,15 +84,18 @@ class RunEvaluation:
     def text(self) -> str:
         """``evaluation.md``: what was compared with what, and the table."""
         c, sp, ref = self.config, self.spaces, self.reference_info
-        held_out = len(sp.reference_images) if sp.reference_images is not None else "the reward"
+        held_out = (f"{len(sp.reference_images)} held-out images" if sp.reference_images is not None
+                    else "the held-out images of the reward's reference")  # fmt: skip
         lines = [
             f"Held-out evaluation: {len(self.eval_prompts)} prompts × {c.eval_images_per_prompt} images, {c.steps} "
-            f"steps, against {held_out}'s held-out images ({c.eval_reference or c.reference or 'render'}, "
-            "evaluation split).",
+            f"steps, against {held_out} ({c.eval_reference or c.reference or 'render'}, evaluation split).",
             f"The reward ({c.reward}) used the **{sp.reward_space}** space (marked *) and the reference "
             f"{ref.get('source')} ({ref.get('split', 'reference')} split); the other spaces are ones it never saw.",
-            "",
         ]
+        if "initial policy" in self.rows and str(c.mode).upper() == "LORA_UNET":
+            lines.append("The initial policy is the pretrained model itself (LoRA's B matrices start at zero), so "
+                         "its row repeats the pretrained row.")  # fmt: skip
+        lines.append("")
         return "\n".join(lines) + format_metrics_table(self.rows, columns=table_columns(sp)) + "\n"
 
     def _row(self, name: str, policy: DiffusionPolicy, *, pretrained: bool, **kwargs: Any) -> np.ndarray:
