@@ -108,13 +108,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_policy, evaluation_spaces, format_metrics_table, table_columns
     from .job import feature_extractor, load_model, load_reference_features
     from .logs import atomic_write_text
+    from .references import ReferenceData
     from .training import load_policy_from_run
 
     components = load_model(config.model)
     policy = load_policy_from_run(args.run, components)
     extractor = feature_extractor(config)
-    reference, _, _ = load_reference_features(config, extractor, components.image_shape())
-    spaces = evaluation_spaces(config, extractor, reference, components.image_shape())
+    data = ReferenceData(config, components.image_shape())
+    reference, _, _ = load_reference_features(data, extractor)
+    spaces = evaluation_spaces(config, extractor, reference, data)
     rows = {}
     for name, pretrained in (("pretrained", True), ("fine-tuned", False)):
         rows[name], _ = evaluate_policy(components, policy, prompts, spaces, config, pretrained=pretrained)

@@ -53,6 +53,7 @@ __all__ = [
     "LIMITS",
     "LORA",
     "PPO",
+    "REFERENCE_DIVERSITIES",
     "SAMPLING",
     "SCHEDULER_POLICY",
     "SUPERVISED",
@@ -517,6 +518,9 @@ TEST_MODE: dict[str, Any] = {
     "eval_max_prompts": 2,
 }
 
+
+#: the named levels of ``reference_diversity`` (a number in [0, 1] is the other choice)
+REFERENCE_DIVERSITIES = ("narrow", "medium", "broad")
 
 #: the image feature extractors by name (:data:`natgrad_diffusion.features.FEATURE_EXTRACTORS`; here too so that
 #: the command line checks a name without importing torch)

@@ -103,20 +103,24 @@ def make_spaces(
     return Spaces([reward_space, *others], extractors, reference, np.asarray(reference_images))
 
 
-def evaluation_spaces(
-    config: TrainingConfig, extractor: Any, reward_reference: np.ndarray, image_shape: tuple[int, int, int]
-) -> Spaces:
-    """The reward's space and ``config.eval_features``, against the held-out evaluation set of ``config``; the
-    reward's space alone, against ``reward_reference`` (its features), when the reference is a features file."""
-    from .job import reference_set
+def evaluation_spaces(config: TrainingConfig, extractor: Any, reward_reference: np.ndarray, data: Any) -> Spaces:
+    """The reward's space and ``config.eval_features``, against the held-out evaluation set of ``data`` (the job's
+    :class:`~natgrad_diffusion.references.ReferenceData`); the reward's space alone, against ``reward_reference``
+    (its features), when the reference is a features file.  The crater judges join when the reference and the
+    held-out set are the real Mars splits."""
+    if isinstance(data, tuple):  # the earlier form (config, extractor, reference, image_shape)
+        from .references import ReferenceData
 
-    held_out = reference_set(config, "evaluation", image_shape)
+        warnings.warn("evaluation_spaces(config, extractor, reference, image_shape) is deprecated: pass "
+                      "ReferenceData(config, image_shape)", FutureWarning, stacklevel=2)  # fmt: skip
+        data = ReferenceData(config, data)
+    held_out = data.images("evaluation")
     if held_out is None:
         return Spaces([config.features], {config.features: extractor}, {config.features: reward_reference}, None)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random-init evaluation extractor: the table header names its weights
         spaces = make_spaces(config.features, extractor, config.eval_features, held_out.images)
-    if config.reference == "mars" and (config.eval_reference in (None, "mars")):
+    if data.sources.real_mars:
         from .judges import crater_judges
 
         spaces.judges = crater_judges()

@@ -18,11 +18,12 @@ import numpy as np
 
 from .baselines import best_fixed_prompt, brightness_contrast_map
 from .config import TrainingConfig
+from .errors import TrainingError
 from .evaluation import Spaces, evaluate_policy, format_metrics_table, image_metrics, sample_images, table_columns
-from .job import TrainingError, reference_set
 from .logs import atomic_write_text
 from .plots import save_comparison_grid, save_image_grid
 from .policies import DiffusionPolicy
+from .references import ReferenceData
 from .rundir import COMPARISON_IMAGE, EVALUATION_FILE, eval_image
 
 __all__ = ["RunEvaluation"]
@@ -43,13 +44,14 @@ class RunEvaluation:
         run_dir: Path,
         components: Any,
         spaces: Spaces,
+        data: ReferenceData,
         *,
         train_prompts: Sequence[str],
         eval_prompts: Sequence[str],
         reward_extractor: Callable[[np.ndarray], np.ndarray],
         reference_info: dict[str, Any],
     ) -> None:
-        self.config, self.run_dir, self.components, self.spaces = config, run_dir, components, spaces
+        self.config, self.run_dir, self.components, self.spaces, self.data = config, run_dir, components, spaces, data
         self.train_prompts, self.eval_prompts = list(train_prompts), list(eval_prompts)
         self.extractor, self.reference_info = reward_extractor, reference_info
         self.rows: dict[str, dict[str, float]] = {}
@@ -112,15 +114,15 @@ class RunEvaluation:
     def _baseline_rows(self, policy: DiffusionPolicy, pretrained_images: np.ndarray) -> None:
         """The pretrained images mapped to the reference's brightness and contrast; the pretrained model with the
         best fixed training prompt, chosen on the validation split."""
-        c, shape = self.config, self.components.image_shape()
-        reference_images = reference_set(c, "reference", shape)
+        c = self.config
+        reference_images = self.data.images("reference")
         if reference_images is not None and self.spaces.reference_images is not None:
             groups = [p for p in self.eval_prompts for _ in range(c.eval_images_per_prompt)]
             mapped = brightness_contrast_map(pretrained_images, reference_images.images)
             self.rows["pretrained + brightness/contrast map"] = image_metrics(
                 mapped, groups, self.spaces, c.vendi_kernel
             )
-        validation = reference_set(c, "validation", shape)
+        validation = self.data.images("validation")
         if validation is None:
             return
 

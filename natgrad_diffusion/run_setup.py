@@ -38,6 +38,7 @@ from .job import (
 from .logs import library_versions, write_metadata
 from .policies import DiffusionPolicy, make_policy
 from .processes import Processes, broadcast_object, device_of
+from .references import ReferenceData
 from .rewards import get_reward, median_heuristic_bandwidth
 from .run_evaluation import RunEvaluation
 from .rundir import GRIDS_DIR, RunDirectoryBusy, RunDirectoryError, RunLock, check_run_dir, clear_run, remove_stale
@@ -56,6 +57,7 @@ class RunInputs:
         action: what the run does with its folder: ``"new"``, ``"resume"`` or ``"replace"`` (``None`` off rank 0).
         payload: the checkpoint being resumed (``None``: a new run); ``start_episode`` its episode (0: none).
         device: this process's device; ``components`` the diffusion model on it.
+        data: the job's image sets (``--reference`` and co., decoded once; each split loaded once).
         prompts, eval_prompts: the training prompts and the evaluation prompts.
         extractor, reference, reference_info: the reward's feature extractor, the reference features ``(N, D)``
             and where they came from; ``bandwidth`` their median-heuristic RBF bandwidth (the batch metrics').
@@ -69,6 +71,7 @@ class RunInputs:
     start_episode: int
     device: torch.device
     components: Any
+    data: ReferenceData
     prompts: list[str]
     eval_prompts: list[str]
     extractor: FeatureExtractor
@@ -105,20 +108,20 @@ def open_run(
         say(f"no checkpoint in {run_dir}: starting a new run")
     device = device_of(procs)
     components = load_model(c.model, device=device if device.type != "cpu" else None)
-    prompts = job_prompts(c, "train")
-    eval_prompts = job_prompts(c, "test")[: c.eval_max_prompts]
+    data = ReferenceData(c, components.image_shape())  # --reference and co., decoded once
+    prompts = job_prompts(c, "train", data.sources)
+    eval_prompts = job_prompts(c, "test", data.sources)[: c.eval_max_prompts]
     extractor = _extractor(c, procs)
-    shape = components.image_shape()
-    reference, _, reference_info = load_reference_features(c, extractor, shape)
+    reference, _, reference_info = load_reference_features(data, extractor)
     reward_fn = FeatureReward(extractor, get_reward(c.reward, reference, **c.reward_options), procs)
     bandwidth = median_heuristic_bandwidth(reference)
     evaluator = None
     if c.evaluate and procs.main:
-        spaces = evaluation_spaces(c, extractor, reference, shape)
-        evaluator = RunEvaluation(c, run_dir, components, spaces, train_prompts=prompts, eval_prompts=eval_prompts,
-                                  reward_extractor=extractor, reference_info=reference_info)  # fmt: skip
+        spaces = evaluation_spaces(c, extractor, reference, data)
+        evaluator = RunEvaluation(c, run_dir, components, spaces, data, train_prompts=prompts,
+                                  eval_prompts=eval_prompts, reward_extractor=extractor, reference_info=reference_info)  # fmt: skip
     policy, agent = _policy_and_agent(c, components, device, extractor, reward_fn, procs)
-    inputs = RunInputs(action, payload, start_episode, device, components, prompts, eval_prompts, extractor,
+    inputs = RunInputs(action, payload, start_episode, device, components, data, prompts, eval_prompts, extractor,
                        reference, reference_info, bandwidth, reward_fn, evaluator, policy, agent)  # fmt: skip
     if procs.main:
         _write_metadata(c, procs, inputs)
