@@ -418,10 +418,7 @@ def _search(
     expected: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Backtracking from the full step (:func:`~natgrad.line_search`); the step's outcome as StepInfo fields."""
-    ls = line_search(
-        params, direction, evaluate, loss_before=loss_before, expected_improvement=expected, max_kl=cfg.max_kl,
-        max_iters=cfg.backtrack_iters, coeff=cfg.backtrack_coeff, accept_ratio=cfg.accept_ratio,
-    )  # fmt: skip
+    ls = line_search(params, direction, evaluate, loss_before=loss_before, expected_improvement=expected, config=cfg)
     reason = "" if ls.accepted else (
         f"line search: none of {ls.iterations} candidates kept the KL within max_kl={cfg.max_kl:.3g} and improved "
         f"the loss enough (last: kl={ls.kl:.3g}, improvement={ls.improvement:.3g} of {ls.expected_improvement:.3g} "

@@ -18,9 +18,9 @@ from .job import (
     job_prompts,
     load_prompts,
     load_run_config,
+    prepare_config,
     resolve_defaults,
     validate_config,
-    with_test_mode,
 )
 from .logs import atomic_output
 from .outputs import check_output_dir, check_output_file
@@ -37,13 +37,12 @@ def _refuse(message: str) -> NoReturn:
 
 def _cmd_train(args: argparse.Namespace) -> None:
     config, explicit = training_config(args)
-    validate_config(with_test_mode(config, explicit))  # before the heavy imports below
-    check_run_dir(with_test_mode(config, explicit).out, resume=args.resume, overwrite=args.overwrite)
-    from .training import train
+    config = prepare_config(config, explicit)  # the one check, before the heavy imports below
+    check_run_dir(config.out, resume=args.resume, overwrite=args.overwrite)
+    from .training import run_prepared
     from .verdict import summary
 
-    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                   explicit=explicit)  # fmt: skip
+    result = run_prepared(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print()
     print(summary(result))
 

@@ -60,6 +60,7 @@ __all__ = [
     "load_run_config",
     "max_steps",
     "parse_mode",
+    "prepare_config",
     "reference_set",
     "resolve_defaults",
     "validate_config",
@@ -344,6 +345,15 @@ def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
     eta = config.eta if config.eta is not None else (1.0 if mode is PolicyMode.LORA_UNET else 0.0)
     options = {**CRATER_POLICY_OPTIONS.get(mode.name, {}), **(config.policy_options or {})}
     return replace(config, mode=mode.name, eta=float(eta), policy_options=options)
+
+
+def prepare_config(config: TrainingConfig, explicit: Iterable[str] | None = None) -> TrainingConfig:
+    """What a run runs: ``config`` with test mode applied (:func:`with_test_mode`; ``explicit``: the fields the user
+    set, which it leaves alone), checked (:func:`validate_config`: the one check of a run's settings, at its entry
+    point) and its mode-dependent defaults filled (:func:`resolve_defaults`).  Reads no model; milliseconds."""
+    config = with_test_mode(config, explicit)
+    validate_config(config)
+    return resolve_defaults(config)
 
 
 def job_prompts(config: TrainingConfig, role: str, sources: JobSources | None = None) -> list[str]:

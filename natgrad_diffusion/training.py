@@ -64,9 +64,7 @@ from .integrity import IntegrityError, verify_manifest
 from .job import (
     TrainingError,
     parse_mode,
-    resolve_defaults,
-    validate_config,
-    with_test_mode,
+    prepare_config,
 )
 from .logs import CSVLogger, read_csv, update_metadata
 from .plots import plot_run, save_image_grid
@@ -84,7 +82,7 @@ from .rundir import (
     grid_image,
 )
 
-__all__ = ["TrainResult", "Trainer", "load_policy_from_run", "make_agent", "train"]
+__all__ = ["TrainResult", "Trainer", "load_policy_from_run", "make_agent", "run_prepared", "train"]
 
 
 @dataclass
@@ -301,10 +299,22 @@ def train(
     Raises:
         TrainingError: bad configuration or inputs, or another run holding ``config.out`` (one-line message).
     """
+    return run_prepared(
+        prepare_config(config, explicit), resume=resume, overwrite=overwrite, progress=progress, log=log
+    )
+
+
+def run_prepared(
+    config: TrainingConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> TrainResult:
+    """:func:`train` for a ``config`` from :func:`~natgrad_diffusion.job.prepare_config` (checked there, once; the
+    command line checks before it imports torch, then calls this)."""
     start = time.perf_counter()
-    config = with_test_mode(config, explicit)
-    validate_config(config)
-    config = resolve_defaults(config)
     procs, initialised_here = setup_processes()
     say = (log or (lambda _msg: None)) if procs.main else (lambda _msg: None)
     threads_before = torch.get_num_threads()

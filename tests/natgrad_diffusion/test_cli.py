@@ -324,7 +324,7 @@ def _nonfinite():
 def test_every_exception_ends_in_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path, exc, message):
     import natgrad_diffusion.training
 
-    monkeypatch.setattr(natgrad_diffusion.training, "train", lambda *a, **k: (_ for _ in ()).throw(exc))
+    monkeypatch.setattr(natgrad_diffusion.training, "run_prepared", lambda *a, **k: (_ for _ in ()).throw(exc))
     argv = ["train", "--test-mode", "--out", str(tmp_path / "run")]
     assert fail(capsys, argv) == f"natgrad-diffusion: error: {message}"
     if not isinstance(exc, KeyboardInterrupt):
@@ -383,3 +383,19 @@ def test_old_fvp_method_flag_warns_and_sets_the_lora_update(capsys):
 def test_a_flag_the_path_ignores_is_one_line_naming_it(capsys):
     err = fail(capsys, ["train", "--adaptive", "--out", "unused"])
     assert "adaptive (--adaptive) is not read by the LORA_UNET TRPO update" in err
+
+
+def test_train_checks_the_settings_once(monkeypatch, tmp_path):
+    """The command line checks a run's settings once, before torch, and hands the checked config on whole."""
+    import natgrad_diffusion.job as job
+    import natgrad_diffusion.training as training
+
+    calls, handed = [], []
+    real = job.validate_config
+    monkeypatch.setattr(job, "validate_config", lambda c: calls.append(c) or real(c))
+    monkeypatch.setattr(training, "run_prepared", lambda config, **kw: handed.append(config) or (_ for _ in ()).throw(
+        KeyboardInterrupt()))  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["train", "--test-mode", "--max-kl", "0.02", "--out", str(tmp_path / "run")])
+    assert len(calls) == 1 and handed[0].trust_region is calls[0].trust_region  # the same object, not rebuilt
+    assert handed[0].trust_region.max_kl == 0.02
