@@ -4,6 +4,10 @@
     python benchmarks/curvature.py --quick         # fewer repeats, no memory workers (smoke test)
     python benchmarks/curvature.py --cases gaussian_mlp categorical_mlp --threads 2
 
+Its peers: ``pip install -c constraints.txt -e ".[bench]"`` (sb3-contrib) and, for curvlinops,
+``pip install -c constraints.txt --no-deps -r benchmarks/curvlinops-requirements.txt`` (without the torchvision its
+backpack dependency declares, which does not load beside the CPU torch; curvlinops does not need it).
+
 All timings of one table are taken in one process, interleaved round-robin, as the
 median over repeats; ratios are natgrad / peer (below 1 means natgrad is faster).
 Every method works on the *same* sb3-contrib policy object and the same batch:
@@ -38,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -127,7 +132,12 @@ def make_problem(case: str, seed: int = 0) -> Problem:
         device="cpu",
         verbose=0,
     )
-    model.learn(total_timesteps=spec["batch"])  # fills the rollout buffer (and takes one update)
+    with warnings.catch_warnings():
+        # n_critic_updates=0: sb3-contrib's TRPO.train() logs np.mean of its (empty) list of value losses, which warns
+        # "Mean of empty slice"; only its log is affected
+        warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+        warnings.filterwarnings("ignore", "invalid value encountered in scalar divide", RuntimeWarning)
+        model.learn(total_timesteps=spec["batch"])  # fills the rollout buffer (and takes one update)
     data = next(model.rollout_buffer.get(batch_size=None))
     discrete = isinstance(spec["act"], gym.spaces.Discrete)
     actions = data.actions.long().flatten() if discrete else data.actions

@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     from natgrad_diffusion.config import TRAINING, with_settings
     from natgrad_diffusion.job import feature_extractor, load_model, load_reference_features, resolve_defaults
     from natgrad_diffusion.recipe import RecipeJudge
+    from natgrad_diffusion.references import ReferenceData
     from natgrad_diffusion.rewards import get_reward
     from natgrad_diffusion.training import load_policy_from_run
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     components = load_model(str(args.run / "supervised"))
     policy = load_policy_from_run(args.run / "rl", components)
     extractor = feature_extractor(config)
-    reference, _, _ = load_reference_features(config, extractor, components.image_shape())
+    reference, _, _ = load_reference_features(ReferenceData(config, components.image_shape()), extractor)
     reward = get_reward(config.reward, reference, **config.reward_options)
     trained = {n: p.detach().clone() for n, p in policy.trainable_parameters().items()}
     judge = RecipeJudge(config, components.image_shape())

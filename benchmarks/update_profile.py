@@ -28,7 +28,7 @@ from curvature import closure_for, make_problem, natgrad_optimizer  # noqa: E402
 PHASES = {
     "step": ("natgrad/optimizer.py", "step"),
     "products": ("natgrad/fisher.py", "flat"),
-    "cg": ("natgrad/cg.py", "_solve_tensor"),
+    "cg": ("natgrad/cg.py", "_solve"),
     "closure": ("natgrad/closure.py", "call_closure"),
     "setup": ("natgrad/closure.py", "fisher_from_closure"),
     "line_search": ("natgrad/backtracking.py", "line_search"),

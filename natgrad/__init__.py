@@ -13,9 +13,14 @@ validate its settings before torch is imported.
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# natgrad depends on torch alone.  Without numpy installed, torch warns "Failed to initialize NumPy" on import;
+# natgrad never converts to numpy, so that one warning is silenced (before natgrad imports torch)
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy", category=UserWarning)
 
 #: public name -> the module that defines it
 _EXPORTS = {

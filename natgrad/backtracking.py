@@ -21,9 +21,11 @@ as 0.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -87,10 +89,8 @@ def line_search(
     *,
     loss_before: float,
     expected_improvement: float,
-    max_kl: float,
-    max_iters: int = 10,
-    coeff: float = 0.8,
-    accept_ratio: float = 0.1,
+    config: TrustRegionConfig | None = None,
+    **settings: Any,
 ) -> LineSearchResult:
     r"""Backtrack from ``params + direction`` until the trust-region test passes.
 
@@ -101,10 +101,13 @@ def line_search(
             measured against the distribution at :math:`\theta_0`.  Runs under ``torch.no_grad``.
         loss_before: :math:`L(\theta_0)`.
         expected_improvement: :math:`-g^\top d`, the first-order decrease of the full step (> 0).
-        max_kl: :math:`\delta > 0`.
-        max_iters: :math:`K \ge 1` candidates at most.
-        coeff: :math:`c \in (0, 1)`.
-        accept_ratio: :math:`\rho \ge 0`.
+        config: the :class:`~natgrad.TrustRegionConfig` whose search settings apply (already validated: passed
+            whole, not checked again).
+        settings: the settings the search reads, by their :class:`~natgrad.TrustRegionConfig` names, over
+            ``config``: ``max_kl`` (:math:`\delta > 0`; required without ``config``), ``backtrack_iters``
+            (:math:`K \ge 1` candidates at most), ``backtrack_coeff`` (:math:`c \in (0, 1)`), ``accept_ratio``
+            (:math:`\rho \ge 0`).  The earlier names ``max_iters`` and ``coeff`` still work for one release, with a
+            ``FutureWarning``.
 
     Example:
         Minimise :math:`L(\theta) = -\theta` with "KL" :math:`\theta^2` and radius 0.5: the full step
@@ -132,7 +135,7 @@ def line_search(
             )
         if p.shape != d.shape:
             raise ValueError(f"direction {i} has shape {tuple(d.shape)}, parameter has {tuple(p.shape)}")
-    cfg = _settings(max_kl, max_iters, coeff, accept_ratio)
+    cfg = _settings(config, settings)
     max_kl, max_iters, coeff, accept_ratio = cfg.max_kl, cfg.backtrack_iters, cfg.backtrack_coeff, cfg.accept_ratio
     if not callable(evaluate):
         raise TypeError(f"evaluate must be a function () -> (loss, kl), got {type(evaluate).__name__}")
@@ -167,18 +170,32 @@ def line_search(
     return LineSearchResult(False, 0.0, max_iters, kl, improvement, expected, loss_before)
 
 
-#: line_search's argument names for the trust-region settings they are
-_NAMES = {"backtrack_iters": "max_iters", "backtrack_coeff": "coeff"}
+#: the trust-region settings the search reads
+SEARCH_SETTINGS = ("max_kl", "backtrack_iters", "backtrack_coeff", "accept_ratio")
+
+#: line_search's earlier argument names, read for one release
+_DEPRECATED = {"max_iters": "backtrack_iters", "coeff": "backtrack_coeff"}
 
 
-def _settings(max_kl: float, max_iters: int, coeff: float, accept_ratio: float) -> TrustRegionConfig:
-    """The trust-region settings' checks (one-line errors naming :func:`line_search`'s own arguments)."""
+def _settings(config: TrustRegionConfig | None, settings: dict[str, Any]) -> TrustRegionConfig:
+    """``config`` with ``settings`` (the search's own, by name; an error naming any other), checked once."""
+    old = {k: _DEPRECATED[k] for k in settings if k in _DEPRECATED}
+    for name, new in old.items():
+        warnings.warn(f"line_search({name}=...) is deprecated: use {new}", FutureWarning, stacklevel=3)
+        if new in settings:
+            raise TypeError(f"{name} and {new} are the same setting; give only {new}")
+        settings[new] = settings.pop(name)
+    other = sorted(set(settings) - set(SEARCH_SETTINGS))
+    if other:
+        raise TypeError(f"line_search() reads only {', '.join(SEARCH_SETTINGS)}; got {', '.join(other)}")
+    if config is None and "max_kl" not in settings:
+        raise TypeError("line_search() needs max_kl (or config=TrustRegionConfig(...))")
     try:
-        return make_config(max_kl=max_kl, backtrack_iters=max_iters, backtrack_coeff=coeff, accept_ratio=accept_ratio)
+        return make_config(config, **settings)
     except ValueError as exc:
         message = str(exc)
-        for field, arg in _NAMES.items():
-            message = message.replace(field, arg)
+        for name, new in old.items():  # name the argument the caller wrote
+            message = message.replace(new, name)
         raise ValueError(message) from None
 
 

@@ -23,6 +23,7 @@ solver never returns NaN for finite input.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,12 +164,10 @@ def conjugate_gradient(
     for i, leaf in enumerate(bl):
         if not bool(torch.isfinite(leaf).all()):
             raise ValueError(f"b contains non-finite values (leaf {i})")
-    if not batched and spec.kind == "leaf":
-        return _solve_tensor(matvec, bl[0], x0, maxiter, rtol, atol, M)
-    return _solve_leaves(matvec, bl, spec, x0, maxiter, rtol, atol, M, batched)
+    return _solve(matvec, bl, spec, x0, maxiter, rtol, atol, M, batched)
 
 
-def _solve_leaves(
+def _solve(
     matvec: Callable[[Tree], Tree],
     bl: list[Tensor],
     spec: TreeSpec,
@@ -179,73 +178,98 @@ def _solve_leaves(
     M: Callable[[Tree], Tree] | None,
     batched: bool,
 ) -> CGResult:
-    """CG on a leaf list (any pytree, mixed dtypes, or ``B`` batched systems): every scalar is a tensor of
-    shape ``()`` or ``(B,)`` and every vector operation acts leaf by leaf."""
+    r"""The CG loop, for one tensor, a pytree of mixed dtypes and ``B`` batched systems alike.
+
+    Vectors are leaf lists on their device; the scalars of each system (:math:`r^\top z`, :math:`p^\top Ap`,
+    :math:`\lVert r\rVert^2`, its counters and flags) live on the host as lists of Python floats, one entry per
+    system (one when not batched), so that the stopping and breakdown rules are plain Python and an iteration costs
+    two reads of the device.  A system whose curvature :math:`p^\top Ap` is not positive and finite, whose step
+    overflows, or whose preconditioned :math:`r^\top z` is not positive stops with its last finite iterate
+    (``nonpositive_curvature``); the other systems go on (a stopped system's step is zero).
+    """
     dot = batched_vdot if batched else vdot
+    scalar_dtype = functools.reduce(torch.promote_types, [leaf.dtype for leaf in bl])  # the dtype dots sum in
 
     def apply(fn: Callable[[Tree], Tree], name: str, vec: list[Tensor]) -> list[Tensor]:
         out, ospec = _flatten_output(name, fn(tree_unflatten(vec, spec)))
         _check_like(name, out, ospec, vec, spec)
         return [o.detach() for o in out]
 
-    bb = dot(bl, bl)
-    if not bool(torch.isfinite(bb).all()):
+    def read(*values: Tensor) -> list[list[float]]:
+        """Device scalars (each ``()`` or ``(B,)``) as host lists, one float per system."""
+        rows = values[0].tolist() if len(values) == 1 else torch.stack(values).tolist()
+        rows = [rows] if len(values) == 1 else rows
+        return rows if batched else [[v] for v in rows]
+
+    def axpy(ys: list[Tensor], c: list[float], vs: list[Tensor], sign: float = 1.0) -> list[Tensor]:
+        """``y + sign·c·v`` leaf by leaf, ``c`` one float per system (a per-row tensor when batched)."""
+        if not batched:
+            return [y.add(v, alpha=sign * c[0]) for y, v in zip(ys, vs)]
+        made: dict[tuple, Tensor] = {}
+        out = []
+        for y, v in zip(ys, vs):
+            key = (y.dtype, y.device)
+            if key not in made:
+                made[key] = torch.tensor(c, dtype=y.dtype, device=y.device)
+            t = made[key]
+            out.append(y.addcmul(t.view(t.shape + (1,) * (y.dim() - 1)), v, value=sign))
+        return out
+
+    limit = min(torch.finfo(leaf.dtype).max for leaf in bl)  # a scalar the leaves can hold
+    (bb,) = read(dot(bl, bl))
+    if not all(math.isfinite(v) for v in bb):
         raise ValueError(f"‖b‖² overflows {bl[0].dtype}; rescale the system")
-    bnorm = bb.sqrt()
-    tol = torch.clamp(rtol * bnorm, min=atol)
-
-    x, r = _initial_residual_leaves(lambda v: apply(matvec, "matvec", v), bl, spec, x0, dot)
+    tol = [max(rtol * math.sqrt(v), atol) for v in bb]
+    x, r = _initial_residual(lambda v: apply(matvec, "matvec", v), bl, spec, x0, dot)
     z = apply(M, "M", r) if M is not None else r
-    rz = dot(r, z)
-    rnorm = dot(r, r).sqrt()
-    shape = rnorm.shape
-    done = rnorm <= tol
-    bad = torch.zeros(shape, dtype=torch.bool, device=rnorm.device)
-    if M is not None:
-        bad = ~(rz > 0) & ~done  # an indefinite preconditioner is a breakdown too
-    iterations = torch.zeros(shape, dtype=torch.long, device=rnorm.device)
+    rr, rz = read(dot(r, r), dot(r, z)) if M is not None else read(dot(r, r)) * 2
+    done = [math.sqrt(v) <= t for v, t in zip(rr, tol)]
+    bad = [M is not None and not q > 0 and not d for q, d in zip(rz, done)]  # an indefinite preconditioner
+    iterations = [0] * len(rr)
     p = [zi.clone() for zi in z]
-
     for _ in range(maxiter):
-        active = ~(done | bad)
-        if not bool(active.any()):
+        active = [not (d or b) for d, b in zip(done, bad)]
+        if not any(active):
             break
         ap = apply(matvec, "matvec", p)
-        pap = dot(p, ap)
-        curvature_ok = torch.isfinite(pap) & (pap > 0)
-        bad = bad | (active & ~curvature_ok)
-        active = active & curvature_ok
-        if not bool(active.any()):
-            break
-        alpha = torch.where(active, rz / torch.where(active, pap, torch.ones_like(pap)), torch.zeros_like(pap))
-        x_new = [xi.addcmul(_bcast(alpha, xi), pi) for xi, pi in zip(x, p)]
-        r_new = [ri.addcmul(_bcast(alpha, ri), ai, value=-1) for ri, ai in zip(r, ap)]
-        finite = torch.isfinite(dot(x_new, x_new)) & torch.isfinite(dot(r_new, r_new))
-        if not bool(finite.all()):
-            # keep the last finite iterate in the rows that overflowed
-            bad = bad | (active & ~finite)
-            active = active & finite
-            keep = [_bcast(active, xi) for xi in x]
-            x_new = [torch.where(k, xn, xo) for k, xn, xo in zip(keep, x_new, x)]
-            r_new = [torch.where(k, rn, ro) for k, rn, ro in zip(keep, r_new, r)]
+        (pap,) = read(dot(p, ap))
+        curved = [a and math.isfinite(q) and q > 0 for a, q in zip(active, pap)]
+        alpha = [c / q if ok else 0.0 for c, q, ok in zip(rz, pap, curved)]
+        curved = [ok and abs(a) <= limit for ok, a in zip(curved, alpha)]  # a step past the dtype's range overflows
+        alpha = [a if ok else 0.0 for a, ok in zip(alpha, curved)]
+        x_new, r_new = axpy(x, alpha, p), axpy(r, alpha, ap, -1.0)
+        xx, rr_new = read(dot(x_new, x_new), dot(r_new, r_new))
+        step = [c and math.isfinite(u) and math.isfinite(v) for c, u, v in zip(curved, xx, rr_new)]
+        bad = [b or (a and not s) for b, a, s in zip(bad, active, step)]  # no curvature, or an overflow
+        if step != curved:  # an overflowed step: keep those systems' last finite iterate
+            keep = torch.tensor(step if batched else step[0], device=bl[0].device)
+            x_new = [torch.where(keep.view(keep.shape + (1,) * (xo.dim() - keep.dim())), xn, xo)
+                     for xn, xo in zip(x_new, x)]  # fmt: skip
+            r_new = [torch.where(keep.view(keep.shape + (1,) * (ro.dim() - keep.dim())), rn, ro)
+                     for rn, ro in zip(r_new, r)]  # fmt: skip
         x, r = x_new, r_new
-        iterations = iterations + active.long()
-        rnorm = torch.where(active, dot(r, r).sqrt(), rnorm)
-        done = done | (active & (rnorm <= tol))
-        z = apply(M, "M", r) if M is not None else r
-        rz_new = dot(r, z)
-        if M is not None:
-            bad = bad | (active & ~done & ~(rz_new > 0))
-        beta = torch.where(active, rz_new / torch.where(active, rz, torch.ones_like(rz)), torch.zeros_like(rz))
-        p = [zi.addcmul(_bcast(beta, pi), pi) for zi, pi in zip(z, p)]
-        rz = torch.where(active, rz_new, rz)
-
+        rr = [v if s else o for v, o, s in zip(rr_new, rr, step)]
+        iterations = [n + s for n, s in zip(iterations, step)]
+        done = [d or (s and math.sqrt(v) <= t) for d, s, v, t in zip(done, step, rr, tol)]
+        if M is None:
+            z, rz_new = r, rr
+        else:
+            z = apply(M, "M", r)
+            (rz_new,) = read(dot(r, z))
+            bad = [b or (s and not d and not q > 0) for b, s, d, q in zip(bad, step, done, rz_new)]
+        beta = [q / o if s and o else 0.0 for q, o, s in zip(rz_new, rz, step)]
+        bad = [b or abs(c) > limit for b, c in zip(bad, beta)]  # p would overflow
+        p = axpy(z, [c if abs(c) <= limit else 0.0 for c in beta], p)
+        rz = [q if s else o for q, o, s in zip(rz_new, rz, step)]
+    norms = [math.sqrt(v) for v in rr]
+    rnorm = torch.tensor(norms if batched else norms[0], dtype=scalar_dtype, device=bl[0].device)
     if batched:
-        return CGResult(tree_unflatten(x, spec), iterations, rnorm, done, bad, tree_unflatten(r, spec))
-    return CGResult(tree_unflatten(x, spec), int(iterations), rnorm, bool(done), bool(bad), tree_unflatten(r, spec))
+        return CGResult(tree_unflatten(x, spec), torch.tensor(iterations), rnorm, torch.tensor(done), torch.tensor(bad),
+                        tree_unflatten(r, spec))  # fmt: skip
+    return CGResult(tree_unflatten(x, spec), iterations[0], rnorm, done[0], bad[0], tree_unflatten(r, spec))
 
 
-def _initial_residual_leaves(
+def _initial_residual(
     matvec: Callable[[list[Tensor]], list[Tensor]],
     bl: list[Tensor],
     spec: TreeSpec,
@@ -262,99 +286,5 @@ def _initial_residual_leaves(
         raise ValueError("x0 contains non-finite values")
     r = [bi - ai for bi, ai in zip(bl, matvec(x))]
     if not bool(torch.isfinite(dot(r, r)).all()):
-        # the operator is broken at x0: start from zero instead
-        return [torch.zeros_like(leaf) for leaf in bl], [leaf.clone() for leaf in bl]
-    return x, r
-
-
-def _solve_tensor(
-    matvec: Callable[[Tree], Tree],
-    b: Tensor,
-    x0: Tree | None,
-    maxiter: int,
-    rtol: float,
-    atol: float,
-    M: Callable[[Tree], Tree] | None,
-) -> CGResult:
-    r"""CG on one real tensor ``b`` (e.g. all parameters flattened into one vector): the iteration and the
-    stopping rules of :func:`_solve_leaves`, with one dot product per inner product and one host read per
-    iteration.
-
-    The step :math:`x + \alpha p,\ r - \alpha Ap` is taken speculatively and the three numbers that decide
-    whether to keep it, :math:`(p^\top Ap,\ \lVert x_{k+1}\rVert^2,\ \lVert r_{k+1}\rVert^2)`, are read
-    together; :math:`\alpha` stays on the device.  Vectors are flat ``(P,)``; ``matvec`` and ``M`` see them in
-    the shape of ``b``.
-    """
-    shape, spec = b.shape, TreeSpec("leaf")
-
-    def apply(fn: Callable[[Tree], Tree], name: str, vec: Tensor) -> Tensor:
-        out, ospec = _flatten_output(name, fn(vec.view(shape)))
-        _check_like(name, out, ospec, [b], spec)
-        return out[0].detach().reshape(-1)
-
-    bf = b.reshape(-1)
-    bb = float(torch.dot(bf, bf))
-    if not math.isfinite(bb):
-        raise ValueError(f"‖b‖² overflows {b.dtype}; rescale the system")
-    tol = max(rtol * math.sqrt(bb), atol)
-    x, r = _initial_residual(apply, matvec, bf, b, x0)
-    z = apply(M, "M", r) if M is not None else r
-    rz_t, rr_t = torch.dot(r, z), torch.dot(r, r)
-    rz, rr = torch.stack((rz_t, rr_t)).tolist()
-    done = math.sqrt(rr) <= tol
-    bad = M is not None and not rz > 0 and not done  # an indefinite preconditioner is a breakdown too
-    iterations = 0
-    p = z.clone()
-    for _ in range(maxiter):
-        if done or bad:
-            break
-        ap = apply(matvec, "matvec", p)
-        pap_t = torch.dot(p, ap)
-        alpha = rz_t / pap_t
-        x_new, r_new = x.addcmul(p, alpha), r.addcmul(ap, alpha, value=-1)
-        rr_new_t = torch.dot(r_new, r_new)
-        pap, xx, rr = torch.stack((pap_t, torch.dot(x_new, x_new), rr_new_t)).tolist()
-        if not (math.isfinite(pap) and pap > 0 and math.isfinite(xx) and math.isfinite(rr)):
-            bad = True  # non-positive curvature, or an overflow: keep the last finite iterate
-            break
-        x, r, rr_t = x_new, r_new, rr_new_t
-        iterations += 1
-        done = math.sqrt(rr) <= tol
-        if M is None:
-            z, rz_new_t, rz_new = r, rr_t, rr
-        else:
-            z = apply(M, "M", r)
-            rz_new_t = torch.dot(r, z)
-            rz_new = float(rz_new_t)
-            bad = not done and not rz_new > 0
-        p = z.add(p, alpha=rz_new / rz if rz else 0.0)
-        rz, rz_t = rz_new, rz_new_t
-    return CGResult(
-        x=x.view(shape),
-        iterations=iterations,
-        residual_norm=rr_t.sqrt(),
-        converged=done,
-        nonpositive_curvature=bad,
-        residual=r.view(shape),
-    )
-
-
-def _initial_residual(
-    apply: Callable[[Callable[[Tree], Tree], str, Tensor], Tensor],
-    matvec: Callable[[Tree], Tree],
-    bf: Tensor,
-    b: Tensor,
-    x0: Tree | None,
-) -> tuple[Tensor, Tensor]:
-    """``(x, r = b - A x)`` from ``x0`` (flat), or from zero when ``x0`` is omitted or ``A x0`` is not finite."""
-    if x0 is None:
-        return torch.zeros_like(bf), bf.clone()
-    xl, xspec = tree_flatten(x0)
-    _check_like("x0", xl, xspec, [b], TreeSpec("leaf"))
-    x = xl[0].detach().reshape(-1).clone()
-    if not math.isfinite(float(torch.dot(x, x))):
-        raise ValueError("x0 contains non-finite values")
-    r = bf - apply(matvec, "matvec", x)
-    if not math.isfinite(float(torch.dot(r, r))):
-        return torch.zeros_like(bf), bf.clone()  # the operator is broken at x0: start from zero instead
+        return [torch.zeros_like(leaf) for leaf in bl], [leaf.clone() for leaf in bl]  # A is broken at x0: from 0
     return x, r

@@ -21,7 +21,7 @@ import math
 import numbers
 import types
 import typing
-from dataclasses import dataclass, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from functools import cache
 from typing import Any
 
@@ -57,23 +57,36 @@ class TrustRegionConfig:
         warm_start: start CG from the previous step's solution (:class:`~natgrad.TrustRegionOptimizer` only).
     """
 
-    max_kl: float = 0.01
-    damping: float = 0.1
-    cg_iters: int = 10
-    cg_rtol: float = 1e-10
-    cg_atol: float = 0.0
-    backtrack_iters: int = 10
-    backtrack_coeff: float = 0.8
-    accept_ratio: float = 0.1
-    line_search: bool = True
-    fvp_method: str = "auto"
-    adaptive: bool = False
-    max_kl_bounds: tuple[float, float] = (1e-4, 0.1)
-    grow: float = 1.5
-    shrink: float = 0.5
-    grow_above: float = 0.75
-    shrink_below: float = 0.25
-    warm_start: bool = False
+    max_kl: float = field(
+        default=0.01, metadata={"help": "trust-region radius: mean KL per sample (per decision), nats"}
+    )
+    damping: float = field(default=0.1, metadata={"help": "damping λ added to the Fisher"})
+    cg_iters: int = field(default=10, metadata={"help": "conjugate-gradient iterations per step"})
+    cg_rtol: float = field(default=1e-10, metadata={"help": "CG stops when the residual is below cg_rtol × ‖g‖"})
+    cg_atol: float = field(default=0.0, metadata={"help": "CG stops when the residual is below this absolute value"})
+    backtrack_iters: int = field(default=10, metadata={"help": "line-search candidates at most"})
+    backtrack_coeff: float = field(default=0.8, metadata={"help": "line-search shrink factor in (0, 1)"})
+    accept_ratio: float = field(default=0.1, metadata={"help": "smallest accepted actual / expected improvement"})
+    line_search: bool = field(
+        default=True, metadata={"help": "backtracking line search (off: natural policy gradient, the full step)"}
+    )
+    fvp_method: str = field(
+        default="auto", metadata={"help": "Fisher-vector product: auto, reverse, jvp, linearize or kl_hvp"}
+    )
+    adaptive: bool = field(
+        default=False,
+        metadata={"help": "adapt max_kl after each step from the improvement ratio (TrustRegionOptimizer)"},
+    )
+    max_kl_bounds: tuple[float, float] = field(
+        default=(1e-4, 0.1), metadata={"help": "adaptive: the bounds of max_kl, [low, high] nats"}
+    )
+    grow: float = field(default=1.5, metadata={"help": "adaptive: growth factor of max_kl"})
+    shrink: float = field(default=0.5, metadata={"help": "adaptive: shrink factor of max_kl"})
+    grow_above: float = field(default=0.75, metadata={"help": "adaptive: grow above this improvement ratio"})
+    shrink_below: float = field(default=0.25, metadata={"help": "adaptive: shrink below this improvement ratio"})
+    warm_start: bool = field(
+        default=False, metadata={"help": "start CG from the previous step's solution (TrustRegionOptimizer)"}
+    )
 
     def __post_init__(self) -> None:
         checked_fields(self)

@@ -380,26 +380,22 @@ def _solve(
     (:meth:`~natgrad.FisherOperator.flat`).  Other layouts (mixed dtypes) run CG leaf by leaf.
     """
     layout = FlatLayout.of(g)
-    kw = dict(maxiter=cfg.cg_iters, rtol=cfg.cg_rtol, atol=cfg.cg_atol)
-    if layout is None:
-        cg = conjugate_gradient(fvp, g, x0=None if x0 is None else list(x0), M=preconditioner, **kw)  # type: ignore[arg-type]
-        s: list[Tensor] = cg.x  # type: ignore[assignment]
-        r: list[Tensor] = cg.residual  # type: ignore[assignment]
-        shs = float(vdot(s, [gi - ri for gi, ri in zip(g, r)]))
-        if not (math.isfinite(shs) and shs > 0):
-            shs = float(vdot(s, fvp(s)))
-        return s, shs, float(vdot(g, s)), cg
-    matvec = fvp.flat if isinstance(fvp, FisherOperator) and fvp.layout == layout else _flat_operator(fvp, layout)
-    pre = None if preconditioner is None else _flat_operator(preconditioner, layout)
-    g_flat = layout.flatten(g)
-    x0_flat = None if x0 is None else layout.flatten(list(x0))
-    cg = conjugate_gradient(matvec, g_flat, x0=x0_flat, M=pre, **kw)  # type: ignore[arg-type]
-    s_flat: Tensor = cg.x  # type: ignore[assignment]
-    # sᵀ(F+λI)s read off the residual, s^T(g - r); one more product when that is not usable
-    shs = float(torch.dot(s_flat, g_flat - cg.residual))  # type: ignore[operator]
+    if layout is None:  # CG on the leaf list itself
+        to_cg, from_cg, leaves = list, list, list
+        matvec, pre = fvp, preconditioner
+    else:  # one flat (P,) vector
+        to_cg, from_cg, leaves = layout.flatten, layout.split, (lambda v: [v])
+        matvec = fvp.flat if isinstance(fvp, FisherOperator) and fvp.layout == layout else _flat_operator(fvp, layout)
+        pre = None if preconditioner is None else _flat_operator(preconditioner, layout)
+    b = to_cg(g)
+    cg = conjugate_gradient(matvec, b, x0=None if x0 is None else to_cg(list(x0)), M=pre, maxiter=cfg.cg_iters,
+                            rtol=cfg.cg_rtol, atol=cfg.cg_atol)  # type: ignore[arg-type]  # fmt: skip
+    s, bl = leaves(cg.x), leaves(b)
+    # sᵀ(F+λI)s read off the residual, sᵀ(g - r); one more product when that is not usable
+    shs = float(vdot(s, [bi - ri for bi, ri in zip(bl, leaves(cg.residual))]))
     if not (math.isfinite(shs) and shs > 0):
-        shs = float(torch.dot(s_flat, matvec(s_flat)))
-    return layout.split(s_flat), shs, float(torch.dot(g_flat, s_flat)), cg
+        shs = float(vdot(s, leaves(matvec(cg.x))))
+    return from_cg(cg.x), shs, float(vdot(bl, s)), cg
 
 
 def _flat_operator(op: LeafOperator, layout: FlatLayout) -> Callable[[Tensor], Tensor]:
@@ -422,10 +418,7 @@ def _search(
     expected: float,
 ) -> dict[str, Any]:  # fmt: skip
     """Backtracking from the full step (:func:`~natgrad.line_search`); the step's outcome as StepInfo fields."""
-    ls = line_search(
-        params, direction, evaluate, loss_before=loss_before, expected_improvement=expected, max_kl=cfg.max_kl,
-        max_iters=cfg.backtrack_iters, coeff=cfg.backtrack_coeff, accept_ratio=cfg.accept_ratio,
-    )  # fmt: skip
+    ls = line_search(params, direction, evaluate, loss_before=loss_before, expected_improvement=expected, config=cfg)
     reason = "" if ls.accepted else (
         f"line search: none of {ls.iterations} candidates kept the KL within max_kl={cfg.max_kl:.3g} and improved "
         f"the loss enough (last: kl={ls.kl:.3g}, improvement={ls.improvement:.3g} of {ls.expected_improvement:.3g} "

@@ -30,91 +30,36 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import FEATURE_NAMES, GROUPS, LIMITS, SUPERVISED, TRAINING, TrainingConfig, flat_names, with_settings
+from .config import (
+    DEPRECATED_NAMES,
+    FEATURE_NAMES,
+    GROUPS,
+    LIMITS,
+    SUPERVISED,
+    TRAINING,
+    TrainingConfig,
+    flat_names,
+    setting_help,
+)
+from .settings import flag_of, load_config_file, training_config
 
 __all__ = ["build_parser", "load_config_file", "main", "training_config"]
 
 PROG = "natgrad-diffusion"
 
-_HELP = {
-    "mode": "policy mode: DIVERSITY_POLICY (conditioning + noise offsets), SCHEDULER_POLICY (guidance, eta, spacing)"
-    " or LORA_UNET (LoRA on the UNet)",
-    "algorithm": "trpo or ppo",
-    "reward": "MMD, MI, FID, MMD_MI, VENDI or MMD_VENDI (MMD to the reference + within-prompt Vendi)",
-    "reward_options": "reward keyword arguments as JSON, e.g. '{\"w_mi\": 0.5}'",
-    "policy_options": "policy keyword arguments as JSON, e.g. '{\"noise_scale\": 7}' (merged over the mode's crater defaults)",
-    "episodes": "policy updates (each samples --batch-size images per process)",
-    "batch_size": "images per episode per process (a multiple of --images-per-prompt)",
-    "images_per_prompt": "images per prompt in a batch (>= 2)",
-    "steps": "DDIM denoising steps",
-    "guidance_scale": "classifier-free guidance weight",
-    "eta": "DDIM eta (default: 0, or 1 for LORA_UNET)",
-    "seed": "seed of the initialisation and of every sampling seed",
-    "model": "diffusers-layout directory or hub id (default: the embedded crater model)",
-    "out": "run directory",
-    "prompts": "training prompts file, one per line (default: the embedded crater prompts)",
-    "eval_prompts": "evaluation prompts file (default: the embedded crater test prompts)",
-    "reference": "what the reward compares with: mars (real Mars crops shipped with the package), render, or a"
-    " reference set .npz (build-reference) / features .npz (build-features)",
-    "validation_reference": "image set for choosing settings (default: the validation split of --reference's kind)",
-    "eval_reference": "held-out image set of the evaluation (default: the evaluation split of --reference's kind)",
-    "eval_features": "further evaluation feature spaces, comma-separated, e.g. resnet18,pixels",
-    "reference_n": "craters to render when no --reference is given",
-    "reference_seed": "seed of the rendered reference",
-    "reference_diversity": "diversity of the rendered reference (narrow, medium, broad or a number in [0, 1])",
-    "features": "the reward's feature space: crater (the encoder learned on craters), resnet18, clip, pixels or spectrum",
-    "feature_image_size": "images are resized to this size for the feature extractor (default: its own)",
-    "feature_weights": "feature-extractor weights (hub id or directory; default $NATGRAD_RESNET18 / local cache)",
-    "vendi_kernel": "kernel of the logged / evaluated Vendi scores: rbf or cosine",
-    "critic": "fit a value critic (--no-critic: per-prompt normalised rewards)",
-    "checkpoint_every": "checkpoint every N episodes",
-    "grid_every": "training image grid every N episodes",
-    "evaluate": "before/after evaluation on the eval prompts (--no-evaluate to skip)",
-    "eval_images_per_prompt": "images per eval prompt (>= 2)",
-    "eval_baselines": "evaluate the non-RL baselines too (brightness/contrast map, best fixed prompt)",
-    "eval_seed": "base seed of the evaluation images",
-    "eval_max_prompts": "use only the first N eval prompts",
-    "threads": "torch.set_num_threads (default: torch's own)",
-    "test_mode": "smoke run of seconds: 2 episodes of 4 images, 2 steps, small reference (flags given still win)",
-    # trust region (natgrad.TrustRegionConfig)
-    "max_kl": "TRPO trust-region radius (mean KL per decision)",
-    "damping": "TRPO: damping λ added to the Fisher",
-    "cg_iters": "TRPO: conjugate-gradient iterations",
-    "cg_rtol": "TRPO: CG relative tolerance",
-    "cg_atol": "TRPO: CG absolute tolerance",
-    "backtrack_iters": "TRPO: line-search candidates",
-    "backtrack_coeff": "TRPO: line-search shrink factor",
-    "accept_ratio": "TRPO: minimal actual / expected improvement",
-    "line_search": "TRPO: backtracking line search (--no-line-search: natural policy gradient)",
-    "fvp_method": "TRPO: Fisher-vector product method (auto, reverse, jvp, linearize, kl_hvp)",
-    "adaptive": "TRPO: adapt max_kl from the improvement ratio",
-    "max_kl_bounds": "TRPO adaptive: bounds of max_kl as JSON, e.g. '[1e-4, 0.1]'",
-    "grow": "TRPO adaptive: growth factor",
-    "shrink": "TRPO adaptive: shrink factor",
-    "grow_above": "TRPO adaptive: grow above this improvement ratio",
-    "shrink_below": "TRPO adaptive: shrink below this improvement ratio",
-    "warm_start": "TRPO: start CG from the previous solution",
-    # PPO
-    "ppo_lr": "PPO: Adam learning rate",
-    "ppo_clip_range": "PPO: clip range of the ratio",
-    "ppo_epochs": "PPO: passes over the decisions per update",
-    "ppo_minibatch": "PPO: decisions per minibatch",
-    "ppo_max_grad_norm": "PPO: gradient-norm clip",
-    "ppo_adv_clip": "PPO: advantage clip",
-    # LoRA chunks
-    "grad_chunk": "LORA_UNET TRPO: decisions per gradient chunk",
-    "fvp_chunk": "LORA_UNET TRPO: decisions per Fisher-product chunk",
-    "eval_chunk": "LORA_UNET TRPO: decisions per line-search chunk",
-    "fvp_subsample": "LORA_UNET TRPO: fraction (< 1) or count of decisions in the Fisher sub-sample",
-    "fvp_min_decisions": "LORA_UNET TRPO: smallest Fisher sub-sample",
-}
+#: the top-level modules of the ``diffusion`` extra's packages (pyproject.toml): a command that finds one missing
+#: says which extra to install
+DIFFUSION_EXTRA_MODULES = frozenset({"diffusers", "transformers", "peft", "accelerate", "safetensors", "scipy",
+                                     "matplotlib", "tqdm", "numpy", "skimage", "PIL", "sklearn"})  # fmt: skip
+
+#: how the help of a nested group's option starts (the field's own help follows)
+_GROUP_LABELS = {None: "", "trust_region": "TRPO: ", "ppo": "PPO: ", "chunks": "LORA_UNET TRPO: "}
 
 _METAVARS = {
     "mode": "MODE",
@@ -128,7 +73,8 @@ _METAVARS = {
     "reference_diversity": "LEVEL",
     "features": "NAME",
     "feature_weights": "DIR|HUB_ID",
-    "fvp_method": "METHOD",
+    "trpo_fvp_method": "METHOD",
+    "lora_fvp_method": "METHOD",
 }
 
 
@@ -213,13 +159,12 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
-def _add_option(p: argparse.ArgumentParser, name: str, annotation: str, default: Any) -> None:
+def _add_option(p: argparse.ArgumentParser, name: str, annotation: str, default: Any, help_text: str) -> None:
     """One ``--flag`` for the setting ``name`` (``default=SUPPRESS``: only the flags given appear)."""
-    help_text = _HELP.get(name, name)
     if "default" not in help_text:
         help_text += f" (default: {default})"
     kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": help_text, "dest": name}
-    flag = "--" + name.replace("_", "-")
+    flag = flag_of(name)
     if annotation == "bool":
         action = "store_true" if name == "test_mode" else argparse.BooleanOptionalAction
         p.add_argument(flag, action=action, **kw)
@@ -240,11 +185,14 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
     """One flag per :class:`TrainingConfig` field and per field of its nested groups (under its flat name)."""
     for f in fields(TrainingConfig):
         if f.name not in GROUPS:
-            _add_option(p, f.name, str(f.type), getattr(TRAINING, f.name))
+            _add_option(p, f.name, str(f.type), getattr(TRAINING, f.name), setting_help(None, f.name))
     for flat, (group, name) in flat_names().items():
         value = getattr(getattr(TRAINING, group), name)
         annotation = str(next(f.type for f in fields(getattr(TRAINING, group)) if f.name == name))
-        _add_option(p, flat, annotation, value)
+        _add_option(p, flat, annotation, value, _GROUP_LABELS[group] + setting_help(group, name))
+    for old, new in DEPRECATED_NAMES.items():
+        p.add_argument(flag_of(old), dest=old, default=argparse.SUPPRESS, metavar="VALUE",
+                       help=f"deprecated: use {flag_of(new)}")  # fmt: skip
 
 
 def _add_data_commands(sub: Any) -> None:
@@ -305,18 +253,19 @@ def _add_run_commands(sub: Any) -> None:
     s.add_argument(
         "--out",
         type=_out_path,
-        default=Path("samples.png"),
-        help="grid PNG (default: ./samples.png); the images go to OUT.npz too",
+        default=None,
+        help="grid PNG (default: RUN/samples.png, or runs/samples.png without --run); the images go to OUT.npz too",
     )
     s.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="metrics table: pretrained model vs a run's fine-tuned policy")
-    e.add_argument("--run", type=Path, required=True, help="run directory")
+    e.add_argument("--run", type=Path, required=True, help="the run directory to evaluate")
     e.add_argument("--eval-prompts", type=Path, default=None, help="prompts file (default: the run's)")
     e.add_argument("--images-per-prompt", type=_bounded(2, 1000), default=None, help="default: the run's")
     e.add_argument("--out", type=_out_path, default=None, help="write the markdown table here too (.md)")
     e.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     pl = sub.add_parser("plot", help="PNG plots of a run's CSV")
-    pl.add_argument("--run", type=Path, required=True, help="run directory")
+    pl.add_argument("--run", type=Path, required=True, help="the run directory whose train.csv to plot")
     pl.add_argument("--out", type=_out_path, default=None, help="directory (default: RUN/plots)")
     pl.add_argument("--overwrite", action="store_true", help=_OVERWRITE)
     pf = sub.add_parser("plot-features", help="PCA and t-SNE plots of a features file (and a grid of its images)")
@@ -341,7 +290,12 @@ def _add_supervise_command(sub: Any) -> None:
     s.add_argument("--lr", type=float, default=SUPERVISED.lr, help=f"learning rate (default: {SUPERVISED.lr})")
     s.add_argument("--batch-size", type=_bounded(1, 4096), default=SUPERVISED.batch_size, help="images per step "
                    f"(default: {SUPERVISED.batch_size})")  # fmt: skip
-    s.add_argument("--seed", type=_limit("seed"), default=SUPERVISED.seed, help="seed (default: 0)")
+    s.add_argument(
+        "--seed",
+        type=_limit("seed"),
+        default=SUPERVISED.seed,
+        help="seed of the adapters, minibatches, noises and timesteps (default: 0)",
+    )
     s.add_argument("--threads", type=_bounded(1, 1024), default=None, help="torch threads (default: torch's own)")
     s.add_argument("--resume", action="store_true", help="continue the fine-tune in --out from its last state")
     s.add_argument("--overwrite", action="store_true", help="replace the supervised model in --out")
@@ -366,102 +320,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """A JSON object whose keys are unique (``json`` keeps the last of a repeated key without a word)."""
-    keys = [k for k, _ in pairs]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-        raise ValueError(f"{', '.join(repeated)} given more than once")
-    return dict(pairs)
-
-
-def _parse_config_text(path: Path) -> Any:
-    """The data of a JSON or TOML (``.toml``) file; ``ValueError`` naming the file and what is wrong."""
-    if path.is_dir():
-        raise ValueError(f"config file {path} is a directory; give a JSON or TOML file")
-    if not path.is_file():
-        raise ValueError(f"config file {path} not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                         f"{exc.start})") from None  # fmt: skip
-    toml = path.suffix.lower() == ".toml"
-    try:
-        if toml:
-            try:
-                import tomllib
-            except ModuleNotFoundError:  # Python 3.10
-                import tomli as tomllib  # type: ignore[no-redef]
-            return tomllib.loads(text)
-        return json.loads(text, object_pairs_hook=_unique_keys)
-    except ModuleNotFoundError:
-        raise ValueError("reading TOML on Python 3.10 needs the tomli package (or use a JSON config)") from None
-    except Exception as exc:
-        kind = "TOML" if toml else "JSON (a config file is JSON, or TOML named *.toml)"
-        raise ValueError(f"cannot parse config file {path} as {kind}: {exc}") from None
-
-
-def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """Settings from a JSON or TOML file: :class:`TrainingConfig` fields, nested groups as tables (or their flat
-    names), all at the top or all in a ``[train]`` table; unknown keys and values of the wrong type are an error
-    (``ValueError`` naming the file)."""
-    path = Path(path)
-    data = _parse_config_text(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a table / object of TrainingConfig fields")
-    if "train" in data:
-        others = sorted(k for k in data if k != "train")
-        if others:
-            raise ValueError(f"config file {path}: {', '.join(others)} outside the [train] table (put every "
-                             "setting in it, or none)")  # fmt: skip
-        data = data["train"]
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path}: [train] must be a table of settings, got {data!r:.60}")
-    try:
-        with_settings(TRAINING, data)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"config file {path}: {exc}") from None
-    return data
-
-
-def _saved_settings(out: str | os.PathLike) -> dict[str, Any]:
-    """The settings in ``OUT/run.json`` (``{}`` without one), checked: a bad value names the file."""
-    saved = Path(out) / "run.json"
-    if not saved.is_file():
-        return {}
-    from .job import known_settings
-    from .logs import read_metadata
-
-    stored = known_settings(read_metadata(saved.parent)["config"])
-    try:
-        with_settings(TRAINING, stored)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{saved}: {exc}") from None
-    return stored
-
-
-def training_config(args: argparse.Namespace) -> tuple[TrainingConfig, set[str]]:
-    """The :class:`TrainingConfig` of parsed ``train`` arguments (see the module docstring for the precedence),
-    and the names of the settings the user fixed: the flags given and, on ``--resume``, the run's saved settings
-    (``--test-mode`` leaves those alone)."""
-    names = [f.name for f in fields(TrainingConfig) if f.name not in GROUPS] + list(flat_names())
-    given = {k: getattr(args, k) for k in names if hasattr(args, k)}
-    values: dict[str, Any] = {}
-    if args.config is not None:
-        values.update(load_config_file(args.config))
-    explicit = set(given)
-    if args.resume:
-        stored = _saved_settings(given.get("out", values.get("out", TRAINING.out)))
-        values.update(stored)
-        explicit |= set(stored)
-    values.update(given)
-    return with_settings(TRAINING, values), explicit
-
-
 def _message(exc: BaseException) -> str:
     """The one line ``main`` prints for ``exc``."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in DIFFUSION_EXTRA_MODULES:
+        return (f"this command needs the diffusion extra (no module {exc.name!r}): "
+                'pip install -c constraints.txt "natgrad[diffusion]"')  # fmt: skip
     if isinstance(exc, OSError):
         where = f" {exc.filename}" if getattr(exc, "filename", None) else ""
         return f"cannot use{where}: {exc.strerror or text or type(exc).__name__}"

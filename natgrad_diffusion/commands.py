@@ -11,34 +11,38 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from .cli import fail, training_config
 from .config import TRAINING, TrainingConfig
 from .job import (
     job_prompts,
     load_prompts,
     load_run_config,
+    prepare_config,
     resolve_defaults,
     validate_config,
-    with_test_mode,
 )
 from .logs import atomic_output
 from .outputs import check_output_dir, check_output_file
 from .rundir import CSV_FILE, PLOT_FILE, PLOTS_DIR, check_run_dir, is_run
+from .settings import training_config
 
 __all__ = ["COMMANDS"]
 
 
+def _refuse(message: str) -> NoReturn:
+    """A bad argument: ``main`` prints it as one line ``natgrad-diffusion: error: message`` (exit status 2)."""
+    raise ValueError(message)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     config, explicit = training_config(args)
-    validate_config(with_test_mode(config, explicit))  # before the heavy imports below
-    check_run_dir(with_test_mode(config, explicit).out, resume=args.resume, overwrite=args.overwrite)
-    from .training import train
+    config = prepare_config(config, explicit)  # the one check, before the heavy imports below
+    check_run_dir(config.out, resume=args.resume, overwrite=args.overwrite)
+    from .training import run_prepared
     from .verdict import summary
 
-    result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
-                   explicit=explicit)  # fmt: skip
+    result = run_prepared(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     print()
     print(summary(result))
 
@@ -49,7 +53,7 @@ def _run_config(run: Path | None) -> TrainingConfig:
 
 def _positive(name: str, value: int | None) -> None:
     if value is not None and value < 1:
-        fail(f"{name} must be >= 1, got {value}")
+        _refuse(f"{name} must be >= 1, got {value}")
 
 
 #: the image formats ``sample --out`` writes (the first is added to a name without a suffix)
@@ -59,7 +63,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 def _cmd_sample(args: argparse.Namespace) -> None:
     _positive("--images-per-prompt", args.images_per_prompt)
     _positive("--steps", args.steps)
-    out = check_output_file(args.out, suffixes=IMAGE_SUFFIXES, overwrite=args.overwrite, inputs=[args.prompts])
+    default = (args.run if args.run is not None else Path("runs")) / "samples.png"
+    out = check_output_file(args.out if args.out is not None else default, suffixes=IMAGE_SUFFIXES,
+                            overwrite=args.overwrite, inputs=[args.prompts])  # fmt: skip
     npz = check_output_file(out.with_suffix(".npz"), suffixes=(".npz",), overwrite=args.overwrite,
                             inputs=[args.prompts])  # fmt: skip
     config = _run_config(args.run)
@@ -76,7 +82,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     images, image_prompts = sample_images(
         components, prompts, policy=policy, images_per_prompt=args.images_per_prompt,
         steps=args.steps if args.steps is not None else config.steps, guidance_scale=config.guidance_scale,
-        eta=config.eta, seed=args.seed,
+        eta=config.eta, seed=args.seed, progress=not args.no_progress,
     )  # fmt: skip
     save_image_grid(images, out, ncols=args.images_per_prompt, row_labels=prompts, scale=3)
     with atomic_output(npz) as tmp, open(tmp, "wb") as f:
@@ -101,13 +107,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_policy, evaluation_spaces, format_metrics_table, table_columns
     from .job import feature_extractor, load_model, load_reference_features
     from .logs import atomic_write_text
+    from .references import ReferenceData
     from .training import load_policy_from_run
 
     components = load_model(config.model)
     policy = load_policy_from_run(args.run, components)
     extractor = feature_extractor(config)
-    reference, _, _ = load_reference_features(config, extractor, components.image_shape())
-    spaces = evaluation_spaces(config, extractor, reference, components.image_shape())
+    data = ReferenceData(config, components.image_shape())
+    reference, _, _ = load_reference_features(data, extractor)
+    spaces = evaluation_spaces(config, extractor, reference, data)
     rows = {}
     for name, pretrained in (("pretrained", True), ("fine-tuned", False)):
         rows[name], _ = evaluate_policy(components, policy, prompts, spaces, config, pretrained=pretrained)
@@ -122,14 +130,14 @@ def _mars_options(args: argparse.Namespace) -> dict[str, Any]:
     options: dict[str, Any] = {"size": args.size, "seed": args.seed}
     if args.crop_factor is not None:
         if not args.crop_factor >= 1.0:
-            fail(f"--crop-factor must be >= 1 (the crop holds the whole crater), got {args.crop_factor}")
+            _refuse(f"--crop-factor must be >= 1 (the crop holds the whole crater), got {args.crop_factor}")
         options["crop_factor"] = args.crop_factor
     if args.min_diameter is not None:
         if not args.min_diameter >= 1.0:
-            fail(f"--min-diameter must be >= 1 pixel, got {args.min_diameter}")
+            _refuse(f"--min-diameter must be >= 1 pixel, got {args.min_diameter}")
         options["min_diameter"] = args.min_diameter
     if args.out.suffix == ".npz" or (args.out.exists() and not args.out.is_dir()):
-        fail(
+        _refuse(
             f"--source mars writes reference/validation/evaluation .npz files: OUT must be a directory, got {args.out}"
         )
     return options
@@ -137,13 +145,13 @@ def _mars_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _check_reference_args(args: argparse.Namespace) -> None:
     if args.source != "mars" and (args.crop_factor is not None or args.min_diameter is not None):
-        fail("--crop-factor and --min-diameter apply to --source mars only")
+        _refuse("--crop-factor and --min-diameter apply to --source mars only")
     if (args.source == "folder") != (args.folder is not None):
-        fail("--folder DIR goes with --source folder (and --source folder needs --folder DIR)")
+        _refuse("--folder DIR goes with --source folder (and --source folder needs --folder DIR)")
     if args.size < 8:
-        fail(f"--size must be >= 8, got {args.size}")
+        _refuse(f"--size must be >= 8, got {args.size}")
     if args.n < 2:
-        fail(f"--n must be >= 2, got {args.n}")
+        _refuse(f"--n must be >= 2, got {args.n}")
     if args.source == "render":
         validate_config(replace(TRAINING, reference_diversity=args.diversity))
 
@@ -179,7 +187,7 @@ def _cmd_build_reference(args: argparse.Namespace) -> None:
 def _cmd_build_features(args: argparse.Namespace) -> None:
     _positive("--image-size", args.image_size)
     if not args.reference.is_file():
-        fail(f"reference file {args.reference} not found")
+        _refuse(f"reference file {args.reference} not found")
     out = check_output_file(args.out, suffixes=(".npz",), overwrite=args.overwrite, what="OUT",
                             inputs=[args.reference])  # fmt: skip
     from .craters.reference import load_reference_set
@@ -187,7 +195,7 @@ def _cmd_build_features(args: argparse.Namespace) -> None:
 
     n = len(load_reference_set(args.reference))
     if n < 2:
-        fail(f"{args.reference} holds {n} images; a reference needs at least 2")
+        _refuse(f"{args.reference} holds {n} images; a reference needs at least 2")
     options = {"weights": args.weights} if args.weights is not None else {}
     if args.image_size is not None:
         options["image_size"] = args.image_size
@@ -211,7 +219,7 @@ def _cmd_plot(args: argparse.Namespace) -> None:
 
 def _cmd_plot_features(args: argparse.Namespace) -> None:
     if not args.prefix or "/" in args.prefix or "\\" in args.prefix:
-        fail(f"--prefix {args.prefix!r} must be a file name prefix (not empty, no path separator)")
+        _refuse(f"--prefix {args.prefix!r} must be a file name prefix (not empty, no path separator)")
     names = [f"{args.prefix}_{m}.png" for m in ("pca", "tsne")]
     names += [f"{args.prefix}_grid.png"] if args.reference is not None else []
     check_output_dir(args.out_dir, names, overwrite=args.overwrite, what="--out-dir")
@@ -231,7 +239,7 @@ def _cmd_supervise(args: argparse.Namespace) -> None:
                       seed=args.seed, threads=args.threads)  # fmt: skip
     check_supervised_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.data != "mars" and not Path(args.data).is_file():
-        fail(f"--data {args.data} not found (mars, or a reference-set .npz)")
+        _refuse(f"--data {args.data} not found (mars, or a reference-set .npz)")
     from .job import DEFAULT_MODEL_DIR, load_model
     from .supervised import finetune, training_set
 
@@ -239,8 +247,10 @@ def _cmd_supervise(args: argparse.Namespace) -> None:
     components = load_model(args.model)
     result = finetune(components, data, args.out, config, resume=args.resume, overwrite=args.overwrite,
                       progress=not args.no_progress, source=str(args.model or DEFAULT_MODEL_DIR))  # fmt: skip
-    print(f"wrote the supervised model ({result.steps} steps, final loss {result.losses[-1]:.4f}) to {result.out}; "
-          f"use it with: natgrad-diffusion train --model {result.out}")
+    print(
+        f"wrote the supervised model ({result.steps} steps, final loss {result.losses[-1]:.4f}) to {result.out}; "
+        f"use it with: natgrad-diffusion train --model {result.out}"
+    )
 
 
 COMMANDS = {

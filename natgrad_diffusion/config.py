@@ -46,11 +46,14 @@ __all__ = [
     "CRATER_POLICY_OPTIONS",
     "CRITIC",
     "DDPO_RECIPE",
+    "DEPRECATED_NAMES",
     "FEATURE_NAMES",
+    "FLAT_RENAMES",
     "GROUPS",
     "LIMITS",
     "LORA",
     "PPO",
+    "REFERENCE_DIVERSITIES",
     "SAMPLING",
     "SCHEDULER_POLICY",
     "SUPERVISED",
@@ -69,6 +72,8 @@ __all__ = [
     "TrainingConfig",
     "config_dict",
     "flat_names",
+    "ignored_settings",
+    "setting_help",
     "with_settings",
 ]
 
@@ -137,13 +142,25 @@ class ChunkConfig:
             with the sub-sample, fine for small UNets and sub-samples).
     """
 
-    grad_chunk: int = 8
-    fvp_chunk: int = 8
-    eval_chunk: int = 16
-    fvp_subsample: float | int = 0.25
-    fvp_min_decisions: int = 64
-    decision_subsample: float | int = 1.0
-    fvp_method: str = "jvp"
+    grad_chunk: int = field(default=8, metadata={"help": "decisions per gradient chunk"})
+    fvp_chunk: int = field(default=8, metadata={"help": "decisions per Fisher-product chunk"})
+    eval_chunk: int = field(default=16, metadata={"help": "decisions per line-search chunk"})
+    fvp_subsample: float | int = field(
+        default=0.25, metadata={"help": "fraction (< 1) or count of decisions in the Fisher sub-sample"}
+    )
+    fvp_min_decisions: int = field(default=64, metadata={"help": "smallest Fisher sub-sample"})
+    decision_subsample: float | int = field(
+        default=1.0,
+        metadata={
+            "help": "fraction (< 1) or count of an update's decisions (images × steps) in its surrogate, gradient and line search, drawn afresh each update"
+        },
+    )
+    fvp_method: str = field(
+        default="jvp",
+        metadata={
+            "help": "Fisher-vector product of the chunked update: jvp (recompute per chunk, bounded memory) or reverse (keep the sub-sample's graph)",
+        },
+    )
 
     def __post_init__(self) -> None:
         checked_fields(self)
@@ -263,13 +280,18 @@ class PPOConfig:
     finite numbers > 0; ``max_grad_norm`` and ``adv_clip`` may be ``inf`` (no clipping).
     """
 
-    lr: float = 3e-4
-    clip_range: float = 0.2
-    epochs: int = 1
-    minibatch: int = 8
-    max_grad_norm: float = 1.0
-    adv_clip: float = 5.0
-    mean_logprob: bool = False
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
+    clip_range: float = field(default=0.2, metadata={"help": "clip range of the ratio"})
+    epochs: int = field(default=1, metadata={"help": "passes over the decisions per update"})
+    minibatch: int = field(default=8, metadata={"help": "decisions per minibatch"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient to this norm (inf: no clip)"})
+    adv_clip: float = field(default=5.0, metadata={"help": "clip advantages to ± this value (inf: no clip)"})
+    mean_logprob: bool = field(
+        default=False,
+        metadata={
+            "help": "DDPO's ratio: average each decision's log-probabilities over its action dimensions instead of summing them"
+        },
+    )
 
     def __post_init__(self) -> None:
         checked_fields(self)
@@ -350,46 +372,120 @@ class TrainingConfig:
         test_mode: a smoke run of seconds (overrides with :data:`TEST_MODE`).
     """
 
-    mode: str = "LORA_UNET"
-    algorithm: str = "trpo"
-    reward: str = "MMD_VENDI"
-    reward_options: dict[str, Any] = field(default_factory=dict)
-    policy_options: dict[str, Any] | None = None
-    episodes: int = 40
-    batch_size: int = 16
-    images_per_prompt: int = 4
-    steps: int = 10
-    guidance_scale: float = 2.0
-    eta: float | None = None
-    seed: int = 0
-    model: str | None = None
-    out: str = "runs/crater"
-    prompts: str | None = None
-    eval_prompts: str | None = None
-    reference: str | None = "mars"
-    validation_reference: str | None = None
-    eval_reference: str | None = None
-    reference_n: int = 512
-    reference_seed: int = 0
-    reference_diversity: str = "broad"
-    features: str = "crater"
-    feature_image_size: int | None = None
-    feature_weights: str | None = None
-    eval_features: tuple[str, ...] = ("resnet18", "pixels", "spectrum")
-    vendi_kernel: str = "rbf"
-    critic: bool = False
-    trust_region: TrustRegionConfig = field(default_factory=lambda: TrustRegionConfig(max_kl=0.05, cg_iters=6))
-    ppo: PPOConfig = field(default_factory=PPOConfig)
-    chunks: ChunkConfig = field(default_factory=lambda: CRATER_CHUNKS)
-    checkpoint_every: int = 5
-    grid_every: int = 10
-    evaluate: bool = True
-    eval_baselines: bool = True
-    eval_images_per_prompt: int = 4
-    eval_seed: int = 10_000
-    eval_max_prompts: int | None = None
-    threads: int | None = None
-    test_mode: bool = False
+    mode: str = field(
+        default="LORA_UNET",
+        metadata={
+            "help": "policy mode: DIVERSITY_POLICY (conditioning + noise offsets), SCHEDULER_POLICY (guidance, eta, spacing) or LORA_UNET (LoRA on the UNet)"
+        },
+    )
+    algorithm: str = field(default="trpo", metadata={"help": "trpo or ppo"})
+    reward: str = field(
+        default="MMD_VENDI",
+        metadata={"help": "MMD, MI, FID, MMD_MI, VENDI or MMD_VENDI (MMD to the reference + within-prompt Vendi)"},
+    )
+    reward_options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "reward keyword arguments as JSON, e.g. '{\"w_mi\": 0.5}'"}
+    )
+    policy_options: dict[str, Any] | None = field(
+        default=None,
+        metadata={
+            "help": "policy keyword arguments as JSON, e.g. '{\"noise_scale\": 7}' (merged over the mode's crater defaults)"
+        },
+    )
+    episodes: int = field(
+        default=40, metadata={"help": "policy updates (each samples --batch-size images per process)"}
+    )
+    batch_size: int = field(
+        default=16, metadata={"help": "images per episode per process (a multiple of --images-per-prompt)"}
+    )
+    images_per_prompt: int = field(default=4, metadata={"help": "images per prompt in a batch (>= 2)"})
+    steps: int = field(default=10, metadata={"help": "DDIM denoising steps"})
+    guidance_scale: float = field(default=2.0, metadata={"help": "classifier-free guidance weight"})
+    eta: float | None = field(default=None, metadata={"help": "DDIM eta (default: 0, or 1 for LORA_UNET)"})
+    seed: int = field(default=0, metadata={"help": "seed of the initialisation and of every sampling seed"})
+    model: str | None = field(
+        default=None, metadata={"help": "diffusers-layout directory or hub id (default: the embedded crater model)"}
+    )
+    out: str = field(default="runs/crater", metadata={"help": "the run directory: CSV, checkpoints, grids, plots, evaluation"})
+    prompts: str | None = field(
+        default=None, metadata={"help": "training prompts file, one per line (default: the embedded crater prompts)"}
+    )
+    eval_prompts: str | None = field(
+        default=None, metadata={"help": "evaluation prompts file (default: the embedded crater test prompts)"}
+    )
+    reference: str | None = field(
+        default="mars",
+        metadata={
+            "help": "what the reward compares with: mars (real Mars crops shipped with the package), render, or a reference set .npz (build-reference) / features .npz (build-features)"
+        },
+    )
+    validation_reference: str | None = field(
+        default=None,
+        metadata={"help": "image set for choosing settings (default: the validation split of --reference's kind)"},
+    )
+    eval_reference: str | None = field(
+        default=None,
+        metadata={"help": "held-out image set of the evaluation (default: the evaluation split of --reference's kind)"},
+    )
+    reference_n: int = field(default=512, metadata={"help": "craters to render when no --reference is given"})
+    reference_seed: int = field(default=0, metadata={"help": "seed of the rendered reference"})
+    reference_diversity: str = field(
+        default="broad",
+        metadata={"help": "diversity of the rendered reference (narrow, medium, broad or a number in [0, 1])"},
+    )
+    features: str = field(
+        default="crater",
+        metadata={
+            "help": "the reward's feature space: crater (the encoder learned on craters), resnet18, clip, pixels or spectrum"
+        },
+    )
+    feature_image_size: int | None = field(
+        default=None, metadata={"help": "images are resized to this size for the feature extractor (default: its own)"}
+    )
+    feature_weights: str | None = field(
+        default=None,
+        metadata={"help": "feature-extractor weights (hub id or directory; default $NATGRAD_RESNET18 / local cache)"},
+    )
+    eval_features: tuple[str, ...] = field(
+        default=("resnet18", "pixels", "spectrum"),
+        metadata={"help": "further evaluation feature spaces, comma-separated, e.g. resnet18,pixels"},
+    )
+    vendi_kernel: str = field(
+        default="rbf", metadata={"help": "kernel of the logged / evaluated Vendi scores: rbf or cosine"}
+    )
+    critic: bool = field(
+        default=False, metadata={"help": "fit a value critic (--no-critic: per-prompt normalised rewards)"}
+    )
+    trust_region: TrustRegionConfig = field(
+        default_factory=lambda: TrustRegionConfig(max_kl=0.05, cg_iters=6),
+        metadata={"help": "TRPO's settings (natgrad.TrustRegionConfig); flags: their field names"},
+    )
+    ppo: PPOConfig = field(
+        default_factory=PPOConfig, metadata={"help": "PPO's settings (PPOConfig); flags: ppo_ + their field names"}
+    )
+    chunks: ChunkConfig = field(
+        default_factory=lambda: CRATER_CHUNKS,
+        metadata={"help": "the memory bounds of a LORA_UNET TRPO update (ChunkConfig); flags: their field names"},
+    )
+    checkpoint_every: int = field(default=5, metadata={"help": "checkpoint every N episodes"})
+    grid_every: int = field(default=10, metadata={"help": "training image grid every N episodes"})
+    evaluate: bool = field(
+        default=True, metadata={"help": "before/after evaluation on the eval prompts (--no-evaluate to skip)"}
+    )
+    eval_baselines: bool = field(
+        default=True,
+        metadata={"help": "evaluate the non-RL baselines too (brightness/contrast map, best fixed prompt)"},
+    )
+    eval_images_per_prompt: int = field(default=4, metadata={"help": "images per eval prompt (>= 2)"})
+    eval_seed: int = field(default=10_000, metadata={"help": "base seed of the evaluation images"})
+    eval_max_prompts: int | None = field(default=None, metadata={"help": "use only the first N eval prompts"})
+    threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (default: torch's own)"})
+    test_mode: bool = field(
+        default=False,
+        metadata={
+            "help": "smoke run of seconds: 2 episodes of 4 images, 2 steps, small reference (flags given still win)"
+        },
+    )
 
     def __post_init__(self) -> None:
         for f in fields(self):  # paths may be given as Path objects: stored as the strings they name
@@ -422,6 +518,9 @@ TEST_MODE: dict[str, Any] = {
     "eval_max_prompts": 2,
 }
 
+
+#: the named levels of ``reference_diversity`` (a number in [0, 1] is the other choice)
+REFERENCE_DIVERSITIES = ("narrow", "medium", "broad")
 
 #: the image feature extractors by name (:data:`natgrad_diffusion.features.FEATURE_EXTRACTORS`; here too so that
 #: the command line checks a name without importing torch)
@@ -457,6 +556,7 @@ LIMITS: dict[str, tuple[float, float]] = {
 
 #: the PPO settings of public diffusion-RL code (DDPO, Black et al. 2023), translated to our decisions
 DDPO_RECIPE = {"ppo_mean_logprob": True, "ppo_clip_range": 1e-4, "ppo_lr": 3e-4, "ppo_adv_clip": 5.0}
+
 
 @dataclass(frozen=True)
 class SupervisedConfig:
@@ -505,8 +605,6 @@ class SupervisedConfig:
             raise ValueError(f"caption_dropout must lie in [0, 1), got {self.caption_dropout}")
 
 
-
-
 SAMPLING = SamplingConfig()
 TRUST_REGION = TrustRegionConfig()  #: natgrad's defaults (the crater job's are ``TRAINING.trust_region``)
 CHUNKS = ChunkConfig()
@@ -523,13 +621,88 @@ SUPERVISED = SupervisedConfig()  #: the supervised stage's defaults (:mod:`natgr
 #: config-file keys: ``max_kl`` is ``trust_region.max_kl``, ``ppo_lr`` is ``ppo.lr``)
 GROUPS: dict[str, str] = {"trust_region": "", "ppo": "ppo_", "chunks": ""}
 
+#: flat names that are not ``prefix + field``: the two groups without a prefix both have an ``fvp_method``
+FLAT_RENAMES: dict[tuple[str, str], str] = {
+    ("trust_region", "fvp_method"): "trpo_fvp_method",
+    ("chunks", "fvp_method"): "lora_fvp_method",
+}
+
+#: flat names of an earlier release, still read (with a ``FutureWarning`` naming the new one) for one release
+DEPRECATED_NAMES: dict[str, str] = {"fvp_method": "lora_fvp_method"}
+
 
 def flat_names() -> dict[str, tuple[str, str]]:
-    """``{flat name: (group, field)}`` of every field of the nested groups (e.g. ``"ppo_lr": ("ppo", "lr")``)."""
+    """``{flat name: (group, field)}`` of every field of the nested groups (e.g. ``"ppo_lr": ("ppo", "lr")``).
+
+    Unique by construction: a name given twice, or equal to a field of :class:`TrainingConfig`, is a
+    ``RuntimeError`` (a flag would otherwise set one field and silently leave the other)."""
     out: dict[str, tuple[str, str]] = {}
+    top = {f.name for f in fields(TrainingConfig)}
     for group, prefix in GROUPS.items():
         for f in fields(getattr(TRAINING, group)):
-            out[prefix + f.name] = (group, f.name)
+            flat = FLAT_RENAMES.get((group, f.name), prefix + f.name)
+            if flat in out or flat in top or flat in DEPRECATED_NAMES:
+                raise RuntimeError(f"flat name {flat!r} of {group}.{f.name} is taken")
+            out[flat] = (group, f.name)
+    return out
+
+
+def setting_help(group: str | None, name: str) -> str:
+    """The help of a setting: the ``help`` metadata of its field (``group``: a nested group, ``None``: a field of
+    :class:`TrainingConfig`)."""
+    owner = TrainingConfig if group is None else type(getattr(TRAINING, group))
+    return next(f.metadata["help"] for f in fields(owner) if f.name == name)
+
+
+def _renamed(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with deprecated flat names replaced by their new names (a ``FutureWarning`` for each)."""
+    import warnings
+
+    out = dict(values)
+    for old, new in DEPRECATED_NAMES.items():
+        if old in out:
+            warnings.warn(f"{old} is deprecated: use {new}", FutureWarning, stacklevel=3)
+            if new in out:
+                raise ValueError(f"{old} and {new} are the same setting; give only {new}")
+            out[new] = out.pop(old)
+    return out
+
+
+#: the trust-region settings that only :class:`natgrad.TrustRegionOptimizer` reads: the chunked ``LORA_UNET`` update
+#: (:func:`natgrad.trust_region_update`) has no state between updates to adapt ``max_kl`` or warm-start CG from, and
+#: its Fisher-vector product is ``chunks.fvp_method``
+OPTIMIZER_ONLY = ("fvp_method", "adaptive", "max_kl_bounds", "grow", "shrink", "grow_above", "shrink_below",
+                  "warm_start")  # fmt: skip
+
+
+#: the trust-region settings read only when ``adaptive`` is on
+ADAPTIVE_ONLY = ("max_kl_bounds", "grow", "shrink", "grow_above", "shrink_below")
+
+
+def ignored_settings(config: TrainingConfig) -> list[tuple[str, str]]:
+    """``[(flat name, path)]``: the settings of ``config`` that differ from :data:`TRAINING`'s and that its path
+    (algorithm × mode) never reads, e.g. ``("adaptive", "the LORA_UNET TRPO update")``.  A run refuses them
+    (:func:`~natgrad_diffusion.job.validate_config`) rather than accept and ignore them."""
+    algorithm, lora = str(config.algorithm).lower(), str(config.mode).upper() in ("LORA_UNET", "LORA-UNET")
+    unread: dict[str, tuple[Any, str]] = {}
+    if algorithm == "ppo":
+        unread["trust_region"] = (None, "PPO")
+        unread["chunks"] = (None, "PPO")
+    else:
+        unread["ppo"] = (None, "TRPO")
+        if lora:
+            unread["trust_region"] = (OPTIMIZER_ONLY, "the LORA_UNET TRPO update (chunked; no optimizer state)")
+        else:
+            unread["chunks"] = (None, f"TRPO in {str(config.mode).upper()} (chunks are for LORA_UNET)")
+            if not config.trust_region.adaptive:
+                unread["trust_region"] = (ADAPTIVE_ONLY, "a fixed max_kl (they need --adaptive)")
+    names = {v: k for k, v in flat_names().items()}
+    out = []
+    for group, (only, path) in unread.items():
+        value, default = getattr(config, group), getattr(TRAINING, group)
+        for f in fields(value):
+            if (only is None or f.name in only) and getattr(value, f.name) != getattr(default, f.name):
+                out.append((names[(group, f.name)], path))
     return out
 
 
@@ -540,6 +713,7 @@ def with_settings(config: TrainingConfig, values: dict[str, Any]) -> TrainingCon
     group's own one-line ``ValueError``."""
     if not isinstance(values, dict):
         raise ValueError(f"settings must be a mapping of field names to values, got {type(values).__name__}")
+    values = _renamed(values)
     flat = flat_names()
     top = {f.name for f in fields(TrainingConfig)}
     unknown = sorted(k for k in values if k not in top and k not in flat)

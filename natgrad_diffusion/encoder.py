@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad_diffusion.features import FeatureExtractor
+from natgrad_diffusion.extractor import FeatureExtractor
 
 __all__ = [
     "DEFAULT_ARCH",

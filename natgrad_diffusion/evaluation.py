@@ -103,20 +103,24 @@ def make_spaces(
     return Spaces([reward_space, *others], extractors, reference, np.asarray(reference_images))
 
 
-def evaluation_spaces(
-    config: TrainingConfig, extractor: Any, reward_reference: np.ndarray, image_shape: tuple[int, int, int]
-) -> Spaces:
-    """The reward's space and ``config.eval_features``, against the held-out evaluation set of ``config``; the
-    reward's space alone, against ``reward_reference`` (its features), when the reference is a features file."""
-    from .job import reference_set
+def evaluation_spaces(config: TrainingConfig, extractor: Any, reward_reference: np.ndarray, data: Any) -> Spaces:
+    """The reward's space and ``config.eval_features``, against the held-out evaluation set of ``data`` (the job's
+    :class:`~natgrad_diffusion.references.ReferenceData`); the reward's space alone, against ``reward_reference``
+    (its features), when the reference is a features file.  The crater judges join when the reference and the
+    held-out set are the real Mars splits."""
+    if isinstance(data, tuple):  # the earlier form (config, extractor, reference, image_shape)
+        from .references import ReferenceData
 
-    held_out = reference_set(config, "evaluation", image_shape)
+        warnings.warn("evaluation_spaces(config, extractor, reference, image_shape) is deprecated: pass "
+                      "ReferenceData(config, image_shape)", FutureWarning, stacklevel=2)  # fmt: skip
+        data = ReferenceData(config, data)
+    held_out = data.images("evaluation")
     if held_out is None:
         return Spaces([config.features], {config.features: extractor}, {config.features: reward_reference}, None)  # type: ignore[arg-type]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a random-init evaluation extractor: the table header names its weights
         spaces = make_spaces(config.features, extractor, config.eval_features, held_out.images)
-    if config.reference == "mars" and (config.eval_reference in (None, "mars")):
+    if data.sources.real_mars:
         from .judges import crater_judges
 
         spaces.judges = crater_judges()
@@ -192,15 +196,19 @@ def sample_images(
     eta: float = 0.0,
     seed: int = TRAINING.eval_seed,
     batch_prompts: int = 8,
+    progress: bool = False,
 ) -> tuple[np.ndarray, list[str]]:
     """uint8 images (``(N, H, W)`` grayscale or ``(N, H, W, 3)``) and their prompts, prompt-major.
 
     ``policy=None`` samples the model as it is (for ``LORA_UNET`` the UNet carries the adapters).  Image ``i``
-    uses seed ``seed + i`` whatever ``batch_prompts`` is.
+    uses seed ``seed + i`` whatever ``batch_prompts`` is.  ``progress``: a progress bar over the prompts.
     """
+    from tqdm.auto import tqdm
+
     out, out_prompts = [], []
     prompts = list(prompts)
     hook = policy if policy is not None and policy.mode is not PolicyMode.LORA_UNET else None
+    bar = tqdm(total=len(prompts), disable=not progress, desc="sampling", unit="prompt", leave=False)
     for start in range(0, len(prompts), batch_prompts):
         traj = sample(
             components,
@@ -215,6 +223,8 @@ def sample_images(
         )
         out.append(images_uint8(traj.images_float()))
         out_prompts += traj.image_prompts
+        bar.update(len(prompts[start : start + batch_prompts]))
+    bar.close()
     return np.concatenate(out), out_prompts
 
 

@@ -29,15 +29,19 @@ from .config import (
     FEATURE_NAMES,
     LIMITS,
     LORA,
+    REFERENCE_DIVERSITIES,
     SCHEDULER_POLICY,
     TEST_MODE,
     TRAINING,
     PolicyMode,
     TrainingConfig,
     flat_names,
+    ignored_settings,
     with_settings,
 )
+from .errors import TrainingError
 from .logs import read_metadata
+from .references import JobSources, ReferenceData, decode_sources
 
 __all__ = [
     "DEFAULT_EVAL_PROMPTS",
@@ -56,6 +60,7 @@ __all__ = [
     "load_run_config",
     "max_steps",
     "parse_mode",
+    "prepare_config",
     "reference_set",
     "resolve_defaults",
     "validate_config",
@@ -70,11 +75,6 @@ DEFAULT_EVAL_PROMPTS = ASSETS / "prompts" / "crater_test.txt"
 MARS_PROMPTS = {role: ASSETS / "prompts" / f"mars_{role}.txt" for role in ("train", "validation", "test")}
 _MODE_ALIASES = {m.name: m for m in PolicyMode} | {m.value.upper(): m for m in PolicyMode}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_DIVERSITY_NAMES = ("narrow", "medium", "broad")
-
-
-class TrainingError(ValueError):
-    """A bad configuration or input (unknown mode, negative episodes, missing model or prompts, ...)."""
 
 
 def parse_mode(mode: str | PolicyMode) -> PolicyMode:
@@ -133,14 +133,14 @@ def _check_choices(c: TrainingConfig) -> None:
     if c.vendi_kernel not in ("rbf", "cosine"):
         raise TrainingError(f"vendi_kernel must be rbf or cosine, got {c.vendi_kernel!r}")
     diversity = c.reference_diversity
-    if diversity not in _DIVERSITY_NAMES:
+    if diversity not in REFERENCE_DIVERSITIES:
         try:
             ok = 0 <= float(diversity) <= 1
         except (TypeError, ValueError):
             ok = False
         if not ok:
             raise TrainingError(
-                f"reference_diversity must be one of {', '.join(_DIVERSITY_NAMES)} or a number in [0, 1], "
+                f"reference_diversity must be one of {', '.join(REFERENCE_DIVERSITIES)} or a number in [0, 1], "
                 f"got {diversity!r}"
             )
 
@@ -175,6 +175,18 @@ def max_steps(model: str | None) -> int:
     except (OSError, ValueError, KeyError, TypeError):
         return int(LIMITS["steps"][1])
     return int(steps) if isinstance(steps, int) and steps >= 1 else int(LIMITS["steps"][1])
+
+
+def _check_ignored(c: TrainingConfig) -> None:
+    """A setting its path never reads is refused, naming the setting and the path (it would be accepted and do
+    nothing)."""
+    by_path: dict[str, list[str]] = {}
+    for name, path in ignored_settings(c):
+        by_path.setdefault(path, []).append(f"{name} (--{name.replace('_', '-')})")
+    if by_path:
+        parts = [f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} not read by {path}"
+                 for path, names in by_path.items()]  # fmt: skip
+        raise TrainingError("; ".join(parts) + "; remove them, or choose the path that reads them")
 
 
 def _check_ranges(c: TrainingConfig) -> None:
@@ -270,6 +282,7 @@ def validate_config(config: TrainingConfig) -> None:
         raise TrainingError(f"eval_max_prompts must be >= 1, got {c.eval_max_prompts}")
     check_model(c.model)
     _check_ranges(c)
+    _check_ignored(c)
     _check_options(c)
     _check_feature_names(c)
     for role in ("train", "test"):
@@ -334,17 +347,27 @@ def resolve_defaults(config: TrainingConfig) -> TrainingConfig:
     return replace(config, mode=mode.name, eta=float(eta), policy_options=options)
 
 
-def job_prompts(config: TrainingConfig, role: str) -> list[str]:
+def prepare_config(config: TrainingConfig, explicit: Iterable[str] | None = None) -> TrainingConfig:
+    """What a run runs: ``config`` with test mode applied (:func:`with_test_mode`; ``explicit``: the fields the user
+    set, which it leaves alone), checked (:func:`validate_config`: the one check of a run's settings, at its entry
+    point) and its mode-dependent defaults filled (:func:`resolve_defaults`).  Reads no model; milliseconds."""
+    config = with_test_mode(config, explicit)
+    validate_config(config)
+    return resolve_defaults(config)
+
+
+def job_prompts(config: TrainingConfig, role: str, sources: JobSources | None = None) -> list[str]:
     """The prompts of ``role`` (``"train"``, ``"validation"`` or ``"test"``): the file of ``config.prompts`` /
     ``config.eval_prompts`` when given, else the embedded files that go with the reference: for ``reference="mars"``
     the caption the real crops of the splits carry (``"a medium crater, lit from the west"``: every crop of the
     shipped splits is centred on one crater at 2.5 diameters), once for training and on 12 lines (12 rows of the
     evaluation grids) for validation and test; the renderer's captions otherwise (whose validation role is its test
-    file)."""
+    file).  ``sources``: the job's decoded splits (:func:`~natgrad_diffusion.references.decode_sources`), which say
+    which embedded files go with the reference."""
     given = {"train": config.prompts, "test": config.eval_prompts}.get(role)
     if given is not None:
         return load_prompts(given)
-    if config.reference == "mars":
+    if (sources or decode_sources(config)).prompts == "mars":
         return load_prompts(MARS_PROMPTS[role])
     return load_prompts(DEFAULT_TRAIN_PROMPTS if role == "train" else DEFAULT_EVAL_PROMPTS)
 
@@ -432,86 +455,38 @@ def feature_extractor(config: TrainingConfig, device: Any = "cpu") -> Any:
         raise TrainingError(str(exc)) from exc
 
 
-#: the render seed offset of each split
-_RENDER_SEED_OFFSET = {"reference": 0, "validation": 1, "evaluation": 2}
-
-
-def _spec(config: TrainingConfig, split: str) -> str:
-    """``"mars"``, ``"render"`` or a path: the image set of ``split`` (``None`` falls back to ``reference``'s kind)."""
-    own = {"reference": config.reference, "validation": config.validation_reference,
-           "evaluation": config.eval_reference}[split]  # fmt: skip
-    if own is not None:
-        return str(own)
-    kind = config.reference if config.reference in ("mars", "render") else "render"
-    if split != "reference" and config.reference not in (None, "mars", "render"):
-        return str(config.reference)  # a reference file given: it serves every role
-    return "render" if kind is None else kind
-
-
 def reference_set(config: TrainingConfig, split: str, image_shape: tuple[int, int, int]) -> Any:
     """The :class:`~natgrad_diffusion.craters.reference.ReferenceSet` of ``split`` (``"reference"``,
-    ``"validation"`` or ``"evaluation"``), its images of the model's ``image_shape = (channels, height, width)``;
-    ``None`` when ``config.reference`` is a features file (no images)."""
-    from .craters.mars import shipped_mars_reference
-    from .craters.reference import ReferenceFileError, generate_reference_set, load_reference_set
-    from .npz import npz_keys
-
-    spec = _spec(config, split)
-    channels, height, _ = image_shape
-    if spec == "mars":
-        ref = shipped_mars_reference(split)
-    elif spec == "render":
-        diversity = config.reference_diversity
-        ref = generate_reference_set(
-            config.reference_n,
-            seed=config.reference_seed + _RENDER_SEED_OFFSET[split],
-            size=height,
-            diversity=diversity if diversity in _DIVERSITY_NAMES else float(diversity),
-            rgb=channels == 3,
-        )
-    else:
-        path = Path(spec)
-        try:
-            if "features" in npz_keys(path, "reference", TrainingError):
-                return None
-            ref = load_reference_set(path)
-        except ReferenceFileError as exc:
-            raise TrainingError(str(exc)) from exc
-    _check_shape(ref.images, image_shape, spec)
-    return ref
-
-
-def _check_shape(images: np.ndarray, image_shape: tuple[int, int, int], where: str) -> None:
-    got = (3 if images.ndim == 4 else 1, *images.shape[1:3])
-    if got != tuple(image_shape):
-        describe = lambda s: f"{s[1]}×{s[2]} {'RGB' if s[0] == 3 else 'grayscale'}"  # noqa: E731
-        raise TrainingError(
-            f"{where}: reference images are {describe(got)}, the model makes {describe(image_shape)}; build the "
-            f"reference at its size (natgrad-diffusion build-reference --size {image_shape[1]})"
-        )
+    ``"validation"`` or ``"evaluation"``) at the model's ``image_shape = (channels, height, width)``; ``None`` for a
+    features file.  A run loads its splits once through one :class:`~natgrad_diffusion.references.ReferenceData`;
+    this is the one-off form."""
+    return ReferenceData(config, image_shape).images(split)
 
 
 def load_reference_features(
-    config: TrainingConfig, extractor: Any, image_shape: tuple[int, int, int]
+    data: ReferenceData, extractor: Any, image_shape: tuple[int, int, int] | None = None
 ) -> tuple[np.ndarray, list[str], dict[str, Any]]:
     """The reward's reference: features ``(m, d)`` in ``extractor``'s space, their captions and a description.
 
-    ``config.reference``: ``"mars"``, ``"render"`` / ``None`` or a reference-set ``.npz`` (its images go through
-    ``extractor``; they must have the model's ``image_shape`` = ``(channels, height, width)``), or a features
-    ``.npz`` (used as is; a warning if its extractor differs).
+    ``data.sources.reference``: the Mars crops, renders or a reference-set ``.npz`` (its images go through
+    ``extractor``), or a features ``.npz`` (used as is; a warning if its extractor differs).  The earlier form
+    ``(config, extractor, image_shape)`` still works for one release, with a ``FutureWarning``.
     """
     from .features import FeatureFileError, load_features
 
-    ref = reference_set(config, "reference", image_shape)
+    if isinstance(data, TrainingConfig):
+        warnings.warn("load_reference_features(config, extractor, image_shape) is deprecated: pass "
+                      "ReferenceData(config, image_shape)", FutureWarning, stacklevel=2)  # fmt: skip
+        data = ReferenceData(data, image_shape)  # type: ignore[arg-type]
+
+    source = data.sources.reference
+    ref = data.images("reference")
     if ref is None:
-        path = Path(str(config.reference))
         try:
-            return _reference_feature_file(load_features(path), path, extractor)
+            return _reference_feature_file(load_features(source.path), source.path, extractor)
         except FeatureFileError as exc:
             raise TrainingError(str(exc)) from exc
-    spec = _spec(config, "reference")
-    source = "generated" if spec == "render" else spec
-    return extractor(ref.images), list(ref.captions), {"source": source, "kind": "reference", **ref.meta}
+    return extractor(ref.images), list(ref.captions), {"source": source.label, "kind": "reference", **ref.meta}
 
 
 def _reference_feature_file(fs: Any, path: Path, extractor: Any) -> tuple[np.ndarray, list[str], dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -231,8 +232,26 @@ _RUN_PLOTS = (
 )
 
 
+def run_panels(rows: list[dict[str, Any]], source: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
+    """``[("episode", episodes), (title, values per episode), ...]``: the curves of a run's CSV rows that hold at least one number (a critic
+    loss without a critic, a KL without TRPO ... makes no panel).  A value that is not a number is a ``ValueError``
+    naming ``source`` and the column."""
+
+    def column(key: str) -> np.ndarray:
+        values = [r.get(key) for r in rows]
+        try:
+            return np.array([float(v) if v not in (None, "") else np.nan for v in values])
+        except ValueError:
+            bad = next(v for v in values if v not in (None, "") and not _is_number(v))
+            raise ValueError(f"{source}: column {key!r} holds {bad[:40]!r}, not a number") from None
+
+    panels = [(title, column(key)) for key, title in _RUN_PLOTS]
+    return [("episode", column("episode"))] + [(title, values) for title, values in panels if np.isfinite(values).any()]
+
+
 def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> list[Path]:
-    """PNG plots of a run's CSV (reward, KL, metrics against the episode) into ``out_dir`` (``run_dir/plots``)."""
+    """PNG plots of a run's CSV (reward, KL, metrics against the episode) into ``out_dir`` (``run_dir/plots``):
+    one panel per curve that holds data (:func:`run_panels`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -249,19 +268,15 @@ def plot_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = Non
     if "episode" not in rows[0]:
         raise ValueError(f"{csv_path} is not the training log of a run (no 'episode' column)")
     out = Path(out_dir) if out_dir is not None else run_dir / PLOTS_DIR
-
-    def column(key: str) -> np.ndarray:
-        values = [r.get(key) for r in rows]
-        try:
-            return np.array([float(v) if v not in (None, "") else np.nan for v in values])
-        except ValueError:
-            bad = next(v for v in values if v not in (None, "") and not _is_number(v))
-            raise ValueError(f"{csv_path}: column {key!r} holds {bad[:40]!r}, not a number") from None
-
-    episodes = column("episode")
-    curves = [column(key) for key, _ in _RUN_PLOTS]  # every value checked before the figure
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
-    for ax, (_, title), values in zip(axes.flat, _RUN_PLOTS, curves):
+    (_, episodes), *panels = run_panels(rows, csv_path)
+    if not panels:
+        raise ValueError(f"{csv_path} holds no curve to plot")
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4 * cols, 3.25 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (title, values) in zip(axes.flat, panels):
         ax.plot(episodes, values, marker=".", lw=1)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("episode", fontsize=8)

@@ -205,16 +205,18 @@ class RecipeJudge:
 
     def __init__(self, config: TrainingConfig, image_shape: tuple[int, int, int], n: int | None = None) -> None:
         from .evaluation import evaluation_spaces
-        from .job import feature_extractor, job_prompts, load_reference_features, reference_set
+        from .job import feature_extractor, job_prompts, load_reference_features
+        from .references import ReferenceData
 
         self.config = config
         self.extractor = feature_extractor(config)
-        reward_reference, _, _ = load_reference_features(config, self.extractor, image_shape)
-        self.spaces = evaluation_spaces(config, self.extractor, reward_reference, image_shape)
-        self.validation = reference_set(config, "validation", image_shape)
-        self.reference = reference_set(config, "reference", image_shape)
+        data = ReferenceData(config, image_shape)
+        reward_reference, _, _ = load_reference_features(data, self.extractor)
+        self.spaces = evaluation_spaces(config, self.extractor, reward_reference, data)
+        self.validation = data.images("validation")
+        self.reference = data.images("reference")
         n = n or len(self.validation)
-        tests = job_prompts(config, "test")
+        tests = job_prompts(config, "test", data.sources)
         self.prompts = [tests[i % len(tests)] for i in range(n)]
         names = self.spaces.names
         self.columns = recipe_columns(names[0], names[1:])

@@ -18,11 +18,12 @@ import numpy as np
 
 from .baselines import best_fixed_prompt, brightness_contrast_map
 from .config import TrainingConfig
+from .errors import TrainingError
 from .evaluation import Spaces, evaluate_policy, format_metrics_table, image_metrics, sample_images, table_columns
-from .job import TrainingError, reference_set
 from .logs import atomic_write_text
 from .plots import save_comparison_grid, save_image_grid
 from .policies import DiffusionPolicy
+from .references import ReferenceData
 from .rundir import COMPARISON_IMAGE, EVALUATION_FILE, eval_image
 
 __all__ = ["RunEvaluation"]
@@ -43,13 +44,14 @@ class RunEvaluation:
         run_dir: Path,
         components: Any,
         spaces: Spaces,
+        data: ReferenceData,
         *,
         train_prompts: Sequence[str],
         eval_prompts: Sequence[str],
         reward_extractor: Callable[[np.ndarray], np.ndarray],
         reference_info: dict[str, Any],
     ) -> None:
-        self.config, self.run_dir, self.components, self.spaces = config, run_dir, components, spaces
+        self.config, self.run_dir, self.components, self.spaces, self.data = config, run_dir, components, spaces, data
         self.train_prompts, self.eval_prompts = list(train_prompts), list(eval_prompts)
         self.extractor, self.reference_info = reward_extractor, reference_info
         self.rows: dict[str, dict[str, float]] = {}
@@ -84,15 +86,18 @@ class RunEvaluation:
     def text(self) -> str:
         """``evaluation.md``: what was compared with what, and the table."""
         c, sp, ref = self.config, self.spaces, self.reference_info
-        held_out = len(sp.reference_images) if sp.reference_images is not None else "the reward"
+        held_out = (f"{len(sp.reference_images)} held-out images" if sp.reference_images is not None
+                    else "the held-out images of the reward's reference")  # fmt: skip
         lines = [
             f"Held-out evaluation: {len(self.eval_prompts)} prompts × {c.eval_images_per_prompt} images, {c.steps} "
-            f"steps, against {held_out}'s held-out images ({c.eval_reference or c.reference or 'render'}, "
-            "evaluation split).",
+            f"steps, against {held_out} ({c.eval_reference or c.reference or 'render'}, evaluation split).",
             f"The reward ({c.reward}) used the **{sp.reward_space}** space (marked *) and the reference "
             f"{ref.get('source')} ({ref.get('split', 'reference')} split); the other spaces are ones it never saw.",
-            "",
         ]
+        if "initial policy" in self.rows and str(c.mode).upper() == "LORA_UNET":
+            lines.append("The initial policy is the pretrained model itself (LoRA's B matrices start at zero), so "
+                         "its row repeats the pretrained row.")  # fmt: skip
+        lines.append("")
         return "\n".join(lines) + format_metrics_table(self.rows, columns=table_columns(sp)) + "\n"
 
     def _row(self, name: str, policy: DiffusionPolicy, *, pretrained: bool, **kwargs: Any) -> np.ndarray:
@@ -109,15 +114,15 @@ class RunEvaluation:
     def _baseline_rows(self, policy: DiffusionPolicy, pretrained_images: np.ndarray) -> None:
         """The pretrained images mapped to the reference's brightness and contrast; the pretrained model with the
         best fixed training prompt, chosen on the validation split."""
-        c, shape = self.config, self.components.image_shape()
-        reference_images = reference_set(c, "reference", shape)
+        c = self.config
+        reference_images = self.data.images("reference")
         if reference_images is not None and self.spaces.reference_images is not None:
             groups = [p for p in self.eval_prompts for _ in range(c.eval_images_per_prompt)]
             mapped = brightness_contrast_map(pretrained_images, reference_images.images)
             self.rows["pretrained + brightness/contrast map"] = image_metrics(
                 mapped, groups, self.spaces, c.vendi_kernel
             )
-        validation = reference_set(c, "validation", shape)
+        validation = self.data.images("validation")
         if validation is None:
             return
 

@@ -13,8 +13,9 @@ One *episode* (one policy update) on each process:
    batch metrics, timings), flushed at once; every ``grid_every`` episodes an image grid; every
    ``checkpoint_every`` episodes a checkpoint (:mod:`natgrad_diffusion.checkpoints`).
 
-:class:`Trainer` is the loop as an object (:meth:`~Trainer.open`, :meth:`~Trainer.evaluate`,
-:meth:`~Trainer.episode`, :meth:`~Trainer.close`); :func:`train` runs it.
+:func:`~natgrad_diffusion.run_setup.open_run` builds what a run is made of; :class:`Trainer` is the loop as an
+object (:meth:`~Trainer.evaluate`, :meth:`~Trainer.restore`, :meth:`~Trainer.episode`, :meth:`~Trainer.close`);
+:func:`train` runs both.
 
 Run directory (``out``, :mod:`natgrad_diffusion.rundir`)::
 
@@ -44,68 +45,44 @@ GPUs, gloo on CPUs), checks that every rank was started with the same settings, 
 
 from __future__ import annotations
 
-import random
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from .agents import DiffusionAgent, PPOAgent, TRPOAgent
-from .checkpoints import export_policy, restore, resume_payload, save_checkpoint
-from .config import CRITIC, SAMPLING, TRAINING, TrainingConfig, config_dict
-from .critic import Critic
+from .checkpoints import export_policy, restore, save_checkpoint
+from .config import TRAINING, TrainingConfig, config_dict
 from .episode_log import CSV_COLUMNS, policy_std, update_columns
-from .evaluation import batch_metrics, evaluation_spaces, table_columns
-from .feature_reward import FeatureReward, images_uint8
+from .evaluation import batch_metrics, table_columns
+from .feature_reward import images_uint8
 from .integrity import IntegrityError, verify_manifest
 from .job import (
-    DEFAULT_MODEL_DIR,
     TrainingError,
-    feature_extractor,
-    job_prompts,
-    load_model,
-    load_reference_features,
     parse_mode,
-    resolve_defaults,
-    validate_config,
-    with_test_mode,
+    prepare_config,
 )
-from .logs import CSVLogger, library_versions, read_csv, update_metadata, write_metadata
+from .logs import CSVLogger, read_csv, update_metadata
 from .plots import plot_run, save_image_grid
-from .policies import DiffusionPolicy, load_policy, make_policy
+from .policies import DiffusionPolicy, load_policy
 from .processes import (
     Processes,
     barrier,
-    broadcast_object,
     check_same_settings,
-    device_of,
     setup_processes,
 )
-from .rewards import get_reward, median_heuristic_bandwidth
-from .run_evaluation import RunEvaluation
+from .run_setup import SEED_STRIDE, RunInputs, make_agent, open_run
 from .rundir import (
     CSV_FILE,
-    GRIDS_DIR,
     POLICY_DIR,
-    RunDirectoryBusy,
-    RunDirectoryError,
-    RunLock,
-    check_run_dir,
-    clear_run,
     grid_image,
-    remove_stale,
 )
 
-__all__ = ["TrainResult", "Trainer", "load_policy_from_run", "make_agent", "train"]
-
-_SEED_STRIDE = 10_000_000
+__all__ = ["TrainResult", "Trainer", "load_policy_from_run", "make_agent", "run_prepared", "train"]
 
 
 @dataclass
@@ -136,210 +113,83 @@ class TrainResult:
     best_prompt: str | None = None
 
 
-def make_agent(
-    config: TrainingConfig,
-    components: Any,
-    policy: DiffusionPolicy,
-    reward_fn: FeatureReward,
-    critic: Critic | None,
-    procs: Processes,
-) -> DiffusionAgent:
-    """The TRPO or PPO agent of ``config`` (its trust region, PPO and chunk settings passed whole)."""
-    sampling = replace(
-        SAMPLING,
-        num_inference_steps=config.steps,
-        guidance_scale=config.guidance_scale,
-        eta=config.eta,
-        images_per_prompt=config.images_per_prompt,
-        seed=config.seed * _SEED_STRIDE,
-    )
-    common: dict[str, Any] = {
-        "feature_fn": reward_fn.features if config.critic else None,
-        "sampling": sampling,
-        "critic_config": CRITIC,
-        "critic": critic,
-        "distributed": procs.on,
-    }
-    if config.algorithm == "trpo":
-        return TRPOAgent(
-            components, policy, reward_fn, trust_region=config.trust_region, chunks=config.chunks,
-            fisher_seed=config.seed, **common,
-        )  # fmt: skip
-    return PPOAgent(components, policy, reward_fn, ppo=config.ppo, shuffle_seed=config.seed, **common)
-
-
 class Trainer:
-    """The fine-tuning loop of one run, as an object: :meth:`open` (inputs, model, policy, agent, run directory),
-    :meth:`evaluate` (the before/after table), :meth:`episode` (one update and its CSV row), :meth:`close`.
+    """The fine-tuning loop of one run, as an object: :meth:`evaluate` (the before/after table), :meth:`restore`
+    (the checkpoint's state and the CSV log), :meth:`episode` (one update and its CSV row), :meth:`run`,
+    :meth:`close`.
 
-    Use :func:`train`, which also initialises the processes and sets the threads; ``config`` must already be
-    validated and resolved (:func:`~natgrad_diffusion.job.resolve_defaults`).
+    Everything the run is made of comes in ``inputs`` (:func:`~natgrad_diffusion.run_setup.open_run`); the loop's own
+    state (samples so far, wall time, the CSV log) is set here and changed only by :meth:`restore` and
+    :meth:`episode`.  Use :func:`train`, which also initialises the processes and sets the threads.
     """
 
     def __init__(
         self,
         config: TrainingConfig,
         procs: Processes,
+        inputs: RunInputs,
+        stack: ExitStack,
         *,
-        resume: bool = False,
-        overwrite: bool = False,
         progress: bool = True,
         say: Callable[[str], None] = print,
     ) -> None:
-        self.config, self.procs = config, procs
-        self.resume, self.overwrite, self.progress, self.say = resume, overwrite, progress, say
+        self.config, self.procs, self.inputs = config, procs, inputs
+        self.progress, self.say = progress, say
         self.run_dir = Path(config.out)
-        self.evaluator: RunEvaluation | None = None
-        self.episodes_done = 0
-        self._stack = ExitStack()
-
-    # ------------------------------------------------------------------ open
-    def open(self) -> Trainer:
-        """Lock the run directory, read the checkpoint (resume), load model, prompts, features and reference,
-        build policy, critic and agent, and write ``run.json``."""
-        c, p = self.config, self.procs
-        self.action = self._claim() if p.main else None
-        payload = resume_payload(c, self.run_dir) if self.action == "resume" else None
-        self.payload = broadcast_object(payload, p)  # a run dir on a shared file system: rank 0 reads it
-        self.start_episode = int(self.payload["episode"]) if self.payload is not None else 0
-        if self.payload is not None and self.payload["world_size"] != p.world:
-            raise TrainingError(
-                f"the checkpoint was written by {self.payload['world_size']} processes, this run has {p.world}"
-            )
-        if self.resume and self.action == "new":
-            self.say(f"no checkpoint in {self.run_dir}: starting a new run")
-        self.device = device_of(p)
-        self.components = load_model(c.model, device=self.device if self.device.type != "cpu" else None)
-        self.prompts = job_prompts(c, "train")
-        self.eval_prompts = job_prompts(c, "test")[: c.eval_max_prompts]
-        self._open_features()
-        self._open_agent()
-        if p.main:
-            self._write_metadata()
-        return self
-
-    def _claim(self) -> str:
-        """Check ``out`` (before the lock: a refused folder gets no lock file), lock it, decide again under the lock
-        (:func:`~natgrad_diffusion.rundir.check_run_dir`: ``"new"``, ``"resume"`` or ``"replace"``) and remove a
-        killed run's temporary files."""
-        flags = {"resume": self.resume, "overwrite": self.overwrite}
-        try:
-            check_run_dir(self.config.out, **flags)
-            lock = self._stack.enter_context(RunLock(self.run_dir))
-            action = check_run_dir(self.config.out, **flags)
-        except (RunDirectoryError, RunDirectoryBusy) as exc:
-            raise TrainingError(str(exc)) from None
-        if lock.stale:
-            self.say(f"note: took over the stale lock of a run that no longer runs ({lock.stale})")
-        removed = remove_stale(self.run_dir)
-        if removed:
-            self.say(f"note: removed {len(removed)} temporary file(s) of a run that was killed")
-        return action
-
-    def _open_features(self) -> None:
-        c = self.config
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            self.extractor = feature_extractor(c, device="cpu")
-        for w in caught:  # one copy of the extractor's warnings, from rank 0
-            if self.procs.main:
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        shape = self.components.image_shape()
-        self.reference, _, self.reference_info = load_reference_features(c, self.extractor, shape)
-        reward = get_reward(c.reward, self.reference, **c.reward_options)
-        self.reward_fn = FeatureReward(self.extractor, reward, self.procs)
-        self.bandwidth = median_heuristic_bandwidth(self.reference)
-        if c.evaluate and self.procs.main:
-            spaces = evaluation_spaces(c, self.extractor, self.reference, shape)
-            self.evaluator = RunEvaluation(
-                c, self.run_dir, self.components, spaces, train_prompts=self.prompts, eval_prompts=self.eval_prompts,
-                reward_extractor=self.extractor, reference_info=self.reference_info,
-            )  # fmt: skip
-
-    def _open_agent(self) -> None:
-        c = self.config
-        torch.manual_seed(c.seed)
-        np.random.seed(c.seed % 2**32)
-        random.seed(c.seed)
-        mode = parse_mode(c.mode)
-        try:
-            self.policy = make_policy(mode, self.components, **c.policy_options).to(self.device)
-        except TypeError as exc:
-            raise TrainingError(f"bad policy_options {c.policy_options} for {mode.name}: {exc}") from exc
-        critic = None
-        if c.critic:  # CPU: tiny
-            critic = Critic(self.extractor.dim, int(self.components.text_encoder.config.hidden_size), CRITIC.hidden)
-        self.agent = make_agent(c, self.components, self.policy, self.reward_fn, critic, self.procs)
-
-    def _write_metadata(self) -> None:
-        c = self.config
-        if self.action == "replace":
-            clear_run(self.run_dir)
-        meta = {
-            "config": config_dict(c),
-            "seed": c.seed,
-            "processes": self.procs.world,
-            "device": str(self.device),
-            "versions": library_versions(),
-            "feature_extractor": self.extractor.metadata,
-            "reference": {**self.reference_info, "n": int(self.reference.shape[0])},
-            "model": str(c.model or DEFAULT_MODEL_DIR),
-            "mode": parse_mode(c.mode).name,
-            "policy": self.policy.config_dict(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-        if self.payload is not None:
-            meta = {"resumed_at_episode": self.start_episode, **meta}
-        write_metadata(self.run_dir, meta, resume=self.payload is not None)  # first: the folder is a run from now on
-        (self.run_dir / GRIDS_DIR).mkdir(parents=True, exist_ok=True)
+        self.stack = stack  # what the run holds (its lock, the CSV file), released by close() or on an error
+        self.episodes_done = inputs.start_episode
+        self.samples, self.wall_before, self.t_loop = 0, 0.0, time.perf_counter()
+        self.csv: CSVLogger | None = None  # opened by restore()
 
     # ------------------------------------------------------------------ evaluation
     @property
     def evaluation(self) -> dict[str, dict[str, float]]:
         """The evaluation rows so far (empty without evaluation)."""
-        return self.evaluator.rows if self.evaluator is not None else {}
+        return self.inputs.evaluator.rows if self.inputs.evaluator is not None else {}
 
     def evaluate(self, when: str) -> None:
         """``when="before"``: the pretrained model, the baselines and the initial policy (reused on resume);
         ``"after"``: the fine-tuned policy, ``evaluation.md`` and the real | pretrained | fine-tuned grid
         (:class:`~natgrad_diffusion.run_evaluation.RunEvaluation`).  Rank 0 only."""
-        if self.evaluator is None:
+        if self.inputs.evaluator is None:
             return
         if when == "before":
-            self.evaluator.before(self.agent.policy, resumed=self.payload is not None, say=self.say)
+            self.inputs.evaluator.before(
+                self.inputs.agent.policy, resumed=self.inputs.payload is not None, say=self.say
+            )
         else:
-            self.evaluator.after(self.agent.policy, say=self.say)
+            self.inputs.evaluator.after(self.inputs.agent.policy, say=self.say)
 
     # ------------------------------------------------------------------ the loop
     def restore(self) -> None:
         """Put the checkpoint's state into the agent (resume; ``policy/`` is exported again from it, since a run
         killed during an export may have left an older one) and open the CSV log."""
-        if self.payload is not None:
-            restore(self.agent, self.payload, self.procs)
-            self.samples, self.wall_before = int(self.payload["samples"]), float(self.payload["wall_s"])
+        if self.inputs.payload is not None:
+            restore(self.inputs.agent, self.inputs.payload, self.procs)
+            self.samples, self.wall_before = int(self.inputs.payload["samples"]), float(self.inputs.payload["wall_s"])
             if self.procs.main:
-                export_policy(self.agent.policy, self.run_dir / POLICY_DIR)
+                export_policy(self.inputs.agent.policy, self.run_dir / POLICY_DIR)
         else:
             self.samples, self.wall_before = 0, 0.0
-        keep = self.start_episode if self.payload else None
+        keep = self.inputs.start_episode if self.inputs.payload else None
         self.csv = CSVLogger(self.run_dir / CSV_FILE, CSV_COLUMNS, keep_through=keep, enabled=self.procs.main)
-        self._stack.callback(self.csv.close)
+        self.stack.callback(self.csv.close)
         self.t_loop = time.perf_counter()
-        self.episodes_done = self.start_episode
+        self.episodes_done = self.inputs.start_episode
 
     def _episode_prompts(self, episode: int) -> list[str]:
         per_episode = self.config.batch_size // self.config.images_per_prompt
         start = (episode - 1) * per_episode
-        return [self.prompts[(start + j) % len(self.prompts)] for j in range(per_episode)]
+        return [self.inputs.prompts[(start + j) % len(self.inputs.prompts)] for j in range(per_episode)]
 
     def episode(self, episode: int) -> dict[str, Any]:
         """Episode ``episode`` (1-based): sample, score, update, log, grid and checkpoint; returns the CSV row."""
-        c, p, reward_fn = self.config, self.procs, self.reward_fn
+        c, p, reward_fn = self.config, self.procs, self.inputs.reward_fn
         t0 = time.perf_counter()
-        seed = c.seed * _SEED_STRIDE + ((episode - 1) * p.world + p.rank) * c.batch_size
-        rollout = self.agent.collect(self._episode_prompts(episode), seed=seed)
+        seed = c.seed * SEED_STRIDE + ((episode - 1) * p.world + p.rank) * c.batch_size
+        rollout = self.inputs.agent.collect(self._episode_prompts(episode), seed=seed)
         t1 = time.perf_counter()
-        stats = self.agent.update(rollout)
+        stats = self.inputs.agent.update(rollout)
         t2 = time.perf_counter()
         self.samples += c.batch_size * p.world
         rewards = reward_fn.last["rewards"]  # the gathered batch
@@ -350,11 +200,15 @@ class Trainer:
             "reward_std": float(rewards.std(unbiased=False)),
             "reward_value": reward_fn.last["value"],
             **update_columns(stats, p),
-            "policy_std": policy_std(self.agent.policy),
+            "policy_std": policy_std(self.inputs.agent.policy),
             "guidance_mean": float(rollout.trajectory.guidance_scale.float().mean()),
             "eta_mean": float(rollout.trajectory.eta.float().mean()),
             **batch_metrics(
-                reward_fn.last["features"], reward_fn.last["prompts"], self.reference, self.bandwidth, c.vendi_kernel
+                reward_fn.last["features"],
+                reward_fn.last["prompts"],
+                self.inputs.reference,
+                self.inputs.bandwidth,
+                c.vendi_kernel,
             ),
             "time_sample_s": t1 - t0 - reward_fn.last["seconds"],
             "time_reward_s": reward_fn.last["seconds"],
@@ -362,12 +216,13 @@ class Trainer:
             "time_episode_s": time.perf_counter() - t0,
             "wall_s": self.wall_before + time.perf_counter() - self.t_loop,
         }
+        assert self.csv is not None, "restore() opens the CSV log before the first episode"
         self.csv.log(row)
         if p.main and (episode % c.grid_every == 0 or episode == c.episodes):
             grid = self.run_dir / grid_image(episode)
             save_image_grid(images_uint8(rollout.trajectory.images_float()), grid, ncols=c.images_per_prompt, scale=3)
         if episode % c.checkpoint_every == 0 or episode == c.episodes:
-            save_checkpoint(self.run_dir, self.agent, c, episode, p, samples=self.samples, wall_s=row["wall_s"])
+            save_checkpoint(self.run_dir, self.inputs.agent, c, episode, p, samples=self.samples, wall_s=row["wall_s"])
         self.episodes_done = episode
         return row
 
@@ -377,25 +232,26 @@ class Trainer:
 
         c = self.config
         bar = tqdm(
-            total=c.episodes, initial=min(self.start_episode, c.episodes), disable=not self.progress,
+            total=c.episodes, initial=min(self.inputs.start_episode, c.episodes), disable=not self.progress,
             desc=f"{parse_mode(c.mode).name} {c.algorithm.upper()} {c.reward}", unit="ep", dynamic_ncols=True,
         )  # fmt: skip
         with bar:
-            for episode in range(self.start_episode + 1, c.episodes + 1):
+            for episode in range(self.inputs.start_episode + 1, c.episodes + 1):
                 row = self.episode(episode)
                 bar.update(1)
                 bar.set_postfix(reward=f"{row['reward_value']:.4g}", kl=f"{row['kl'] or 0:.2g}", refresh=False)
-        if self.start_episode >= c.episodes and self.payload is not None:
+        if self.inputs.start_episode >= c.episodes and self.inputs.payload is not None:
             self.say(
-                f"{self.run_dir} already has {self.start_episode} episodes (asked for {c.episodes}): nothing to train"
+                f"{self.run_dir} already has {self.inputs.start_episode} episodes (asked for {c.episodes}): nothing to train"
             )
 
     def close(self, seconds: float) -> TrainResult:
         """Export the policy, evaluate the fine-tuned policy, plot, finish ``run.json``; release the run directory."""
         p = self.procs
-        self.csv.close()
+        if self.csv is not None:
+            self.csv.close()
         if p.main and not (self.run_dir / POLICY_DIR).exists():
-            export_policy(self.agent.policy, self.run_dir / POLICY_DIR)
+            export_policy(self.inputs.agent.policy, self.run_dir / POLICY_DIR)
         self.evaluate("after")
         if p.main:
             if read_csv(self.run_dir / CSV_FILE):
@@ -404,23 +260,19 @@ class Trainer:
                 self.run_dir, finished=time.strftime("%Y-%m-%d %H:%M:%S"), episodes=self.episodes_done, seconds=seconds
             )
         barrier(p)
-        self._stack.close()
+        self.stack.close()
         return TrainResult(
             run_dir=self.run_dir,
             config=self.config,
-            episodes=max(self.start_episode, min(self.config.episodes, self.episodes_done)),
+            episodes=max(self.inputs.start_episode, min(self.config.episodes, self.episodes_done)),
             rows=read_csv(self.run_dir / CSV_FILE) if p.main else [],
             evaluation=self.evaluation,
-            policy=self.agent.policy,
-            components=self.components,
-            feature_extractor=dict(self.extractor.metadata),
-            columns=table_columns(self.evaluator.spaces) if self.evaluator is not None else [],
-            best_prompt=self.evaluator.best_prompt if self.evaluator is not None else None,
+            policy=self.inputs.agent.policy,
+            components=self.inputs.components,
+            feature_extractor=dict(self.inputs.extractor.metadata),
+            columns=table_columns(self.inputs.evaluator.spaces) if self.inputs.evaluator is not None else [],
+            best_prompt=self.inputs.evaluator.best_prompt if self.inputs.evaluator is not None else None,
         )
-
-    def abort(self) -> None:
-        """Release what :meth:`open` took (the lock, the CSV file) after an error."""
-        self._stack.close()
 
 
 def train(
@@ -447,10 +299,22 @@ def train(
     Raises:
         TrainingError: bad configuration or inputs, or another run holding ``config.out`` (one-line message).
     """
+    return run_prepared(
+        prepare_config(config, explicit), resume=resume, overwrite=overwrite, progress=progress, log=log
+    )
+
+
+def run_prepared(
+    config: TrainingConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> TrainResult:
+    """:func:`train` for a ``config`` from :func:`~natgrad_diffusion.job.prepare_config` (checked there, once; the
+    command line checks before it imports torch, then calls this)."""
     start = time.perf_counter()
-    config = with_test_mode(config, explicit)
-    validate_config(config)
-    config = resolve_defaults(config)
     procs, initialised_here = setup_processes()
     say = (log or (lambda _msg: None)) if procs.main else (lambda _msg: None)
     threads_before = torch.get_num_threads()
@@ -470,17 +334,21 @@ def train(
             dist.destroy_process_group()
 
 
-def _run(config: TrainingConfig, procs: Processes, *, start: float, **kwargs: Any) -> TrainResult:
-    trainer = Trainer(config, procs, **kwargs)
+def _run(
+    config: TrainingConfig, procs: Processes, *, start: float, resume: bool, overwrite: bool, progress: bool,
+    say: Callable[[str], None],
+) -> TrainResult:  # fmt: skip
+    stack = ExitStack()
     try:
-        trainer.open()
+        inputs = open_run(config, procs, stack, resume=resume, overwrite=overwrite, say=say)
+        trainer = Trainer(config, procs, inputs, stack, progress=progress, say=say)
         trainer.evaluate("before")
         barrier(procs)
         trainer.restore()
         trainer.run()
         result = trainer.close(time.perf_counter() - start)
     except BaseException:
-        trainer.abort()
+        stack.close()  # the lock and the CSV file
         raise
     barrier(procs)  # no rank tears the group down while another still communicates
     return result

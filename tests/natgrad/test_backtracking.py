@@ -104,7 +104,7 @@ def test_backtracks_geometrically():
         return -p.sum(), (p**2).sum()
 
     res = line_search(
-        [p], [torch.ones(1)], evaluate, loss_before=0.0, expected_improvement=1.0, max_kl=0.8**4 + 1e-9, coeff=0.8
+        [p], [torch.ones(1)], evaluate, loss_before=0.0, expected_improvement=1.0, max_kl=0.8**4 + 1e-9, backtrack_coeff=0.8
     )
     assert res.accepted and res.iterations == 3
     assert res.step_fraction == pytest.approx(0.8**2)
@@ -116,8 +116,8 @@ def test_bad_arguments():
     ev = lambda: (torch.tensor(0.0), torch.tensor(0.0))  # noqa: E731
     with pytest.raises(ValueError, match="max_kl"):
         line_search([p], [p], ev, loss_before=0, expected_improvement=1, max_kl=0.0)
-    with pytest.raises(ValueError, match="coeff"):
-        line_search([p], [p], ev, loss_before=0, expected_improvement=1, max_kl=1, coeff=1.0)
+    with pytest.raises(ValueError, match="backtrack_coeff"):
+        line_search([p], [p], ev, loss_before=0, expected_improvement=1, max_kl=1, backtrack_coeff=1.0)
     with pytest.raises(ValueError, match="shape"):
         line_search([p], [torch.zeros(3)], ev, loss_before=0, expected_improvement=1, max_kl=1)
     with pytest.raises(ValueError, match="direction"):
@@ -160,3 +160,24 @@ def test_negative_round_off_kl_is_reported_as_zero():
         max_kl=1e-12,
     )
     assert res.accepted and res.kl == 0.0
+
+
+def test_settings_by_their_config_names_the_config_whole_and_the_old_names_warn():
+    from natgrad import TrustRegionConfig
+
+    def run(**kw):
+        theta = torch.zeros(1)
+        return line_search([theta], [torch.ones(1)], lambda: (-theta.sum(), (theta**2).sum()), loss_before=0.0,
+                           expected_improvement=1.0, **kw)  # fmt: skip
+
+    cfg = TrustRegionConfig(max_kl=0.5, backtrack_coeff=0.5)
+    assert run(config=cfg).step_fraction == 0.5  # 1 → 0.5: KL 0.25 inside 0.5
+    assert run(config=cfg, backtrack_coeff=0.8).step_fraction == pytest.approx(0.64)  # a setting over the config
+    with pytest.warns(FutureWarning, match="use backtrack_coeff"):
+        assert run(max_kl=0.5, coeff=0.5).step_fraction == 0.5
+    with pytest.warns(FutureWarning, match="use backtrack_iters"):
+        assert not run(max_kl=0.1, max_iters=2).accepted  # 1 and 0.8: both outside
+    with pytest.raises(TypeError, match=r"reads only max_kl.*got cg_iters"):
+        run(max_kl=0.5, cg_iters=3)  # a setting the search never reads
+    with pytest.raises(TypeError, match="needs max_kl"):
+        run()

@@ -262,3 +262,20 @@ def test_single_tensor_path_keeps_the_shape_of_b():
     res = conjugate_gradient(lambda v: torch.einsum("kij,ij->k", a, v).reshape(2, 3), b, maxiter=10)
     assert res.x.shape == (2, 3) and res.residual.shape == (2, 3) and res.converged
     torch.testing.assert_close(res.x.reshape(-1), 1.0 / torch.arange(1.0, 7.0, dtype=torch.float64))
+
+
+def test_a_batched_system_that_breaks_down_leaves_the_others_solving():
+    """One loop for every layout: a row with negative curvature stops at its last finite iterate and is flagged,
+    while the positive-definite rows of the same batch go on to their dense float64 solutions."""
+    torch.manual_seed(0)
+    n = 6
+    q = torch.linalg.qr(torch.randn(3, n, n, dtype=torch.float64)).Q
+    eig = torch.tensor([[1.0, 2, 3, 4, 5, 6], [-1.0, -2, -3, -4, -5, -6], [0.5, 1, 2, 4, 8, 16]], dtype=torch.float64)
+    a = q @ torch.diag_embed(eig) @ q.transpose(1, 2)
+    b = torch.randn(3, n, dtype=torch.float64)
+    res = conjugate_gradient(lambda v: (a @ v.unsqueeze(-1)).squeeze(-1), b, maxiter=n, rtol=1e-12, batched=True)
+    assert res.nonpositive_curvature.tolist() == [False, True, False]
+    assert res.converged.tolist() == [True, False, True] and res.iterations[1] == 0
+    for i in (0, 2):
+        torch.testing.assert_close(res.x[i], torch.linalg.solve(a[i], b[i]))
+    assert torch.equal(res.x[1], torch.zeros(n, dtype=torch.float64))  # stopped before its first step

@@ -1,5 +1,6 @@
 """``natgrad-diffusion``: one-line errors, config files and their precedence, and every subcommand end to end."""
 
+import argparse
 import json
 import subprocess
 import sys
@@ -184,8 +185,14 @@ def test_help_gives_each_default_once_and_every_option_a_help(capsys):
     for action in parser._subparsers._group_actions[0].choices.values():  # every subcommand
         for option in action._actions:
             if option.dest != "help":
-                assert option.help, f"{action.prog} {option.option_strings or option.dest} has no help"
+                name = f"{action.prog} {option.option_strings or option.dest}"
+                assert option.help, f"{name} has no help"
+                words = option.help.replace("(default", " ").split()
+                # a placeholder (the option's own name) is not help: it says what the option does in a few words
+                assert option.help.split(" (default")[0] != option.dest and len(words) >= 3, f"{name}: {option.help!r}"
                 assert option.help.count("default") <= 1, option.help
+                if action.prog.endswith(" train") and option.default is argparse.SUPPRESS:
+                    assert "default" in option.help or "deprecated" in option.help, f"{name}: no default in its help"
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
@@ -242,6 +249,19 @@ def test_sample_and_plot_without_a_run_directory(tiny_model, tmp_path, capsys): 
     assert "none/train.csv has no rows to plot" in fail(capsys, ["plot", "--run", str(tmp_path / "none")])
 
 
+def test_sample_writes_under_runs_by_default_and_shows_progress(tiny_model, tmp_path, capsys, monkeypatch):  # noqa: F811
+    """Without --out the grid goes to runs/samples.png (never into the current folder itself)."""
+    monkeypatch.chdir(tmp_path)
+    main(["sample", "--model", str(tiny_model / "model"), "--prompt", "a crater", "--steps", "2"])
+    captured = capsys.readouterr()
+    assert (tmp_path / "runs" / "samples.png").is_file() and (tmp_path / "runs" / "samples.npz").is_file()
+    assert not (tmp_path / "samples.png").exists()
+    assert "sampling" in captured.err  # the progress bar
+    main(["sample", "--model", str(tiny_model / "model"), "--prompt", "a crater", "--steps", "2", "--no-progress",
+          "--out", "quiet.png"])  # fmt: skip
+    assert "sampling" not in capsys.readouterr().err
+
+
 def test_zero_episodes_still_ends_with_a_summary(tiny_model, tmp_path, capsys):  # noqa: F811
     flags = ["--model", str(tiny_model / "model"), "--prompts", str(tiny_model / "prompts.txt")]
     flags += ["--eval-prompts", str(tiny_model / "prompts.txt"), "--out", str(tmp_path / "run"), "--no-progress"]
@@ -293,13 +313,18 @@ def _nonfinite():
         (KeyError("x"), "internal error KeyError: 'x' (--debug shows the traceback; please report it)"),
         (OSError(28, "No space left on device", "/d/f"), "cannot use /d/f: No space left on device"),
         (KeyboardInterrupt(), "interrupted (the run directory keeps its last checkpoint; continue with --resume)"),
+        (ModuleNotFoundError("No module named 'diffusers'", name="diffusers"),
+         "this command needs the diffusion extra (no module 'diffusers'): pip install -c constraints.txt "
+         '"natgrad[diffusion]"'),
+        (ModuleNotFoundError("No module named 'nope'", name="nope"),
+         "internal error ModuleNotFoundError: No module named 'nope' (--debug shows the traceback; please report it)"),
     ],
-    ids=["nonfinite", "memory", "internal", "oserror", "ctrl_c"],
+    ids=["nonfinite", "memory", "internal", "oserror", "ctrl_c", "missing_extra", "missing_other"],
 )
 def test_every_exception_ends_in_one_line_and_debug_shows_the_traceback(capsys, monkeypatch, tmp_path, exc, message):
     import natgrad_diffusion.training
 
-    monkeypatch.setattr(natgrad_diffusion.training, "train", lambda *a, **k: (_ for _ in ()).throw(exc))
+    monkeypatch.setattr(natgrad_diffusion.training, "run_prepared", lambda *a, **k: (_ for _ in ()).throw(exc))
     argv = ["train", "--test-mode", "--out", str(tmp_path / "run")]
     assert fail(capsys, argv) == f"natgrad-diffusion: error: {message}"
     if not isinstance(exc, KeyboardInterrupt):
@@ -343,3 +368,34 @@ def test_the_console_script_imports_neither_numpy_nor_torch_before_main():
 )
 def test_subcommand_arguments_are_bounded_before_anything_loads(capsys, argv, message):
     assert message in fail(capsys, argv)
+
+
+def test_old_fvp_method_flag_warns_and_sets_the_lora_update(capsys):
+    args = build_parser().parse_args(["train", "--fvp-method", "jvp"])
+    config, explicit = training_config(args)
+    assert config.chunks.fvp_method == "jvp" and config.trust_region == TRAINING.trust_region
+    assert "lora_fvp_method" in explicit
+    assert "--fvp-method is deprecated: use --lora-fvp-method" in capsys.readouterr().err
+    config, _ = training_config(build_parser().parse_args(["train", "--trpo-fvp-method", "jvp"]))
+    assert config.trust_region.fvp_method == "jvp" and config.chunks == TRAINING.chunks
+
+
+def test_a_flag_the_path_ignores_is_one_line_naming_it(capsys):
+    err = fail(capsys, ["train", "--adaptive", "--out", "unused"])
+    assert "adaptive (--adaptive) is not read by the LORA_UNET TRPO update" in err
+
+
+def test_train_checks_the_settings_once(monkeypatch, tmp_path):
+    """The command line checks a run's settings once, before torch, and hands the checked config on whole."""
+    import natgrad_diffusion.job as job
+    import natgrad_diffusion.training as training
+
+    calls, handed = [], []
+    real = job.validate_config
+    monkeypatch.setattr(job, "validate_config", lambda c: calls.append(c) or real(c))
+    monkeypatch.setattr(training, "run_prepared", lambda config, **kw: handed.append(config) or (_ for _ in ()).throw(
+        KeyboardInterrupt()))  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["train", "--test-mode", "--max-kl", "0.02", "--out", str(tmp_path / "run")])
+    assert len(calls) == 1 and handed[0].trust_region is calls[0].trust_region  # the same object, not rebuilt
+    assert handed[0].trust_region.max_kl == 0.02

@@ -17,7 +17,6 @@ from natgrad_diffusion.features import (
     get_feature_extractor,
     load_features,
 )
-from natgrad_diffusion.plots import pca_2d, plot_embedding, save_image_grid, tsne_2d
 
 SIZE = 64  # feature-extractor input size in the tests (224 in real use)
 
@@ -144,29 +143,3 @@ def test_features_files_that_no_use_can_take_are_refused(tmp_path, features, mes
     with pytest.raises(FeatureFileError, match=message) as info:
         load_features(path)
     assert str(path) in str(info.value)
-
-
-def test_pca_tsne_separate_clusters_and_plots_are_written(tmp_path):
-    rng = np.random.default_rng(0)
-    x = np.concatenate([rng.normal(0, 1, (15, 10)), rng.normal(8, 1, (15, 10))])
-    lab = np.r_[np.zeros(15), np.ones(15)].astype(bool)
-    for y in (pca_2d(x), tsne_2d(x, perplexity=5)):
-        assert y.shape == (30, 2)
-        d = np.linalg.norm(y[:, None] - y[None], axis=-1)
-        np.fill_diagonal(d, np.inf)
-        nearest = d.argmin(1)
-        assert np.all(lab[nearest] == lab)  # every point's nearest neighbour is in its own cluster
-        assert d[lab][:, ~lab].min() > np.median(d[lab][:, lab][np.isfinite(d[lab][:, lab])])
-    ref = generate_reference_set(12, seed=0, size=16)
-    feats = rng.normal(size=(12, 8)).astype(np.float32)
-    for method in ("pca", "tsne"):
-        captions = [*ref.captions[:11], "a photo of something else"]  # drawn as "unknown"
-        p = plot_embedding(feats, captions, tmp_path / f"{method}.png", method=method)
-        assert p.stat().st_size > 1000 and p.read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(ValueError, match="method"):
-        plot_embedding(feats, ref.captions, tmp_path / "x.png", method="umap")
-    g = save_image_grid(ref.images, tmp_path / "grid.png", ncols=4, scale=2)
-    from PIL import Image
-
-    with Image.open(g) as im:
-        assert im.size == ((4 * 18 + 2) * 2, (3 * 18 + 2) * 2)

@@ -163,7 +163,7 @@ def train_raising(exc: BaseException, *argv: str):
     """``act``: ``train`` whose work raises ``exc`` (what a library error deep in a run looks like to ``main``)."""
 
     def act(tmp: Path) -> str:
-        with mock.patch("natgrad_diffusion.training.train", side_effect=exc):
+        with mock.patch("natgrad_diffusion.training.run_prepared", side_effect=exc):
             return cli(*argv, "train", "--out", tmp / "run", *FAST)
 
     return act
@@ -219,7 +219,7 @@ def interrupted_parse(*argv: object):
 
 def debug_traceback(tmp: Path) -> str:
     """With ``--debug`` the traceback is shown: the exception escapes ``main``."""
-    with mock.patch("natgrad_diffusion.training.train", side_effect=nonfinite("the loss is nan")):
+    with mock.patch("natgrad_diffusion.training.run_prepared", side_effect=nonfinite("the loss is nan")):
         try:
             cli("--debug", "train", "--out", tmp / "run", *FAST)
         except Escaped as exc:

@@ -15,6 +15,7 @@ from natgrad_diffusion.job import (
     validate_config,
     with_test_mode,
 )
+from natgrad_diffusion.references import ReferenceData
 
 
 @pytest.mark.parametrize(
@@ -93,9 +94,9 @@ def test_reference_of_another_size_or_colour_is_refused(tmp_path, shape, message
     ref = _reference_file(tmp_path / "ref.npz", shape)
     cfg = replace(TRAINING, reference=str(ref))
     with pytest.raises(TrainingError, match=f"reference images are {message}, the model makes 32×32 grayscale"):
-        load_reference_features(cfg, _Extractor(), (1, 32, 32))
+        load_reference_features(ReferenceData(cfg, (1, 32, 32)), _Extractor())
     ok = _reference_file(tmp_path / "ok.npz", (32, 32))
-    feats, captions, _ = load_reference_features(replace(TRAINING, reference=str(ok)), _Extractor(), (1, 32, 32))
+    feats, captions, _ = load_reference_features(ReferenceData(replace(TRAINING, reference=str(ok)), (1, 32, 32)), _Extractor())
     assert feats.shape == (3, 3) and captions == ["a crater"] * 3
 
 
@@ -112,7 +113,7 @@ def test_broken_reference_files_give_one_line_naming_the_file(tmp_path, content,
     path = tmp_path / "ref.npz"
     path.write_bytes(content)
     with pytest.raises(TrainingError, match=message) as info:
-        load_reference_features(replace(TRAINING, reference=str(path)), _Extractor(), (1, 32, 32))
+        load_reference_features(ReferenceData(replace(TRAINING, reference=str(path)), (1, 32, 32)), _Extractor())
     text = str(info.value)
     assert str(path) in text and "\n" not in text and "allow_pickle" not in text
 
@@ -122,7 +123,7 @@ def test_truncated_real_npz_is_a_one_line_error(tmp_path):
     cut = tmp_path / "cut.npz"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(TrainingError, match=str(cut)):
-        load_reference_features(replace(TRAINING, reference=str(cut)), _Extractor(), (1, 32, 32))
+        load_reference_features(ReferenceData(replace(TRAINING, reference=str(cut)), (1, 32, 32)), _Extractor())
 
 
 # ---------------------------------------------------------------------------------------------- issue 19: ranges
@@ -136,8 +137,10 @@ def test_truncated_real_npz_is_a_one_line_error(tmp_path):
         ({"reference_seed": 2**40}, False), ({"steps": 1000}, True), ({"steps": 1001}, False),
         ({"reference_n": 100_000}, True), ({"reference_n": 100_001}, False), ({"reference_n": 1}, False),
         ({"feature_image_size": 1024}, True), ({"feature_image_size": 1025}, False),
-        ({"adaptive": True, "max_kl_bounds": (1e-6, 10.0)}, True), ({"adaptive": True, "max_kl_bounds": (1e-4, 11)}, False),
-        ({"adaptive": False, "max_kl_bounds": (1e-4, 11)}, True),  # bounds of a fixed radius are not used
+        ({"adaptive": True, "max_kl_bounds": (1e-6, 10.0), "mode": "DIVERSITY_POLICY"}, True),
+        ({"adaptive": True, "max_kl_bounds": (1e-4, 11), "mode": "DIVERSITY_POLICY"}, False),
+        ({"adaptive": True, "max_kl_bounds": (1e-4, 11)}, False),  # out of range, and ignored by LORA_UNET
+        ({"adaptive": False, "max_kl_bounds": (1e-4, 11), "mode": "DIVERSITY_POLICY"}, False),  # ignored: refused
     ],
 )  # fmt: skip
 def test_values_are_checked_against_the_documented_ranges(change, ok):
