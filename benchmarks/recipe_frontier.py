@@ -70,7 +70,8 @@ def kl_from_start(policy, components, prompts: list[str], config, alphas: list[f
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from natgrad_diffusion.config import TRAINING, with_settings
+    from natgrad_diffusion.config import TRAINING
+    from natgrad_diffusion.flat_settings import with_settings
     from natgrad_diffusion.job import feature_extractor, load_model, load_reference_features, resolve_defaults
     from natgrad_diffusion.recipe import RecipeJudge
     from natgrad_diffusion.references import ReferenceData

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +25,9 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import welch  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 MAIN = "supervised + TRPO"
 COMPARED = ("pretrained", "supervised", "pretrained + TRPO")
@@ -41,11 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def welch_p(a: list[float], b: list[float]) -> float:
     """Two-sided Welch's t-test p-value (``nan`` with fewer than two values per side or no spread)."""
-    from scipy.stats import ttest_ind
-
-    if len(a) < 2 or len(b) < 2 or (np.std(a) == 0 and np.std(b) == 0):
-        return math.nan
-    return float(ttest_ind(a, b, equal_var=False).pvalue)
+    return welch(a, b)[1]
 
 
 def goals(mean: dict[str, dict[str, float]], unseen: list[str]) -> list[tuple]:

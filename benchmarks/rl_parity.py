@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +32,10 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT / "examples"))
 
 import gym_trpo  # noqa: E402  (the example is the agent under test)
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import launch as launch_process  # noqa: E402
+from common import welch  # noqa: E402
 from sb3_runs import EVAL_EPISODES, evaluate, learn_timed  # noqa: E402
 
 TASKS: dict[str, int] = {
@@ -107,10 +111,7 @@ def run_sb3(task: str, seed: int, steps: int) -> dict[str, Any]:
 
 def launch(lib: str, task: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--run", lib, task, str(seed), str(steps), "--out-dir", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={"OMP_NUM_THREADS": "1", **_env()})
-    if proc.returncode != 0:
-        raise RuntimeError(f"{lib} {task} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = launch_process(cmd, f"{lib} {task} seed {seed}")
     result.update(lib=lib, task=task, seed=seed, steps=steps)
     print(
         f"{lib:8s} {task:15s} seed {seed}: eval {np.mean(result['eval_returns']):8.1f}  "
@@ -120,21 +121,10 @@ def launch(lib: str, task: str, seed: int, steps: int, out: Path) -> dict[str, A
     return result
 
 
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
-
-
-def welch(a: list[float], b: list[float]) -> str:
-    """Welch's t of ``a`` − ``b`` and its two-sided p, as ``"t (p)"``; a dash below two values a side or when both
-    sides are constant."""
-    from scipy.stats import ttest_ind
-
-    if len(a) < 2 or len(b) < 2 or np.std(a) + np.std(b) == 0:
-        return "—"
-    t, p = ttest_ind(a, b, equal_var=False)
-    return f"{t:.2f} ({p:.2f})"
+def welch_text(a: list[float], b: list[float]) -> str:
+    """Welch's t of ``a`` − ``b`` and its two-sided p as ``"t (p)"``; a dash when it cannot be tested."""
+    t, p = welch(a, b)
+    return "—" if math.isnan(t) else f"{t:.2f} ({p:.2f})"
 
 
 def table(results: list[dict[str, Any]], tasks: dict[str, int], merged: bool = False) -> str:
@@ -172,7 +162,7 @@ def table(results: list[dict[str, Any]], tasks: dict[str, int], merged: bool = F
         lines.append(
             f"| {task} | {steps:,} | {n_seeds} | {n['ret']} | {s['ret']} | {n['wall']:.0f} | {s['wall']:.0f} | "
             f"{n['wall'] / s['wall']:.2f} | {n['upd']:.0f} | {s['upd']:.0f} | {n['upd'] / s['upd']:.2f} | "
-            f"{welch(n['returns'], s['returns'])} |"
+            f"{welch_text(n['returns'], s['returns'])} |"
         )
     if merged:
         lines += [

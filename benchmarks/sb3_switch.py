@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,24 +33,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import launch as launch_process  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "examples"))
+import gym_trpo  # noqa: E402  (its CartPole preset)
 from sb3_runs import EVAL_EPISODES, evaluate, learn_timed  # noqa: E402
 
 LIBS = ("sb3-contrib", "natgrad")
 # rl-baselines3-zoo, hyperparams/trpo.yml (both "Tuned"); everything else is sb3-contrib's default
 TASKS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": dict(
+    "CartPole-v1": dict(  # the preset of examples/gym_trpo.py (rl-zoo's), in sb3-contrib's arguments
         steps=100_000,
         n_envs=2,
-        hyper=dict(
-            n_steps=512,
-            batch_size=512,
-            cg_damping=1e-3,
-            gae_lambda=0.98,
-            gamma=0.99,
-            learning_rate=1e-3,
-            n_critic_updates=20,
-        ),
+        hyper={k: v for k, v in gym_trpo.PRESETS["CartPole-v1"].items() if k != "n_envs"},
     ),
     "Pendulum-v1": dict(
         steps=100_000,
@@ -87,12 +81,7 @@ def run(lib: str, task: str, seed: int, steps: int) -> dict[str, Any]:
 
 def launch(lib: str, task: str, seed: int, steps: int) -> dict[str, Any]:
     """``run`` in a fresh process with one thread; prints a line when it is done."""
-    cmd = [sys.executable, __file__, "--run", lib, task, str(seed), str(steps)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{lib} {task} seed {seed} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = launch_process([sys.executable, __file__, "--run", lib, task, str(seed), str(steps)], f"{lib} {task} seed {seed}")
     result.update(lib=lib, task=task, seed=seed, steps=steps)
     print(
         f"{lib:11s} {task:12s} seed {seed}: eval {np.mean(result['eval_returns']):8.1f}  "

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 RESULTS = ROOT / "benchmarks" / "results"
 DDPO = {"ppo_mean_logprob": True, "ppo_clip_range": 1e-4, "ppo_lr": 3e-4, "ppo_adv_clip": 5.0}
 TRPO_GRID = [{"max_kl": k, "damping": d} for k in (0.003, 0.01, 0.03, 0.1) for d in (0.01, 0.1)]
@@ -260,15 +261,15 @@ def collect(final: dict[str, list[Run]], baselines: Run) -> dict[str, Any]:
 
 def welch(data: dict[str, Any], a: str, b: str) -> dict[str, dict[str, float]]:
     """Welch's t and its two-sided p over seeds, method ``a`` vs ``b``, on the main columns."""
-    from scipy.stats import ttest_ind
+    from common import welch as welch_test
 
     out = {}
     for key in MAIN_COLUMNS:
         xa = [s[key] for s in data["rows"][a]["seeds"] if key in s]
         xb = [s[key] for s in data["rows"][b]["seeds"] if key in s]
         if len(xa) > 1 and len(xb) > 1:
-            t, p = ttest_ind(xa, xb, equal_var=False)
-            out[key] = {"t": float(t), "p": float(p)}
+            t, p = welch_test(xa, xb)
+            out[key] = {"t": t, "p": p}
     return out
 
 

@@ -79,7 +79,7 @@ class Config:
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     log_std_init: float = 0.0
     eval_episodes: int = 10
-    threads: int = 1  # torch threads: small MLPs gain nothing from more, and 2 on a busy 2-core CPU are ~9x slower; 0: torch default
+    threads: int = 1  # torch threads: small MLPs gain nothing from more; 2 beside a busy process on 2 cores: 3.5x slower; 0: torch default
     out: str = ""
     progress: bool = True
     tensorboard: str = ""  # a directory: write TensorBoard scalars into DIR/natgrad_<env>_seed<seed> (off when empty)

@@ -36,17 +36,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .config import (
-    DEPRECATED_NAMES,
-    FEATURE_NAMES,
-    GROUPS,
-    LIMITS,
-    SUPERVISED,
-    TRAINING,
-    TrainingConfig,
-    flat_names,
-    setting_help,
-)
+from .config import FEATURE_NAMES, LIMITS, SUPERVISED, TRAINING, TrainingConfig
+from .flat_settings import DEPRECATED_NAMES, GROUPS, flat_names, setting_help
 from .settings import flag_of, load_config_file, training_config
 
 __all__ = ["build_parser", "load_config_file", "main", "training_config"]

@@ -8,32 +8,16 @@ natgrad's own :class:`natgrad.TrustRegionConfig` (max KL 0.01, damping 0.1, 10 C
 10 backtracking steps × 0.8, accept ratio 0.1); critic Adam lr 1e-3, :math:`\gamma = 0.99`,
 :math:`\lambda = 0.95`.
 
-**Log-probability / KL convention (applies to every policy mode).**  A decision's
-log-probability is the exact log-density of its action, *summed* over the action's
-dimensions (for ``LORA_UNET`` the ``C·H·W`` latent dimensions of one denoising step;
-for the per-image modes the few action dimensions).  The KL of a decision is therefore
-also summed over those dimensions, and natgrad's trust region constrains the *mean over
-decisions* (image × denoising step for ``LORA_UNET``, image for the others):
-
-.. math::
-
-    \bar D = \frac{1}{|\mathcal D|} \sum_{(n,t) \in \mathcal D}
-        \mathrm{KL}\big(\pi_{\theta_0}(\cdot \mid s_{n,t}) \,\|\, \pi_\theta(\cdot \mid s_{n,t})\big)
-        \le \delta = \texttt{max\_kl}.
-
-So ``max_kl`` is in nats *per decision*: the KL between whole denoising trajectories is the
-sum over steps (chain rule), i.e. about ``T × max_kl`` for ``T`` denoising steps, and it does
-*not* shrink with the latent size (summing, not averaging, over dimensions; DDPO, Black et
-al. 2023, averages log-probs over dimensions, which equals dividing our log-probs by
-``C·H·W`` and makes a ``max_kl`` of theirs ``C·H·W`` times smaller than ours).  To keep a fixed
-budget per *trajectory* when changing the number of steps, scale ``max_kl ∝ 1/T``.
+**Log-probability / KL convention.**  A decision's log-probability is summed over its action's dimensions, and
+``max_kl`` is in nats *per decision* (image × denoising step for ``LORA_UNET``): the docs' maths page derives it and
+compares it with DDPO's per-dimension average.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -46,10 +30,7 @@ __all__ = [
     "CRATER_POLICY_OPTIONS",
     "CRITIC",
     "DDPO_RECIPE",
-    "DEPRECATED_NAMES",
     "FEATURE_NAMES",
-    "FLAT_RENAMES",
-    "GROUPS",
     "LIMITS",
     "LORA",
     "PPO",
@@ -71,10 +52,6 @@ __all__ = [
     "SupervisedConfig",
     "TrainingConfig",
     "config_dict",
-    "flat_names",
-    "ignored_settings",
-    "setting_help",
-    "with_settings",
 ]
 
 
@@ -615,134 +592,6 @@ CRITIC = CriticConfig()
 PPO = PPOConfig()
 TRAINING = TrainingConfig()
 SUPERVISED = SupervisedConfig()  #: the supervised stage's defaults (:mod:`natgrad_diffusion.supervised`)
-
-
-#: the nested setting groups of :class:`TrainingConfig` and the prefix of their fields' flat names (CLI flags and
-#: config-file keys: ``max_kl`` is ``trust_region.max_kl``, ``ppo_lr`` is ``ppo.lr``)
-GROUPS: dict[str, str] = {"trust_region": "", "ppo": "ppo_", "chunks": ""}
-
-#: flat names that are not ``prefix + field``: the two groups without a prefix both have an ``fvp_method``
-FLAT_RENAMES: dict[tuple[str, str], str] = {
-    ("trust_region", "fvp_method"): "trpo_fvp_method",
-    ("chunks", "fvp_method"): "lora_fvp_method",
-}
-
-#: flat names of an earlier release, still read (with a ``FutureWarning`` naming the new one) for one release
-DEPRECATED_NAMES: dict[str, str] = {"fvp_method": "lora_fvp_method"}
-
-
-def flat_names() -> dict[str, tuple[str, str]]:
-    """``{flat name: (group, field)}`` of every field of the nested groups (e.g. ``"ppo_lr": ("ppo", "lr")``).
-
-    Unique by construction: a name given twice, or equal to a field of :class:`TrainingConfig`, is a
-    ``RuntimeError`` (a flag would otherwise set one field and silently leave the other)."""
-    out: dict[str, tuple[str, str]] = {}
-    top = {f.name for f in fields(TrainingConfig)}
-    for group, prefix in GROUPS.items():
-        for f in fields(getattr(TRAINING, group)):
-            flat = FLAT_RENAMES.get((group, f.name), prefix + f.name)
-            if flat in out or flat in top or flat in DEPRECATED_NAMES:
-                raise RuntimeError(f"flat name {flat!r} of {group}.{f.name} is taken")
-            out[flat] = (group, f.name)
-    return out
-
-
-def setting_help(group: str | None, name: str) -> str:
-    """The help of a setting: the ``help`` metadata of its field (``group``: a nested group, ``None``: a field of
-    :class:`TrainingConfig`)."""
-    owner = TrainingConfig if group is None else type(getattr(TRAINING, group))
-    return next(f.metadata["help"] for f in fields(owner) if f.name == name)
-
-
-def _renamed(values: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with deprecated flat names replaced by their new names (a ``FutureWarning`` for each)."""
-    import warnings
-
-    out = dict(values)
-    for old, new in DEPRECATED_NAMES.items():
-        if old in out:
-            warnings.warn(f"{old} is deprecated: use {new}", FutureWarning, stacklevel=3)
-            if new in out:
-                raise ValueError(f"{old} and {new} are the same setting; give only {new}")
-            out[new] = out.pop(old)
-    return out
-
-
-#: the trust-region settings that only :class:`natgrad.TrustRegionOptimizer` reads: the chunked ``LORA_UNET`` update
-#: (:func:`natgrad.trust_region_update`) has no state between updates to adapt ``max_kl`` or warm-start CG from, and
-#: its Fisher-vector product is ``chunks.fvp_method``
-OPTIMIZER_ONLY = ("fvp_method", "adaptive", "max_kl_bounds", "grow", "shrink", "grow_above", "shrink_below",
-                  "warm_start")  # fmt: skip
-
-
-#: the trust-region settings read only when ``adaptive`` is on
-ADAPTIVE_ONLY = ("max_kl_bounds", "grow", "shrink", "grow_above", "shrink_below")
-
-
-def ignored_settings(config: TrainingConfig) -> list[tuple[str, str]]:
-    """``[(flat name, path)]``: the settings of ``config`` that differ from :data:`TRAINING`'s and that its path
-    (algorithm × mode) never reads, e.g. ``("adaptive", "the LORA_UNET TRPO update")``.  A run refuses them
-    (:func:`~natgrad_diffusion.job.validate_config`) rather than accept and ignore them."""
-    algorithm, lora = str(config.algorithm).lower(), str(config.mode).upper() in ("LORA_UNET", "LORA-UNET")
-    unread: dict[str, tuple[Any, str]] = {}
-    if algorithm == "ppo":
-        unread["trust_region"] = (None, "PPO")
-        unread["chunks"] = (None, "PPO")
-    else:
-        unread["ppo"] = (None, "TRPO")
-        if lora:
-            unread["trust_region"] = (OPTIMIZER_ONLY, "the LORA_UNET TRPO update (chunked; no optimizer state)")
-        else:
-            unread["chunks"] = (None, f"TRPO in {str(config.mode).upper()} (chunks are for LORA_UNET)")
-            if not config.trust_region.adaptive:
-                unread["trust_region"] = (ADAPTIVE_ONLY, "a fixed max_kl (they need --adaptive)")
-    names = {v: k for k, v in flat_names().items()}
-    out = []
-    for group, (only, path) in unread.items():
-        value, default = getattr(config, group), getattr(TRAINING, group)
-        for f in fields(value):
-            if (only is None or f.name in only) and getattr(value, f.name) != getattr(default, f.name):
-                out.append((names[(group, f.name)], path))
-    return out
-
-
-def with_settings(config: TrainingConfig, values: dict[str, Any]) -> TrainingConfig:
-    """``config`` with ``values`` set: fields of :class:`TrainingConfig` by name, a nested group as a mapping
-    of its fields (``{"trust_region": {"max_kl": 0.05}}``) or field by field under its flat name
-    (``{"max_kl": 0.05, "ppo_lr": 1e-3}``).  Unknown names are a ``ValueError`` naming them; bad values raise the
-    group's own one-line ``ValueError``."""
-    if not isinstance(values, dict):
-        raise ValueError(f"settings must be a mapping of field names to values, got {type(values).__name__}")
-    values = _renamed(values)
-    flat = flat_names()
-    top = {f.name for f in fields(TrainingConfig)}
-    unknown = sorted(k for k in values if k not in top and k not in flat)
-    if unknown:
-        raise ValueError(f"unknown field(s) {', '.join(unknown)}")
-    groups: dict[str, dict[str, Any]] = {}
-    plain: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in GROUPS:
-            current = getattr(config, key)
-            if isinstance(value, type(current)):
-                plain[key] = value
-                continue
-            if not isinstance(value, dict):
-                raise ValueError(f"{key} must be a mapping of its settings, got {type(value).__name__}")
-            groups.setdefault(key, {}).update(value)
-        elif key in top:
-            plain[key] = value
-        else:
-            group, name = flat[key]
-            groups.setdefault(group, {})[name] = value
-    for group, changes in groups.items():
-        base = plain.get(group, getattr(config, group))
-        known = {f.name for f in fields(base)}
-        bad = sorted(set(changes) - known)
-        if bad:
-            raise ValueError(f"unknown {group} setting(s) {', '.join(bad)}")
-        plain[group] = replace(base, **changes)
-    return replace(config, **plain)
 
 
 def config_dict(config: TrainingConfig) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,43 @@ def _warn_random(name: str, env: str, tried: list[str], seed: int) -> None:
     )
 
 
+def _model(cls: Any, candidates: list[str], label: str, env: str, seed: int, config: Callable[[], Any],
+           fits: Callable[[Any], bool] = lambda model: True) -> tuple[Any, str | None]:
+    """The first of ``candidates`` that ``cls.from_pretrained`` loads from local files (and that ``fits``), or a
+    seeded random ``cls(config())`` with a :class:`RandomFeaturesWarning`; returns ``(model, source or None)``.  The
+    random initialisation leaves the global RNG as it found it."""
+    model, source, tried = _load_pretrained(cls, candidates)
+    if model is not None and not fits(model):
+        model, source = None, None
+    if model is not None:
+        return model, source
+    _warn_random(label, env, tried, seed)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return cls(config()), None
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _metadata(extractor: FeatureExtractor, source: str | None, seed: int, output: str) -> dict[str, Any]:
+    """What a feature file and ``run.json`` record of an extractor with pretrained or random weights."""
+    pretrained = source is not None
+    return {
+        "name": extractor.name,
+        "dim": extractor.dim,
+        "pretrained": pretrained,
+        "weights": source if pretrained else f"random-init(seed={seed})",
+        "seed": None if pretrained else seed,
+        "image_size": extractor.image_size,
+        "resize": "bilinear, antialias",
+        "mean": list(extractor.mean),
+        "std": list(extractor.std),
+        "grayscale": "replicated to 3 channels",
+        "output": output,
+    }
+
+
 class ResNet18Features(FeatureExtractor):
     """ResNet-18 (``transformers.ResNetModel``, ResNet-18 configuration), 512-d global-average-pooled features.
 
@@ -114,38 +152,14 @@ class ResNet18Features(FeatureExtractor):
         super().__init__(image_size, batch_size, device, IMAGENET_MEAN, IMAGENET_STD)
         from transformers import ResNetConfig, ResNetModel
 
-        candidates = (
-            [str(weights)] if weights is not None else [os.environ.get("NATGRAD_RESNET18", ""), RESNET18_HUB_ID]
+        candidates = [str(weights)] if weights is not None else [os.environ.get("NATGRAD_RESNET18", ""), RESNET18_HUB_ID]
+        config = lambda: ResNetConfig(  # noqa: E731
+            embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"
         )
-        model, source, tried = _load_pretrained(ResNetModel, candidates)
-        if model is not None and tuple(model.config.hidden_sizes)[-1] != 512:
-            model, source = None, None  # not a ResNet-18
-        pretrained = model is not None
-        if not pretrained:
-            _warn_random("ResNet-18", "NATGRAD_RESNET18", tried, seed)
-            cfg = ResNetConfig(
-                embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"
-            )
-            state = torch.random.get_rng_state()
-            torch.manual_seed(seed)
-            try:
-                model = ResNetModel(cfg)
-            finally:
-                torch.random.set_rng_state(state)
+        model, source = _model(ResNetModel, candidates, "ResNet-18", "NATGRAD_RESNET18", seed, config,
+                               fits=lambda m: tuple(m.config.hidden_sizes)[-1] == 512)  # fmt: skip
         self.model = model.eval().to(self.device)
-        self.metadata = {
-            "name": self.name,
-            "dim": self.dim,
-            "pretrained": pretrained,
-            "weights": source if pretrained else f"random-init(seed={seed})",
-            "seed": None if pretrained else seed,
-            "image_size": self.image_size,
-            "resize": "bilinear, antialias",
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "grayscale": "replicated to 3 channels",
-            "output": "pooler_output (global average pool), (N, 512)",
-        }
+        self.metadata = _metadata(self, source, seed, "pooler_output (global average pool), (N, 512)")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).pooler_output.flatten(1)
@@ -173,34 +187,13 @@ class CLIPFeatures(FeatureExtractor):
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         candidates = [str(weights)] if weights is not None else [os.environ.get("NATGRAD_CLIP", ""), CLIP_HUB_ID]
-        model, source, tried = _load_pretrained(CLIPVisionModelWithProjection, candidates)
-        pretrained = model is not None
-        if not pretrained:
-            _warn_random("CLIP", "NATGRAD_CLIP", tried, seed)
-            cfg = CLIPVisionConfig(image_size=image_size, patch_size=32, projection_dim=512)
-            state = torch.random.get_rng_state()
-            torch.manual_seed(seed)
-            try:
-                model = CLIPVisionModelWithProjection(cfg)
-            finally:
-                torch.random.set_rng_state(state)
+        config = lambda: CLIPVisionConfig(image_size=image_size, patch_size=32, projection_dim=512)  # noqa: E731
+        model, source = _model(CLIPVisionModelWithProjection, candidates, "CLIP", "NATGRAD_CLIP", seed, config)
         self.model = model.eval().to(self.device)
         self.dim = int(model.config.projection_dim)
-        if pretrained:
+        if source is not None:
             self.image_size = int(model.config.image_size)
-        self.metadata = {
-            "name": self.name,
-            "dim": self.dim,
-            "pretrained": pretrained,
-            "weights": source if pretrained else f"random-init(seed={seed})",
-            "seed": None if pretrained else seed,
-            "image_size": self.image_size,
-            "resize": "bilinear, antialias",
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "grayscale": "replicated to 3 channels",
-            "output": f"image_embeds, (N, {self.dim})",
-        }
+        self.metadata = _metadata(self, source, seed, f"image_embeds, (N, {self.dim})")
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).image_embeds

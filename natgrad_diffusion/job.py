@@ -35,11 +35,9 @@ from .config import (
     TRAINING,
     PolicyMode,
     TrainingConfig,
-    flat_names,
-    ignored_settings,
-    with_settings,
 )
 from .errors import TrainingError
+from .flat_settings import ignored_settings, known_settings, with_settings
 from .logs import read_metadata
 from .references import JobSources, ReferenceData, decode_sources
 
@@ -329,13 +327,6 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainingConfig:
         return resolve_defaults(with_settings(TRAINING, known_settings(saved)))
     except (TypeError, ValueError) as exc:
         raise TrainingError(f"{Path(run_dir) / 'run.json'}: bad configuration ({exc})") from None
-
-
-def known_settings(saved: dict[str, Any]) -> dict[str, Any]:
-    """The entries of a saved configuration this version knows (a run written by an older version may carry
-    fields since removed); the former ``max_kl`` / ``ppo_lr`` fields map to their groups."""
-    known = set(TrainingConfig.__dataclass_fields__) | set(flat_names())
-    return {k: v for k, v in saved.items() if k in known and v is not None}
 
 
 def resolve_defaults(config: TrainingConfig) -> TrainingConfig:

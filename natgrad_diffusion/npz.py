@@ -20,8 +20,13 @@ class NpzFileError(ValueError):
 
 
 def _describe(path: Path, exc: BaseException, what: str) -> str:
-    if isinstance(exc, ValueError) and "pickle" in str(exc):
+    with open(path, "rb") as f:
+        head = f.read(6)
+    archive = head.startswith((b"PK", b"\x93NUMPY"))  # numpy refuses anything else as "pickled data" too
+    if isinstance(exc, ValueError) and "pickle" in str(exc) and archive:
         return f"{path}: unreadable or corrupted {what} (reading it would mean unpickling, which is refused)"
+    if isinstance(exc, ValueError) and "pickle" in str(exc):
+        return f"{path}: unreadable or corrupted {what} (not an .npz archive)"
     if isinstance(exc, (zipfile.BadZipFile, EOFError)) or path.stat().st_size == 0:
         return f"{path}: unreadable or corrupted {what} (empty, truncated or not an .npz archive)"
     return f"{path}: unreadable {what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"

@@ -14,7 +14,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .config import DEPRECATED_NAMES, GROUPS, TRAINING, TrainingConfig, flat_names, with_settings
+from .config import TRAINING, TrainingConfig
+from .flat_settings import DEPRECATED_NAMES, GROUPS, flat_names, known_settings, with_settings
 
 __all__ = ["flag_of", "load_config_file", "training_config"]
 
@@ -88,7 +89,6 @@ def _saved_settings(out: str | os.PathLike) -> dict[str, Any]:
     saved = Path(out) / "run.json"
     if not saved.is_file():
         return {}
-    from .job import known_settings
     from .logs import read_metadata
 
     stored = known_settings(read_metadata(saved.parent)["config"])

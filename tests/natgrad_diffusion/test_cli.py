@@ -1,7 +1,6 @@
 """``natgrad-diffusion``: one-line errors, config files and their precedence, and every subcommand end to end."""
 
 import argparse
-import json
 import subprocess
 import sys
 import warnings
@@ -9,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
-from natgrad_diffusion.cli import build_parser, load_config_file, main, training_config
-from natgrad_diffusion.config import TEST_MODE, TRAINING, config_dict
+from natgrad_diffusion.cli import build_parser, main
+from natgrad_diffusion.config import TRAINING
 from natgrad_diffusion.episode_log import CSV_COLUMNS
 from natgrad_diffusion.logs import CSVLogger, read_csv
 
@@ -53,32 +52,6 @@ def test_bad_input_gives_one_line_errors(capsys, argv, message):
 def test_empty_prompt_file(capsys, tmp_path):
     (tmp_path / "prompts.txt").write_text("\n\n")
     assert "is empty" in fail(capsys, ["train", "--prompts", str(tmp_path / "prompts.txt")])
-
-
-def test_config_files_and_flag_precedence(tmp_path):
-    (tmp_path / "c.json").write_text(json.dumps({"episodes": 7, "batch_size": 8, "reward": "MMD_MI"}))
-    (tmp_path / "c.toml").write_text('[train]\nepisodes = 5\nmode = "LORA_UNET"\nreward_options = { w_mi = 0.5 }\n')
-    parser = build_parser()
-    cfg, _ = training_config(parser.parse_args(["train", "--config", str(tmp_path / "c.json"), "--episodes", "3"]))
-    assert (cfg.episodes, cfg.batch_size, cfg.reward) == (3, 8, "MMD_MI")  # the flag wins over the file
-    assert cfg.steps == TRAINING.steps  # the default fills the rest
-    cfg, _ = training_config(parser.parse_args(["train", "--config", str(tmp_path / "c.toml")]))
-    assert (cfg.episodes, cfg.mode, cfg.reward_options) == (5, "LORA_UNET", {"w_mi": 0.5})
-    (tmp_path / "bad.json").write_text(json.dumps({"episodez": 3}))
-    with pytest.raises(ValueError, match="unknown field"):
-        load_config_file(tmp_path / "bad.json")
-    cfg, explicit = training_config(parser.parse_args(["train", "--no-critic", "--test-mode", "--max-kl", "0.02"]))
-    assert cfg.critic is False and cfg.test_mode and cfg.trust_region.max_kl == 0.02
-    assert explicit == {"critic", "test_mode", "max_kl"}
-
-
-def test_resume_reads_the_saved_configuration(tmp_path):
-    saved = {**config_dict(TRAINING), "batch_size": 12, "images_per_prompt": 3, "episodes": 2, "out": str(tmp_path)}
-    (tmp_path / "run.json").write_text(json.dumps({"config": saved}))
-    args = build_parser().parse_args(["train", "--resume", "--out", str(tmp_path), "--episodes", "6"])
-    cfg, explicit = training_config(args)
-    assert (cfg.batch_size, cfg.images_per_prompt, cfg.episodes) == (12, 3, 6)
-    assert {"batch_size", "images_per_prompt", "episodes"} <= explicit  # test mode leaves the saved run's settings
 
 
 def test_build_reference_features_and_plot(tmp_path, capsys):
@@ -199,15 +172,6 @@ def test_help_gives_each_default_once_and_every_option_a_help(capsys):
     assert "--max-kl" in text and "--ppo-lr" in text and "--fvp-subsample" in text
 
 
-def test_test_mode_keeps_a_flag_given_at_its_default(tmp_path):
-    args = build_parser().parse_args(["train", "--test-mode", "--images-per-prompt", "4", "--batch-size", "8"])
-    config, explicit = training_config(args)
-    from natgrad_diffusion.job import with_test_mode
-
-    applied = with_test_mode(config, explicit)
-    assert applied.images_per_prompt == 4 and applied.batch_size == 8 and applied.steps == TEST_MODE["steps"]
-
-
 def test_locked_run_directory_refuses_a_second_run(capsys, tmp_path):
     from natgrad_diffusion.rundir import RunLock
 
@@ -275,28 +239,6 @@ def test_zero_episodes_still_ends_with_a_summary(tiny_model, tmp_path, capsys): 
 
 
 # ---------------------------------------------------------------------------------------------- issue 19: inputs
-@pytest.mark.parametrize(
-    ("name", "content", "message"),
-    [
-        ("c.toml", b"seed = 3\n[train]\nsteps = 4\n", r"c.toml: seed outside the \[train\] table"),
-        ("c.json", b'{"train": [1]}', r"c.json: \[train\] must be a table of settings, got \[1\]"),
-        ("c.json", b'{"seed": "\xe9"}', r"c.json is not UTF-8 text \(byte 0xe9 at offset 10\)"),
-        ("c.yml", b"seed: 3\n", r"cannot parse config file .*c.yml as JSON \(a config file is JSON, or TOML named"),
-        ("c.json", b'{"critic": "yes"}', "c.json: critic must be true or false, got 'yes'"),
-    ],
-    ids=["mixed_train_table", "train_not_table", "latin1", "yaml", "string_bool"],
-)
-def test_config_file_errors_name_the_file(tmp_path, name, content, message):
-    (tmp_path / name).write_bytes(content)
-    with pytest.raises(ValueError, match=message):
-        load_config_file(tmp_path / name)
-
-
-def test_config_file_with_a_bom_and_under_a_train_table(tmp_path):
-    (tmp_path / "c.json").write_bytes('\ufeff{"train": {"seed": 3, "trust_region": {"max_kl": 0.02}}}'.encode())
-    assert load_config_file(tmp_path / "c.json") == {"seed": 3, "trust_region": {"max_kl": 0.02}}
-    with pytest.raises(ValueError, match="is a directory"):
-        load_config_file(tmp_path)
 
 
 def _nonfinite():
@@ -368,16 +310,6 @@ def test_the_console_script_imports_neither_numpy_nor_torch_before_main():
 )
 def test_subcommand_arguments_are_bounded_before_anything_loads(capsys, argv, message):
     assert message in fail(capsys, argv)
-
-
-def test_old_fvp_method_flag_warns_and_sets_the_lora_update(capsys):
-    args = build_parser().parse_args(["train", "--fvp-method", "jvp"])
-    config, explicit = training_config(args)
-    assert config.chunks.fvp_method == "jvp" and config.trust_region == TRAINING.trust_region
-    assert "lora_fvp_method" in explicit
-    assert "--fvp-method is deprecated: use --lora-fvp-method" in capsys.readouterr().err
-    config, _ = training_config(build_parser().parse_args(["train", "--trpo-fvp-method", "jvp"]))
-    assert config.trust_region.fvp_method == "jvp" and config.chunks == TRAINING.chunks
 
 
 def test_a_flag_the_path_ignores_is_one_line_naming_it(capsys):

@@ -105,7 +105,7 @@ def test_reference_of_another_size_or_colour_is_refused(tmp_path, shape, message
     [
         (b"", "corrupted reference file .empty, truncated or not an .npz archive"),
         (b"PK\x03\x04" + b"\x00" * 20, "corrupted reference file .empty, truncated or not an .npz archive"),
-        (bytes(range(256)) * 8, "reading it would mean unpickling, which is refused"),
+        (bytes(range(256)) * 8, "corrupted reference file .not an .npz archive"),  # not a pickle either
     ],
     ids=["empty", "truncated", "random_bytes"],
 )
@@ -144,7 +144,7 @@ def test_truncated_real_npz_is_a_one_line_error(tmp_path):
     ],
 )  # fmt: skip
 def test_values_are_checked_against_the_documented_ranges(change, ok):
-    from natgrad_diffusion.config import with_settings
+    from natgrad_diffusion.flat_settings import with_settings
 
     cfg = with_settings(TRAINING, change)
     if ok:
