@@ -45,7 +45,6 @@ __all__ = [
     "DEFAULT_EVAL_PROMPTS",
     "DEFAULT_MODEL_DIR",
     "DEFAULT_TRAIN_PROMPTS",
-    "TrainingError",
     "apply_test_mode",
     "check_model",
     "check_prompt",
