@@ -40,6 +40,7 @@ from .errors import TrainingError
 from .flat_settings import ignored_settings, known_settings, with_settings
 from .logs import read_metadata
 from .references import JobSources, ReferenceData, decode_sources
+from .textfile import read_text
 
 __all__ = [
     "DEFAULT_EVAL_PROMPTS",
@@ -368,17 +369,8 @@ def load_prompts(path: str | os.PathLike | None, *, default: Path = DEFAULT_TRAI
     text, holds control characters (a binary file) or a line longer than ``LIMITS["prompt_length"]`` characters, or
     holds no prompt."""
     p = Path(path) if path is not None else default
-    if p.is_dir():
-        raise TrainingError(f"prompts file {p} is a directory; give a text file, one prompt per line")
-    if not p.is_file():
-        raise TrainingError(f"prompts file {p} not found")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise TrainingError(f"prompts file {p} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                            f"{exc.start}); save it as UTF-8, one prompt per line") from None  # fmt: skip
-    except OSError as exc:
-        raise TrainingError(f"cannot read prompts file {p}: {exc.strerror or exc}") from None
+    text = read_text(p, "prompts file", TrainingError, if_directory="; give a text file, one prompt per line",
+                     if_not_utf8="; save it as UTF-8, one prompt per line")  # fmt: skip
     lines = enumerate(text.splitlines(), start=1)
     prompts = [check_prompt(line, f"prompts file {p} line {number}") for number, line in lines if line.strip()]
     if not prompts:

@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import TRAINING, TrainingConfig
 from .flat_settings import DEPRECATED_NAMES, GROUPS, flat_names, known_settings, with_settings
+from .textfile import read_text
 
 __all__ = ["flag_of", "load_config_file", "training_config"]
 
@@ -36,15 +37,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _parse_config_text(path: Path) -> Any:
     """The data of a JSON or TOML (``.toml``) file; ``ValueError`` naming the file and what is wrong."""
-    if path.is_dir():
-        raise ValueError(f"config file {path} is a directory; give a JSON or TOML file")
-    if not path.is_file():
-        raise ValueError(f"config file {path} not found")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
-                         f"{exc.start})") from None  # fmt: skip
+    text = read_text(path, "config file", if_directory="; give a JSON or TOML file")
     toml = path.suffix.lower() == ".toml"
     try:
         if toml:
