@@ -19,16 +19,16 @@ the trainer integration are tianshou's.  The actor update is natgrad's, with eac
 
 The settings map as tianshou uses them:
 
-=====================================  =======================================================
-tianshou                               natgrad
-=====================================  =======================================================
-``max_kl`` (TRPO)                      ``max_kl``
-``_damping = 0.1``                     ``damping``
-CG ``nsteps=10``                       ``cg_iters=10``
-CG ``residual_tol=1e-10`` on ‖r‖²      ``cg_atol=1e-5`` on ‖r‖ (``cg_rtol=0``)
-``max_backtracks``, ``backtrack_coeff``  ``backtrack_iters``, ``backtrack_coeff``
-accept when KL < δ and the loss fell   ``accept_ratio=0``
-=====================================  =======================================================
+==========================================  ==========================================
+tianshou                                    natgrad
+==========================================  ==========================================
+``max_kl`` (TRPO)                           ``max_kl``
+``_damping = 0.1``                          ``damping``
+CG ``nsteps=10``                            ``cg_iters=10``
+CG ``residual_tol=1e-10`` on ‖r‖²           ``cg_atol=1e-5`` on ‖r‖ (``cg_rtol=0``)
+``max_backtracks``, ``backtrack_coeff``     ``backtrack_iters``, ``backtrack_coeff``
+accept when KL < δ and the loss fell        ``accept_ratio=0``
+==========================================  ==========================================
 
 ``trust_region_kwargs`` (a mapping of :class:`natgrad.TrustRegionConfig` fields) overrides any of them, e.g.
 ``fvp_method="kl_hvp"``.  ``step_info`` holds the :class:`natgrad.StepInfo` of the last minibatch (TRPO).
