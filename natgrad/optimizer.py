@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .closure import Closure, FvpTiming, cheapest_fvp_method, check_closure, time_fvp_methods
+from .closure import Closure, FvpTiming, call_closure, cheapest_fvp_method, check_closure, time_fvp_methods
 from .config import TrustRegionConfig, checked_value, make_config
 from .distributed import broadcast_parameters, check_parameters_in_sync, is_distributed
+from .kfac import kfac_preconditioner
 from .module_state import ModuleStateGuard
 from .optimizer_state import HYPERPARAMETERS, checked_group_values, checked_state_dict, extra_state, load_extra_state
 from .parameters import check_parameters, describe_parameter
@@ -89,6 +90,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         distributed: bool = False,
         process_group: Any = None,
         sync_check_every: int = 10,
+        preconditioner: str | None = None,
         **overrides: Any,
     ) -> None:
         if _is_number(config):
@@ -104,8 +106,14 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             raise ValueError("no parameters to optimize: params is empty")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be the policy's torch.nn.Module, got {type(model).__name__}")
+        if preconditioner not in (None, "kfac"):
+            raise ValueError(f"preconditioner must be None or 'kfac', got {preconditioner!r}")
+        if preconditioner == "kfac" and (model is None or distributed):
+            raise ValueError("preconditioner='kfac' needs model=policy (its layers give the factors) and runs on one "
+                             "process (distributed=False)")  # fmt: skip
         super().__init__(params, cfg.as_dict())
         self.model = model
+        self.preconditioner = preconditioner
         self.tuned_fvp_method: str | None = None
         self.fvp_timings: dict[str, FvpTiming] | None = None
         self._cg_products = (0, 0)  # CG iterations summed over the steps taken with the tuned method, steps
@@ -229,8 +237,11 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         method = self._method(cfg, params, closure, fisher_closure)
         step_cfg = cfg if method == cfg.fvp_method else replace(cfg, fvp_method=method)
         x0 = [self.state[p].get("solution") for p in params] if cfg.warm_start else None
+        pre = None
+        if self.preconditioner == "kfac":  # factors from one extra forward of the closure (natgrad.kfac)
+            pre = kfac_preconditioner(self.model, params, lambda: call_closure(closure)[1], cfg.damping)  # type: ignore[arg-type]
         info, solution = trust_region_step(
-            params, closure, step_cfg, model=self.model, fisher_closure=fisher_closure, x0=x0,
+            params, closure, step_cfg, model=self.model, fisher_closure=fisher_closure, x0=x0, preconditioner=pre,
             distributed=self.distributed, process_group=self.process_group,
         )  # fmt: skip
         for p, s in zip(params, solution):

@@ -202,6 +202,8 @@ def _step(
         raise ValueError("the loss does not depend on any of the optimizer's parameters")
     a_params = [params[i] for i in active]
     g = [grads[i].detach() for i in active]  # type: ignore[union-attr]
+    if preconditioner is not None and len(active) < len(params) and hasattr(preconditioner, "restrict"):
+        preconditioner = preconditioner.restrict(active)  # built for every parameter (natgrad.kfac)
     n_local = num_samples(dist)
     loss_f, g = _reduce_loss_and_grad(loss, g, n_local, distributed, process_group)
     _check_finite(loss_f, g, active)
