@@ -8,7 +8,8 @@ buffer, damping and the sb3 scaling as there): :math:`(F + \\lambda I)s = g` wit
 target residual is the one plain CG reaches in 10 iterations (the update's budget); each preconditioner runs until
 its true residual :math:`\\lVert g - (F+\\lambda I)x\\rVert` is at or below it (at most 200 iterations).  K-FAC's
 factors come from one extra forward and one backward per output dimension (``exact=True``); the time column
-includes them.  One torch thread, median of 5 repeats.
+includes them.  One torch thread, median of 5 repeats.  A second table runs successive steps of the update with its
+own stopping rule, with the factors built once or at every step.
 """
 
 from __future__ import annotations
@@ -72,6 +73,37 @@ def run_case(case: str) -> str:
     return "\n".join(lines)
 
 
+def in_the_update(case: str, steps: int = 6) -> str:
+    """``steps`` successive trust-region steps with the curvature benchmark's settings (its CG stopping rule), without
+    K-FAC, with factors built once before the first step, and rebuilt at every step: mean CG iterations and the
+    median time of a step."""
+    import copy
+
+    from curvature import CG_ITERS, MAX_KL
+
+    problem = make_problem(case)
+    policy, params = problem.model.policy, problem.actor_params
+    settings = dict(max_kl=problem.kl_scale * MAX_KL, damping=problem.kl_scale * DAMPING, cg_iters=CG_ITERS,
+                    cg_atol=1e-5, accept_ratio=0.0)  # fmt: skip
+    closure, snapshot = closure_for(problem), copy.deepcopy(policy.state_dict())
+    build = lambda: kfac_preconditioner(policy, params, lambda: distribution(problem), settings["damping"])  # noqa: E731
+    lines = []
+    for mode in ("none", "K-FAC built once", "K-FAC every step"):
+        policy.load_state_dict(snapshot)
+        m = build() if mode == "K-FAC built once" else None
+        iterations, seconds = [], []
+        for _ in range(steps):
+            t = time.perf_counter()
+            if mode == "K-FAC every step":
+                m = build()
+            info, _ = natgrad.trust_region_step(params, closure, **settings, preconditioner=m)
+            seconds.append(time.perf_counter() - t)
+            iterations.append(info.cg_iterations)
+        lines.append(f"| {CASES[case]['title']} | {mode} | {statistics.mean(iterations):.1f} | "
+                     f"{1e3 * statistics.median(seconds):.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cases", nargs="+", default=["gaussian_mlp", "categorical_mlp", "cnn"], choices=list(CASES))
@@ -85,6 +117,12 @@ def main(argv: list[str] | None = None) -> None:
              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for case in args.cases:
         lines.append(run_case(case))
+        print(lines[-1], flush=True)
+    lines += ["", "In the update itself (6 successive `trust_region_step`s, CG stopping at ‖r‖ ≤ 1e-5 or 15 "
+              "iterations, as in the curvature benchmark):", "",
+              "| system | preconditioner | mean CG iterations | time per step (ms) |", "|---|---|---:|---:|"]  # fmt: skip
+    for case in [c for c in args.cases if c != "cnn"]:
+        lines.append(in_the_update(case))
         print(lines[-1], flush=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(args.out.read_text())
