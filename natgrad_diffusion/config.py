@@ -23,36 +23,13 @@ from typing import Any
 
 from natgrad.config import TrustRegionConfig, checked_fields
 
-__all__ = [
-    "CHUNKS",
-    "CONDITIONING_POLICY",
-    "CRATER_CHUNKS",
-    "CRATER_POLICY_OPTIONS",
-    "CRITIC",
-    "DDPO_RECIPE",
-    "FEATURE_NAMES",
-    "LIMITS",
-    "LORA",
-    "PPO",
-    "REFERENCE_DIVERSITIES",
-    "SAMPLING",
-    "SCHEDULER_POLICY",
-    "SUPERVISED",
-    "TEST_MODE",
-    "TRAINING",
-    "TRUST_REGION",
-    "ChunkConfig",
-    "ConditioningPolicyConfig",
-    "CriticConfig",
-    "LoRAConfig",
-    "PPOConfig",
-    "PolicyMode",
-    "SamplingConfig",
-    "SchedulerPolicyConfig",
-    "SupervisedConfig",
-    "TrainingConfig",
-    "config_dict",
-]
+from .errors import TrainingError
+
+__all__ = ["CHUNKS", "CONDITIONING_POLICY", "CRATER_CHUNKS", "CRATER_POLICY_OPTIONS", "CRITIC", "DDPO_RECIPE",
+    "FEATURE_NAMES", "LIMITS", "LORA", "PPO", "REFERENCE_DIVERSITIES", "SAMPLING", "SCHEDULER_POLICY",
+    "SUPERVISED", "TEST_MODE", "TRAINING", "TRUST_REGION", "ChunkConfig", "ConditioningPolicyConfig",
+    "CriticConfig", "LoRAConfig", "PPOConfig", "PolicyMode", "SamplingConfig", "SchedulerPolicyConfig",
+    "SupervisedConfig", "TrainingConfig", "config_dict"]  # fmt: skip
 
 
 class PolicyMode(str, Enum):
@@ -61,6 +38,18 @@ class PolicyMode(str, Enum):
     SCHEDULER_POLICY = "scheduler"
     DIVERSITY_POLICY = "diversity"
     LORA_UNET = "lora"
+
+    @classmethod
+    def parse(cls, mode: str | PolicyMode) -> PolicyMode:
+        """``"DIVERSITY_POLICY"`` / ``"diversity"`` (any case, spaces around) / a member → the member; a
+        :class:`~natgrad_diffusion.errors.TrainingError` naming the choices otherwise."""
+        if isinstance(mode, cls):
+            return mode
+        key = str(mode).strip().upper()
+        for m in cls:
+            if key in (m.name, m.value.upper()):
+                return m
+        raise TrainingError(f"unknown mode {mode!r}; choose one of {', '.join(m.name for m in cls)}")
 
 
 def _positive_int(name: str, value: Any) -> None:

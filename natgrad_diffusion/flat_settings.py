@@ -13,7 +13,7 @@ import warnings
 from dataclasses import fields, replace
 from typing import Any
 
-from .config import TRAINING, TrainingConfig
+from .config import TRAINING, PolicyMode, TrainingConfig
 
 __all__ = [
     "ADAPTIVE_ONLY",
@@ -93,7 +93,9 @@ def ignored_settings(config: TrainingConfig) -> list[tuple[str, str]]:
     """``[(flat name, path)]``: the settings of ``config`` that differ from :data:`TRAINING`'s and that its path
     (algorithm × mode) never reads, e.g. ``("adaptive", "the LORA_UNET TRPO update")``.  A run refuses them
     (:func:`~natgrad_diffusion.job.validate_config`) rather than accept and ignore them."""
-    algorithm, lora = str(config.algorithm).lower(), str(config.mode).upper() in ("LORA_UNET", "LORA-UNET")
+    algorithm = str(config.algorithm).strip().lower()
+    mode = PolicyMode.parse(config.mode)
+    lora = mode is PolicyMode.LORA_UNET
     unread: dict[str, tuple[Any, str]] = {}
     if algorithm == "ppo":
         unread["trust_region"] = (None, "PPO")
@@ -103,7 +105,7 @@ def ignored_settings(config: TrainingConfig) -> list[tuple[str, str]]:
         if lora:
             unread["trust_region"] = (OPTIMIZER_ONLY, "the LORA_UNET TRPO update (chunked; no optimizer state)")
         else:
-            unread["chunks"] = (None, f"TRPO in {str(config.mode).upper()} (chunks are for LORA_UNET)")
+            unread["chunks"] = (None, f"TRPO in {mode.name} (chunks are for LORA_UNET)")
             if not config.trust_region.adaptive:
                 unread["trust_region"] = (ADAPTIVE_ONLY, "a fixed max_kl (they need --adaptive)")
     names = {v: k for k, v in flat_names().items()}

@@ -71,19 +71,12 @@ DEFAULT_TRAIN_PROMPTS = ASSETS / "prompts" / "crater_train.txt"
 DEFAULT_EVAL_PROMPTS = ASSETS / "prompts" / "crater_test.txt"
 #: the real-Mars job's prompts (the caption of the real crops of the splits): train / validation / test
 MARS_PROMPTS = {role: ASSETS / "prompts" / f"mars_{role}.txt" for role in ("train", "validation", "test")}
-_MODE_ALIASES = {m.name: m for m in PolicyMode} | {m.value.upper(): m for m in PolicyMode}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def parse_mode(mode: str | PolicyMode) -> PolicyMode:
-    """``"DIVERSITY_POLICY"`` / ``"diversity"`` / :class:`PolicyMode` → :class:`PolicyMode`."""
-    if isinstance(mode, PolicyMode):
-        return mode
-    key = str(mode).strip().upper()
-    if key not in _MODE_ALIASES:
-        names = ", ".join(m.name for m in PolicyMode)
-        raise TrainingError(f"unknown mode {mode!r}; choose one of {names}")
-    return _MODE_ALIASES[key]
+    """``"DIVERSITY_POLICY"`` / ``"diversity"`` / :class:`PolicyMode` → :class:`PolicyMode` (:meth:`PolicyMode.parse`)."""
+    return PolicyMode.parse(mode)
 
 
 def apply_test_mode(config: TrainingConfig, explicit: Iterable[str] = ()) -> TrainingConfig:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .baselines import best_fixed_prompt, brightness_contrast_map
-from .config import TrainingConfig
+from .config import PolicyMode, TrainingConfig
 from .errors import TrainingError
 from .evaluation import Spaces, evaluate_policy, format_metrics_table, image_metrics, sample_images, table_columns
 from .logs import atomic_write_text
@@ -94,7 +94,7 @@ class RunEvaluation:
             f"The reward ({c.reward}) used the **{sp.reward_space}** space (marked *) and the reference "
             f"{ref.get('source')} ({ref.get('split', 'reference')} split); the other spaces are ones it never saw.",
         ]
-        if "initial policy" in self.rows and str(c.mode).upper() == "LORA_UNET":
+        if "initial policy" in self.rows and PolicyMode.parse(c.mode) is PolicyMode.LORA_UNET:
             lines.append("The initial policy is the pretrained model itself (LoRA's B matrices start at zero), so "
                          "its row repeats the pretrained row.")  # fmt: skip
         lines.append("")

@@ -91,3 +91,17 @@ def test_the_path_that_reads_a_setting_accepts_it(settings):
     from natgrad_diffusion.job import validate_config
 
     validate_config(with_settings(TRAINING, settings))
+
+
+@pytest.mark.parametrize("mode", ["LORA_UNET", "lora", " lora_unet ", "Lora"])
+def test_every_spelling_of_a_mode_reads_the_same_settings(mode):
+    """The refusal follows the mode the run will use, whatever spelling names it (issue 21's review)."""
+    from natgrad_diffusion.config import PolicyMode
+    from natgrad_diffusion.flat_settings import ignored_settings
+
+    assert ignored_settings(with_settings(TRAINING, {"mode": mode, "adaptive": True})) == [
+        ("adaptive", "the LORA_UNET TRPO update (chunked; no optimizer state)")]  # fmt: skip
+    assert ignored_settings(with_settings(TRAINING, {"mode": mode, "grad_chunk": 4})) == []  # LoRA reads chunks
+    member = with_settings(TRAINING, {"grad_chunk": 4})
+    member = type(member)(**{**member.__dict__, "mode": PolicyMode.DIVERSITY_POLICY})
+    assert ignored_settings(member)[0][0] == "grad_chunk"
