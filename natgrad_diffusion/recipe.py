@@ -116,6 +116,17 @@ def _claim(out: Path, *, resume: bool, overwrite: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+def _restart(stage: Path, resume: bool, say: Callable[[str], None]) -> bool:
+    """Whether an RL stage of a resumed job starts again: it was killed before its first checkpoint, so it holds a
+    run with nothing to resume (the job owns the folder; only the run's own files are replaced)."""
+    from .rundir import CHECKPOINT_FILE, is_run
+
+    if resume and is_run(stage) and not (stage / CHECKPOINT_FILE).is_file():
+        say(f"{stage} was stopped before its first checkpoint: starting that stage again")
+        return True
+    return False
+
+
 def run_recipe(
     config: RecipeConfig = RecipeConfig(),
     *,
@@ -159,14 +170,14 @@ def run_recipe(
     say("stage 2: TRPO from the supervised model ...")
     explicit = _explicit(rl)
     result = train(replace(rl, model=str(sup_dir), out=str(out / "rl")), resume=resume, progress=progress, log=say,
-                   explicit=explicit)  # fmt: skip
+                   explicit=explicit, overwrite=_restart(out / "rl", resume, say))  # fmt: skip
     seconds["rl"] = time.perf_counter() - start
     policies = {"supervised + TRPO": (result.components, result.policy)}
     if config.rl_from_pretrained:
         start = time.perf_counter()
         say("stage 2 again, from the pretrained model (today's recipe) ...")
         other = train(replace(rl, out=str(out / "rl_pretrained")), resume=resume, progress=progress, log=say,
-                      explicit=explicit)  # fmt: skip
+                      explicit=explicit, overwrite=_restart(out / "rl_pretrained", resume, say))  # fmt: skip
         policies["pretrained + TRPO"] = (other.components, other.policy)
         seconds["rl_pretrained"] = time.perf_counter() - start
     start = time.perf_counter()

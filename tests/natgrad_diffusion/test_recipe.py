@@ -35,6 +35,10 @@ def test_two_smoke_runs_give_the_same_digits(tmp_path):
         run_recipe(smoke(tmp_path / "a"), progress=False, say=lambda _: None)
     again = run_recipe(smoke(tmp_path / "a"), resume=True, progress=False, say=lambda _: None)
     assert again.rows == first.rows  # a finished job resumed: both stages reused, the same judgement
+    (tmp_path / "a" / "rl" / "checkpoint.pt").unlink()  # as if killed (-9) before the RL stage's first checkpoint
+    said = []
+    restarted = run_recipe(smoke(tmp_path / "a"), resume=True, progress=False, say=said.append)
+    assert restarted.rows == first.rows and any("before its first checkpoint" in m for m in said)
 
 
 def test_a_folder_that_is_not_a_run_of_the_job_is_refused(tmp_path):
