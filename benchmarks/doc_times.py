@@ -36,8 +36,10 @@ COMMANDS = [
      True),
 ]  # fmt: skip
 
-#: the "busy machine" of the thread advice: one process spinning on a core for the whole run
-BUSY = [sys.executable, "-c", "while True: pass"]
+def busy_command() -> list[str]:
+    """The "busy machine" of the thread advice: a process spinning on a core while its parent (this script) lives; it
+    stops by itself when this script goes, killed with -9 included (it is then no longer its parent's child)."""
+    return [sys.executable, "-c", f"import os\nwhile os.getppid() == {os.getpid()}:\n    pass"]
 
 
 def cpu_model() -> str:
@@ -53,7 +55,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             argv = [sys.executable if a == "python" else a for a in command.split()]
             load = os.getloadavg()[0]
-            spinner = subprocess.Popen(BUSY) if busy else None
+            spinner = subprocess.Popen(busy_command()) if busy else None
             try:
                 start = time.perf_counter()
                 proc = subprocess.run([*argv, "--out", str(Path(tmp) / "run")], cwd=ROOT, capture_output=True,
