@@ -42,6 +42,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from .config import checked_value
 from .families import family_of, num_samples
 
 __all__ = ["KFACOperator", "kfac_preconditioner"]
@@ -148,8 +149,11 @@ def kfac_preconditioner(
         exact: :math:`G` as the expectation over the policy's actions (analytic families) rather than from one
             sampled action per state.
     """
-    if not damping > 0:
-        raise ValueError(f"K-FAC needs a damping > 0 to invert its factors, got {damping}")
+    damping = checked_value("damping", float, damping)
+    if not (damping > 0 and math.isfinite(damping)):
+        raise ValueError(f"K-FAC needs a finite damping > 0 to invert its factors, got {damping}")
+    if not callable(distribution):
+        raise TypeError(f"distribution must be a function () -> Distribution, got {type(distribution).__name__}")
     index = {id(p): i for i, p in enumerate(params)}
     linears = [m for m in model.modules() if isinstance(m, nn.Linear) and id(m.weight) in index]
     inputs: dict[nn.Module, list[Tensor]] = {m: [] for m in linears}
@@ -166,6 +170,8 @@ def kfac_preconditioner(
     finally:
         for h in handles:
             h.remove()
+    if not isinstance(dist, Distribution):
+        raise TypeError(f"distribution() must return a torch.distributions.Distribution, got {type(dist).__name__}")
     n = num_samples(dist)
     outs = [o for m in linears for o in outputs[m]]
     if exact:

@@ -93,3 +93,22 @@ def test_the_optimizer_steps_with_kfac_and_refuses_it_without_a_model():
         natgrad.TrustRegionOptimizer(policy.parameters(), preconditioner="kfac")
     with pytest.raises(ValueError, match="None or 'kfac'"):
         natgrad.TrustRegionOptimizer(policy.parameters(), model=policy, preconditioner="shampoo")
+
+
+def test_bad_inputs_are_one_line_naming_them():
+    import pytest
+
+    layer = nn.Linear(2, 2).double()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    policy = lambda: Independent(Normal(layer(x), torch.ones(2, dtype=torch.float64)), 1)  # noqa: E731
+    params = list(layer.parameters())
+    for damping, error in ((0.0, ValueError), (float("inf"), ValueError), (float("nan"), ValueError),
+                           ("0.1", ValueError), (True, ValueError)):  # fmt: skip
+        with pytest.raises(error, match="damping"):
+            kfac_preconditioner(layer, params, policy, damping)
+    with pytest.raises(TypeError, match=r"must return a torch\.distributions\.Distribution"):
+        kfac_preconditioner(layer, params, lambda: layer(x), 0.1)
+    with pytest.raises(ValueError, match="exact=False"):
+        from torch.distributions import Beta
+
+        kfac_preconditioner(layer, params, lambda: Beta(layer(x).exp(), torch.ones(4, 2, dtype=torch.float64)), 0.1)
