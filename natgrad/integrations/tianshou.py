@@ -61,9 +61,27 @@ __all__ = ["NPG", "TRPO"]
 _CG = {"cg_iters": 10, "cg_rtol": 0.0, "cg_atol": 1e-5}
 
 
+#: the settings each algorithm's update reads (the others, e.g. ``adaptive``, belong to TrustRegionOptimizer)
+_READ = {
+    "NPG": ("damping", "cg_iters", "cg_rtol", "cg_atol", "fvp_method"),
+    "TRPO": ("damping", "cg_iters", "cg_rtol", "cg_atol", "fvp_method", "max_kl", "backtrack_iters", "backtrack_coeff",
+             "accept_ratio", "line_search"),
+}  # fmt: skip
+
+
 def _config(algorithm: Any, overrides: Mapping[str, Any] | None, **settings: Any) -> natgrad.TrustRegionConfig:
-    """natgrad's settings for ``algorithm`` (tianshou's meaning of its own), with ``overrides`` over them."""
-    return natgrad.TrustRegionConfig(**{"damping": algorithm._damping, **_CG, **settings, **dict(overrides or {})})
+    """natgrad's settings for ``algorithm`` (tianshou's meaning of its own), with ``overrides`` over them; an
+    override the update would not read is refused, naming it (it would be accepted and do nothing)."""
+    kind = "TRPO" if isinstance(algorithm, _TianshouTRPO) else "NPG"
+    overrides = dict(overrides or {})
+    unread = sorted(set(overrides) - set(_READ[kind]))
+    if unread:
+        raise ValueError(f"trust_region_kwargs {', '.join(unread)} are not read by {kind}'s update; it reads "
+                         f"{', '.join(_READ[kind])}")  # fmt: skip
+    if overrides.get("fvp_method", "auto") not in ("auto", "reverse", "kl_hvp"):
+        raise ValueError(f"fvp_method {overrides['fvp_method']!r} needs the policy module; the tianshou update "
+                         "takes auto, reverse or kl_hvp")  # fmt: skip
+    return natgrad.TrustRegionConfig(**{"damping": algorithm._damping, **_CG, **settings, **overrides})
 
 
 def _critic_steps(algorithm: Any, minibatch: Any) -> float:
@@ -108,8 +126,7 @@ class NPG(_TianshouNPG):
                 dist = self.policy(minibatch).dist
                 actor_loss = _surrogate(dist.log_prob(minibatch.act), minibatch.adv)
                 grads = list(torch.autograd.grad(actor_loss, params, retain_graph=True))
-                method = cfg.fvp_method if cfg.fvp_method in ("reverse", "kl_hvp") else "auto"  # the graph's methods
-                fvp = natgrad.graph_fisher_vector_product(dist, params, damping=cfg.damping, method=method)
+                fvp = natgrad.graph_fisher_vector_product(dist, params, damping=cfg.damping, method=cfg.fvp_method)
                 direction = natgrad.conjugate_gradient(fvp, grads, maxiter=cfg.cg_iters, rtol=cfg.cg_rtol,
                                                        atol=cfg.cg_atol).x  # fmt: skip
                 with torch.no_grad():

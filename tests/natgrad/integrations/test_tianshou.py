@@ -105,6 +105,12 @@ def test_settings_keep_tianshous_meaning_and_overrides_apply():
     assert (cfg.damping, cfg.cg_iters, cfg.cg_atol, cfg.fvp_method) == (0.1, 10, 1e-5, "kl_hvp")
     with pytest.raises(ValueError, match="max_kl"):
         _algorithm(TRPO, "CartPole-v1", max_kl=-1.0)
+    for cls, kw, says in ((TRPO, {"adaptive": True}, "adaptive are not read by TRPO"),
+                          (NPG, {"max_kl": 0.1}, "max_kl are not read by NPG"),
+                          (NPG, {"fvp_method": "jvp"}, "needs the policy module"),
+                          (TRPO, {"cg_iters": "10"}, "cg_iters")):  # fmt: skip
+        with pytest.raises(ValueError, match=says):
+            _algorithm(cls, "CartPole-v1", trust_region_kwargs=kw)
 
 
 def test_a_short_run_records_natgrads_step():
