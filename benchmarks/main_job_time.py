@@ -78,6 +78,10 @@ def main() -> None:
         "output_tail": proc.stdout[-3000:],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
+    committed = RESULTS / "main_job_table.md"
+    # the determinism claim, checked: the fresh clone's table against the one committed before this run
+    same = committed.is_file() and table_text is not None and committed.read_text() == table_text
+    result["table_identical_to_committed"] = same
     if table_text is not None:  # the job's table, as the docs include it (and a later run can be diffed against)
         (RESULTS / "main_job_table.md").write_text(table_text)
     (RESULTS / "main_job_time.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -88,6 +92,7 @@ def main() -> None:
         f"{load_after[0]:.2f}, 1-min).\n\n"
         f"- whole command (virtual environment, install, job): **{result['wall_minutes']:.1f} min**\n"
         f"- the job itself (the `(x min)` it prints): **{result['job_minutes']} min**\n"
+        f"- its table digit for digit the committed `main_job_table.md`: **{'yes' if same else 'no'}**\n"
     )
     print((RESULTS / "main_job_time.md").read_text())
 
