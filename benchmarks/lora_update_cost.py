@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from natgrad_diffusion.agents import PPOAgent, TRPOAgent
+from natgrad_diffusion.checks import resolve_defaults
 from natgrad_diffusion.chunked_trpo import chunked_fisher, importance_ratio
 from natgrad_diffusion.config import PPO, SAMPLING, TRAINING
-from natgrad_diffusion.job import load_model, resolve_defaults
+from natgrad_diffusion.models import load_model
 from natgrad_diffusion.policies import make_policy
 from natgrad_diffusion.sampling import step_distribution
 

@@ -70,10 +70,12 @@ def kl_from_start(policy, components, prompts: list[str], config, alphas: list[f
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    from natgrad_diffusion.checks import resolve_defaults
     from natgrad_diffusion.config import TRAINING
     from natgrad_diffusion.flat_settings import with_settings
-    from natgrad_diffusion.job import feature_extractor, load_model, load_reference_features, resolve_defaults
+    from natgrad_diffusion.models import load_model
     from natgrad_diffusion.recipe import RecipeJudge
+    from natgrad_diffusion.reference_features import feature_extractor, load_reference_features
     from natgrad_diffusion.references import ReferenceData
     from natgrad_diffusion.rewards import get_reward
     from natgrad_diffusion.training import load_policy_from_run

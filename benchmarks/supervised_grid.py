@@ -71,7 +71,7 @@ def judge(components, validation, seed: int, judge_seeds: tuple[int, ...] = (0,)
 
 def run_point(rank: int, lr: float, args: argparse.Namespace, validation, steps: int | None = None,
               judge_seeds: tuple[int, ...] = (0,)) -> list[dict]:  # fmt: skip
-    from natgrad_diffusion.job import DEFAULT_MODEL_DIR, load_model
+    from natgrad_diffusion.models import DEFAULT_MODEL_DIR, load_model
     from natgrad_diffusion.supervised import SupervisedConfig, finetune, training_set
 
     components = load_model(None)
@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from natgrad_diffusion.craters.mars import shipped_mars_reference
-    from natgrad_diffusion.job import load_model
+    from natgrad_diffusion.models import load_model
 
     validation = shipped_mars_reference("validation")
     done = json.loads(args.out.read_text()) if args.out.exists() else {"rows": [], "baseline": None}

@@ -135,8 +135,11 @@ def validation_score(run_dir: Path) -> float:
     validation split, in the reward's space: what the selection rule of the study compares."""
     import warnings
 
+    from natgrad_diffusion.checks import load_run_config
     from natgrad_diffusion.evaluation import sample_images
-    from natgrad_diffusion.job import feature_extractor, job_prompts, load_model, load_run_config, reference_set
+    from natgrad_diffusion.models import load_model
+    from natgrad_diffusion.prompts import job_prompts
+    from natgrad_diffusion.reference_features import feature_extractor, reference_set
     from natgrad_diffusion.rewards import get_reward
     from natgrad_diffusion.training import load_policy_from_run
 

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from .config import TrainingConfig, config_dict
+from .errors import TrainingError
 from .integrity import IntegrityError, seal, unseal, write_manifest
-from .job import TrainingError
 from .logs import atomic_write_bytes, umask_mode
 from .policies import DiffusionPolicy
 from .processes import Processes, all_gather_objects

@@ -118,8 +118,9 @@ def _limit(name: str) -> Any:
 
 
 def _prompt(text: str) -> str:
-    """An argparse ``type``: a non-empty prompt (:func:`~natgrad_diffusion.job.check_prompt`)."""
-    from .job import TrainingError, check_prompt
+    """An argparse ``type``: a non-empty prompt (:func:`~natgrad_diffusion.prompts.check_prompt`)."""
+    from .errors import TrainingError
+    from .prompts import check_prompt
 
     try:
         return check_prompt(text, "the prompt")

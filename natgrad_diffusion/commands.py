@@ -13,17 +13,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .checks import load_run_config, prepare_config, resolve_defaults, validate_config
 from .config import TRAINING, TrainingConfig
-from .job import (
-    job_prompts,
-    load_prompts,
-    load_run_config,
-    prepare_config,
-    resolve_defaults,
-    validate_config,
-)
 from .logs import atomic_output
 from .outputs import check_output_dir, check_output_file
+from .prompts import job_prompts, load_prompts
 from .rundir import CSV_FILE, PLOT_FILE, PLOTS_DIR, check_run_dir, is_run
 from .settings import training_config
 
@@ -73,7 +67,7 @@ def _cmd_sample(args: argparse.Namespace) -> None:
     import numpy as np
 
     from .evaluation import sample_images
-    from .job import load_model
+    from .models import load_model
     from .plots import save_image_grid
     from .training import load_policy_from_run
 
@@ -105,8 +99,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     prompts = job_prompts(config, "test")[: config.eval_max_prompts]
     validate_config(config)
     from .evaluation import evaluate_policy, evaluation_spaces, format_metrics_table, table_columns
-    from .job import feature_extractor, load_model, load_reference_features
     from .logs import atomic_write_text
+    from .models import load_model
+    from .reference_features import feature_extractor, load_reference_features
     from .references import ReferenceData
     from .training import load_policy_from_run
 
@@ -240,7 +235,7 @@ def _cmd_supervise(args: argparse.Namespace) -> None:
     check_supervised_dir(args.out, resume=args.resume, overwrite=args.overwrite)
     if args.data != "mars" and not Path(args.data).is_file():
         _refuse(f"--data {args.data} not found (mars, or a reference-set .npz)")
-    from .job import DEFAULT_MODEL_DIR, load_model
+    from .models import DEFAULT_MODEL_DIR, load_model
     from .supervised import finetune, training_set
 
     data = training_set(args.data)

@@ -26,11 +26,12 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from .craters.model import bytes_to_unicode
+
 __all__ = [
     "DiffusionComponents",
     "PromptEmbeddings",
     "build_tiny_components",
-    "bytes_to_unicode",
     "load_components",
     "math_attention",
     "write_tiny_tokenizer",
@@ -264,19 +265,6 @@ def quiet_loading() -> Iterator[None]:
             transformers_logging.enable_progress_bar()
         if was_on[1]:
             diffusers_logging.enable_progress_bar()
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2 / CLIP byte → printable-unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def write_tiny_tokenizer(directory: str | Path, model_max_length: int = 16) -> CLIPTokenizer:

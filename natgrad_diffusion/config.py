@@ -372,7 +372,9 @@ class TrainingConfig:
     model: str | None = field(
         default=None, metadata={"help": "diffusers-layout directory or hub id (default: the embedded crater model)"}
     )
-    out: str = field(default="runs/crater", metadata={"help": "the run directory: CSV, checkpoints, grids, plots, evaluation"})
+    out: str = field(
+        default="runs/crater", metadata={"help": "the run directory: CSV, checkpoints, grids, plots, evaluation"}
+    )
     prompts: str | None = field(
         default=None, metadata={"help": "training prompts file, one per line (default: the embedded crater prompts)"}
     )
@@ -492,7 +494,7 @@ REFERENCE_DIVERSITIES = ("narrow", "medium", "broad")
 #: the command line checks a name without importing torch)
 FEATURE_NAMES = ("crater", "resnet18", "clip", "pixels", "spectrum")
 
-#: the inclusive ranges that :func:`~natgrad_diffusion.job.validate_config` and the command line accept (issue 19:
+#: the inclusive ranges that :func:`~natgrad_diffusion.checks.validate_config` and the command line accept (issue 19:
 #: outside them a run does nothing useful, or allocates without bound, and says so only much later):
 #:
 #: * ``max_kl`` (and ``max_kl_bounds``): 1e-6 to 10 nats per decision.  Below, the KL of a step is float32 round-off

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from natgrad_diffusion.extractor import FeatureExtractor
+from .extractor import FeatureExtractor
+from .paths import ASSETS
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -40,7 +41,7 @@ __all__ = [
     "save_crater_encoder",
 ]
 
-ENCODER_DIR = Path(__file__).resolve().parent / "assets" / "crater-encoder"
+ENCODER_DIR = ASSETS / "crater-encoder"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 #: pixel normalisation ``(u8/255 − mean)/std`` (fixed, so brightness and contrast reach the network)

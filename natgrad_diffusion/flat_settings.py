@@ -92,7 +92,7 @@ ADAPTIVE_ONLY = ("max_kl_bounds", "grow", "shrink", "grow_above", "shrink_below"
 def ignored_settings(config: TrainingConfig) -> list[tuple[str, str]]:
     """``[(flat name, path)]``: the settings of ``config`` that differ from :data:`TRAINING`'s and that its path
     (algorithm × mode) never reads, e.g. ``("adaptive", "the LORA_UNET TRPO update")``.  A run refuses them
-    (:func:`~natgrad_diffusion.job.validate_config`) rather than accept and ignore them."""
+    (:func:`~natgrad_diffusion.checks.validate_config`) rather than accept and ignore them."""
     algorithm = str(config.algorithm).strip().lower()
     mode = PolicyMode.parse(config.mode)
     lora = mode is PolicyMode.LORA_UNET

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .craters.captions import size_class
+from .paths import ASSETS
 
 __all__ = [
     "JUDGES_DIR",
@@ -205,7 +206,7 @@ class CraterJudges:
 
 
 #: the shipped judge weights (:func:`train_crater_judges` with its defaults; ``scripts/train_judges.py`` writes them)
-JUDGES_DIR = Path(__file__).resolve().parent / "assets" / "crater-judges"
+JUDGES_DIR = ASSETS / "crater-judges"
 
 
 def train_crater_judges(seed: int = 0, epochs: int = 30) -> CraterJudges:

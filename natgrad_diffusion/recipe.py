@@ -138,8 +138,9 @@ def run_recipe(
     """Run (or continue) the two-stage job of ``config``; see the module docstring."""
     import torch
 
-    from .job import load_model, resolve_defaults, validate_config
-    from .job import with_test_mode as with_rl_test_mode
+    from .checks import resolve_defaults, validate_config
+    from .checks import with_test_mode as with_rl_test_mode
+    from .models import load_model
     from .supervised import finetune, training_set
     from .training import train
 
@@ -158,7 +159,7 @@ def run_recipe(
         say(f"stage 1: reusing the supervised model in {sup_dir}")
     else:
         say("stage 1: supervised fine-tune on the real crater crops of the reference region ...")
-        from .job import DEFAULT_MODEL_DIR
+        from .models import DEFAULT_MODEL_DIR
 
         components = load_model(base)
         sup = replace(config.supervised, seed=rl.seed)
@@ -216,7 +217,8 @@ class RecipeJudge:
 
     def __init__(self, config: TrainingConfig, image_shape: tuple[int, int, int], n: int | None = None) -> None:
         from .evaluation import evaluation_spaces
-        from .job import feature_extractor, job_prompts, load_reference_features
+        from .prompts import job_prompts
+        from .reference_features import feature_extractor, load_reference_features
         from .references import ReferenceData
 
         self.config = config
@@ -232,7 +234,9 @@ class RecipeJudge:
         names = self.spaces.names
         self.columns = recipe_columns(names[0], names[1:])
 
-    def sample(self, components: Any, policy: Any = None, prompts: list[str] | None = None, seed: int = 0) -> np.ndarray:
+    def sample(
+        self, components: Any, policy: Any = None, prompts: list[str] | None = None, seed: int = 0
+    ) -> np.ndarray:
         """uint8 images of ``prompts`` (default: the rows' captions), one each, seeds ``eval_seed + seed + i``."""
         from .evaluation import sample_images
 

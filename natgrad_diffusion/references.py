@@ -73,7 +73,7 @@ class JobSources:
 
 def decode_source(value: str | None, split: str) -> ImageSource:
     """One setting's value as the :class:`ImageSource` of ``split``: ``"mars"``, ``"render"`` / ``None``, or a
-    file (read only when its images are needed; :func:`~natgrad_diffusion.job.validate_config` checks it first)."""
+    file (read only when its images are needed; :func:`~natgrad_diffusion.checks.validate_config` checks it first)."""
     if value is None or value == "render":
         return ImageSource("render", split)
     if value == "mars":
@@ -93,7 +93,9 @@ def decode_sources(config: TrainingConfig) -> JobSources:
             splits[split] = ImageSource(reference.kind, split, reference.path)
         else:
             splits[split] = ImageSource(reference.kind, split)
-    return JobSources(reference, splits["validation"], splits["evaluation"], "mars" if reference.kind == "mars" else "render")
+    return JobSources(
+        reference, splits["validation"], splits["evaluation"], "mars" if reference.kind == "mars" else "render"
+    )
 
 
 class ReferenceData:

@@ -21,23 +21,19 @@ import torch
 
 from .agents import DiffusionAgent, PPOAgent, TRPOAgent
 from .checkpoints import resume_payload
+from .checks import parse_mode
 from .config import CRITIC, SAMPLING, TrainingConfig, config_dict
 from .critic import Critic
+from .errors import TrainingError
 from .evaluation import evaluation_spaces
 from .extractor import FeatureExtractor
 from .feature_reward import FeatureReward
-from .job import (
-    DEFAULT_MODEL_DIR,
-    TrainingError,
-    feature_extractor,
-    job_prompts,
-    load_model,
-    load_reference_features,
-    parse_mode,
-)
 from .logs import library_versions, write_metadata
+from .models import DEFAULT_MODEL_DIR, load_model
 from .policies import DiffusionPolicy, make_policy
 from .processes import Processes, broadcast_object, device_of
+from .prompts import job_prompts
+from .reference_features import feature_extractor, load_reference_features
 from .references import ReferenceData
 from .rewards import get_reward, median_heuristic_bandwidth
 from .run_evaluation import RunEvaluation
@@ -93,7 +89,7 @@ def open_run(
     overwrite: bool = False,
     say: Callable[[str], None] = print,
 ) -> RunInputs:
-    """Build the run of ``config`` (validated and resolved, :func:`~natgrad_diffusion.job.resolve_defaults`); the
+    """Build the run of ``config`` (validated and resolved, :func:`~natgrad_diffusion.checks.resolve_defaults`); the
     lock of its folder goes on ``stack``.  Rank 0 writes ``run.json`` last: from then on the folder is a run."""
     c, run_dir = config, Path(config.out)
     action = _claim(c, stack, resume=resume, overwrite=overwrite, say=say) if procs.main else None

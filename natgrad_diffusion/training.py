@@ -56,16 +56,13 @@ import torch
 from safetensors import SafetensorError
 
 from .checkpoints import export_policy, restore, save_checkpoint
+from .checks import parse_mode, prepare_config
 from .config import TRAINING, TrainingConfig, config_dict
 from .episode_log import CSV_COLUMNS, policy_std, update_columns
+from .errors import TrainingError
 from .evaluation import batch_metrics, table_columns
 from .feature_reward import images_uint8
 from .integrity import IntegrityError, verify_manifest
-from .job import (
-    TrainingError,
-    parse_mode,
-    prepare_config,
-)
 from .logs import CSVLogger, read_csv, update_metadata
 from .plots import plot_run, save_image_grid
 from .policies import DiffusionPolicy, load_policy
@@ -312,7 +309,7 @@ def run_prepared(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> TrainResult:
-    """:func:`train` for a ``config`` from :func:`~natgrad_diffusion.job.prepare_config` (checked there, once; the
+    """:func:`train` for a ``config`` from :func:`~natgrad_diffusion.checks.prepare_config` (checked there, once; the
     command line checks before it imports torch, then calls this)."""
     start = time.perf_counter()
     procs, initialised_here = setup_processes()

@@ -33,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from natgrad_diffusion.craters.captions import size_class
-from natgrad_diffusion.craters.reference import ReferenceFileError, ReferenceSet, resize_square, save_reference_set
+from ..paths import ASSETS
+from .captions import size_class
+from .reference import ReferenceFileError, ReferenceSet, resize_square, save_reference_set
 
 __all__ = [
     "SPLITS",
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 #: the crops of the default build (:func:`build_mars_reference` with its defaults), shipped with the package
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "assets" / "mars-craters"
+SHIPPED_DIR = ASSETS / "mars-craters"
 
 
 SPLITS = ("reference", "validation", "evaluation")
@@ -355,7 +356,7 @@ def shipped_mars_reference(split: str = "reference") -> ReferenceSet:
     """One split of the real Mars crater crops shipped with the package (the default build of
     :func:`build_mars_reference`; ``assets/mars-craters/README.md`` gives the attribution and the command that
     regenerates them from pycda)."""
-    from natgrad_diffusion.craters.reference import load_reference_set
+    from .reference import load_reference_set
 
     if split not in SPLITS:
         raise MarsDataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from natgrad_diffusion.components import bytes_to_unicode
-from natgrad_diffusion.craters.captions import VOCABULARY
+from ..paths import DEFAULT_MODEL_DIR
+from .captions import VOCABULARY
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -44,12 +44,12 @@ __all__ = [
     "CraterModelConfig",
     "build_crater_model",
     "build_tokenizer",
+    "bytes_to_unicode",
     "from_model_space",
     "load_crater_model",
     "to_model_space",
 ]
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "crater-ddim-32"
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 
@@ -77,6 +77,19 @@ class CraterModelConfig:
 # ----------------------------------------------------------------------------------------------------------------------
 # tokenizer
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte → printable-unicode table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
 
 
 def _learn_merges(words: list[str]) -> list[tuple[str, str]]:

@@ -319,7 +319,7 @@ def test_a_flag_the_path_ignores_is_one_line_naming_it(capsys):
 
 def test_train_checks_the_settings_once(monkeypatch, tmp_path):
     """The command line checks a run's settings once, before torch, and hands the checked config on whole."""
-    import natgrad_diffusion.job as job
+    import natgrad_diffusion.checks as job
     import natgrad_diffusion.training as training
 
     calls, handed = [], []

@@ -144,7 +144,7 @@ def test_crater_trainer_test_mode_on_two_processes(tmp_path):
 def mismatched_worker(rank: int, port: int, out: str):
     _env(rank, port)
     from natgrad_diffusion.cli import build_parser, training_config
-    from natgrad_diffusion.job import TrainingError
+    from natgrad_diffusion.errors import TrainingError
     from natgrad_diffusion.training import train
 
     argv = ["train", "--test-mode", "--out", out, "--no-progress", "--seed", str(rank)]  # rank 1: another seed

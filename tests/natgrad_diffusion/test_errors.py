@@ -4,6 +4,6 @@ from natgrad_diffusion.errors import TrainingError
 
 
 def test_one_class_a_value_error_re_exported_by_the_job():
-    from natgrad_diffusion.job import TrainingError as FromJob
+    from natgrad_diffusion.errors import TrainingError as FromJob
 
     assert FromJob is TrainingError and issubclass(TrainingError, ValueError)

@@ -70,7 +70,8 @@ IGNORED = [
 
 @pytest.mark.parametrize(("settings", "path"), IGNORED)
 def test_a_setting_its_path_never_reads_is_refused_naming_it(settings, path):
-    from natgrad_diffusion.job import TrainingError, validate_config
+    from natgrad_diffusion.checks import validate_config
+    from natgrad_diffusion.errors import TrainingError
 
     name = next(k for k in settings if k not in ("mode", "algorithm"))
     with pytest.raises(TrainingError, match=name) as info:
@@ -88,7 +89,7 @@ def test_a_setting_its_path_never_reads_is_refused_naming_it(settings, path):
     ],
 )
 def test_the_path_that_reads_a_setting_accepts_it(settings):
-    from natgrad_diffusion.job import validate_config
+    from natgrad_diffusion.checks import validate_config
 
     validate_config(with_settings(TRAINING, settings))
 

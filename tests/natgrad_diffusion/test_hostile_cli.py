@@ -143,7 +143,7 @@ def prompts_file(content: bytes):
     """``act``: load the prompts file holding ``content``; returns the prompts."""
 
     def act(tmp: Path) -> list[str]:
-        from natgrad_diffusion.job import load_prompts
+        from natgrad_diffusion.prompts import load_prompts
 
         (tmp / "prompts.txt").write_bytes(content)
         return load_prompts(tmp / "prompts.txt")

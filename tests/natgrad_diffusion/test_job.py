@@ -5,16 +5,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from natgrad_diffusion.checks import apply_test_mode, parse_mode, validate_config, with_test_mode
 from natgrad_diffusion.config import TEST_MODE, TRAINING
-from natgrad_diffusion.job import (
-    TrainingError,
-    apply_test_mode,
-    load_prompts,
-    load_reference_features,
-    parse_mode,
-    validate_config,
-    with_test_mode,
-)
+from natgrad_diffusion.errors import TrainingError
+from natgrad_diffusion.prompts import load_prompts
+from natgrad_diffusion.reference_features import load_reference_features
 from natgrad_diffusion.references import ReferenceData
 
 
@@ -96,7 +91,9 @@ def test_reference_of_another_size_or_colour_is_refused(tmp_path, shape, message
     with pytest.raises(TrainingError, match=f"reference images are {message}, the model makes 32×32 grayscale"):
         load_reference_features(ReferenceData(cfg, (1, 32, 32)), _Extractor())
     ok = _reference_file(tmp_path / "ok.npz", (32, 32))
-    feats, captions, _ = load_reference_features(ReferenceData(replace(TRAINING, reference=str(ok)), (1, 32, 32)), _Extractor())
+    feats, captions, _ = load_reference_features(
+        ReferenceData(replace(TRAINING, reference=str(ok)), (1, 32, 32)), _Extractor()
+    )
     assert feats.shape == (3, 3) and captions == ["a crater"] * 3
 
 
@@ -159,7 +156,7 @@ def test_values_are_checked_against_the_documented_ranges(change, ok):
 def test_steps_are_bounded_by_the_models_scheduler(tmp_path):
     import json
 
-    from natgrad_diffusion.job import max_steps
+    from natgrad_diffusion.models import max_steps
 
     assert max_steps(None) == 1000  # the embedded model
     model = tmp_path / "model"
@@ -191,7 +188,9 @@ def test_reward_and_policy_options_are_checked_before_anything_loads(change, mes
 def test_good_options_pass():
     validate_config(replace(TRAINING, reward="MMD_MI", reward_options={"w_mi": 0.5, "normalize": "none"}))
     validate_config(replace(TRAINING, mode="DIVERSITY_POLICY", policy_options={"noise_scale": 7, "height": 32}))
-    validate_config(replace(TRAINING, policy_options={"rank": 8, "target_modules": ["to_q"], "init_lora_weights": True}))
+    validate_config(
+        replace(TRAINING, policy_options={"rank": 8, "target_modules": ["to_q"], "init_lora_weights": True})
+    )
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,8 @@ from natgrad_diffusion.config import TRAINING
 from natgrad_diffusion.craters.reference import generate_reference_set, save_reference_set
 from natgrad_diffusion.errors import TrainingError
 from natgrad_diffusion.features import FeatureSet, save_features
-from natgrad_diffusion.job import job_prompts, load_reference_features
+from natgrad_diffusion.prompts import job_prompts
+from natgrad_diffusion.reference_features import load_reference_features
 from natgrad_diffusion.references import ReferenceData, decode_sources
 
 
@@ -58,7 +59,9 @@ def test_a_missing_file_is_one_line_naming_it(tmp_path):
 def test_each_split_is_built_once_per_job(monkeypatch):
     calls = []
     real = reference_module.generate_reference_set
-    monkeypatch.setattr(reference_module, "generate_reference_set", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    monkeypatch.setattr(
+        reference_module, "generate_reference_set", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k)
+    )
     data = ReferenceData(replace(TRAINING, reference="render", reference_n=4), (1, 32, 32))
     first = data.images("reference")
     assert data.images("reference") is first and data.images("evaluation") is data.images("evaluation")

@@ -8,7 +8,7 @@ from contextlib import ExitStack
 import pytest
 import torch
 
-from natgrad_diffusion.job import prepare_config
+from natgrad_diffusion.checks import prepare_config
 from natgrad_diffusion.processes import Processes
 from natgrad_diffusion.run_setup import RunInputs, open_run
 from natgrad_diffusion.rundir import LOCK_FILE

@@ -39,7 +39,7 @@ def test_resume_reads_the_saved_configuration(tmp_path):
 def test_test_mode_keeps_a_flag_given_at_its_default(tmp_path):
     args = build_parser().parse_args(["train", "--test-mode", "--images-per-prompt", "4", "--batch-size", "8"])
     config, explicit = training_config(args)
-    from natgrad_diffusion.job import with_test_mode
+    from natgrad_diffusion.checks import with_test_mode
 
     applied = with_test_mode(config, explicit)
     assert applied.images_per_prompt == 4 and applied.batch_size == 8 and applied.steps == TEST_MODE["steps"]

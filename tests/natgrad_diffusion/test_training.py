@@ -13,8 +13,8 @@ from natgrad_diffusion.checkpoints import load_checkpoint
 from natgrad_diffusion.components import build_tiny_components
 from natgrad_diffusion.config import TRAINING
 from natgrad_diffusion.episode_log import CSV_COLUMNS
+from natgrad_diffusion.errors import TrainingError
 from natgrad_diffusion.feature_reward import FeatureReward
-from natgrad_diffusion.job import TrainingError
 from natgrad_diffusion.logs import read_csv
 from natgrad_diffusion.training import train
 

@@ -1,25 +1,20 @@
-"""The fine-tuning job's configuration and inputs: checks, test mode, defaults, prompts, model, reference features.
+"""The checks of a fine-tuning run's settings, its test mode and its mode-dependent defaults.
 
 Everything here runs before training starts, so that a bad input fails in one line
-(:class:`TrainingError`) before any heavy work.  The configuration itself is
+(:class:`~natgrad_diffusion.errors.TrainingError`) before any heavy work: :func:`prepare_config` is the one check of
+a run's settings, at its entry point.  The configuration itself is
 :class:`~natgrad_diffusion.config.TrainingConfig`.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
 import os
-import re
 import typing
-import unicodedata
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from natgrad.config import checked_fields
 
@@ -39,39 +34,19 @@ from .config import (
 from .errors import TrainingError
 from .flat_settings import ignored_settings, known_settings, with_settings
 from .logs import read_metadata
-from .references import JobSources, ReferenceData, decode_sources
-from .textfile import read_text
+from .models import check_model, max_steps
+from .prompts import job_prompts
 
 __all__ = [
-    "DEFAULT_EVAL_PROMPTS",
-    "DEFAULT_MODEL_DIR",
-    "DEFAULT_TRAIN_PROMPTS",
     "apply_test_mode",
-    "check_model",
-    "check_prompt",
     "check_range",
-    "feature_extractor",
-    "job_prompts",
-    "load_model",
-    "load_prompts",
-    "load_reference_features",
     "load_run_config",
-    "max_steps",
     "parse_mode",
     "prepare_config",
-    "reference_set",
     "resolve_defaults",
     "validate_config",
     "with_test_mode",
 ]
-
-ASSETS = Path(__file__).resolve().parent / "assets"
-DEFAULT_MODEL_DIR = ASSETS / "crater-ddim-32"
-DEFAULT_TRAIN_PROMPTS = ASSETS / "prompts" / "crater_train.txt"
-DEFAULT_EVAL_PROMPTS = ASSETS / "prompts" / "crater_test.txt"
-#: the real-Mars job's prompts (the caption of the real crops of the splits): train / validation / test
-MARS_PROMPTS = {role: ASSETS / "prompts" / f"mars_{role}.txt" for role in ("train", "validation", "test")}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def parse_mode(mode: str | PolicyMode) -> PolicyMode:
@@ -155,17 +130,6 @@ def check_range(name: str, value: float, limit: str | None = None, what: str = "
     lo, hi = LIMITS[limit or name]
     if not lo <= value <= hi:
         raise TrainingError(f"{name} must be {what} in [{_number(lo)}, {_number(hi)}]{note}, got {value!r}")
-
-
-def max_steps(model: str | None) -> int:
-    """The training timesteps of the scheduler of ``model`` (``None``: the embedded model), read from its
-    ``scheduler/scheduler_config.json``; ``LIMITS["steps"][1]`` when it cannot be read (a hub id)."""
-    path = (DEFAULT_MODEL_DIR if model is None else Path(model)) / "scheduler" / "scheduler_config.json"
-    try:
-        steps = json.loads(path.read_text(encoding="utf-8"))["num_train_timesteps"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return int(LIMITS["steps"][1])
-    return int(steps) if isinstance(steps, int) and steps >= 1 else int(LIMITS["steps"][1])
 
 
 def _check_ignored(c: TrainingConfig) -> None:
@@ -338,143 +302,3 @@ def prepare_config(config: TrainingConfig, explicit: Iterable[str] | None = None
     config = with_test_mode(config, explicit)
     validate_config(config)
     return resolve_defaults(config)
-
-
-def job_prompts(config: TrainingConfig, role: str, sources: JobSources | None = None) -> list[str]:
-    """The prompts of ``role`` (``"train"``, ``"validation"`` or ``"test"``): the file of ``config.prompts`` /
-    ``config.eval_prompts`` when given, else the embedded files that go with the reference: for ``reference="mars"``
-    the caption the real crops of the splits carry (``"a medium crater, lit from the west"``: every crop of the
-    shipped splits is centred on one crater at 2.5 diameters), once for training and on 12 lines (12 rows of the
-    evaluation grids) for validation and test; the renderer's captions otherwise (whose validation role is its test
-    file).  ``sources``: the job's decoded splits (:func:`~natgrad_diffusion.references.decode_sources`), which say
-    which embedded files go with the reference."""
-    given = {"train": config.prompts, "test": config.eval_prompts}.get(role)
-    if given is not None:
-        return load_prompts(given)
-    if (sources or decode_sources(config)).prompts == "mars":
-        return load_prompts(MARS_PROMPTS[role])
-    return load_prompts(DEFAULT_TRAIN_PROMPTS if role == "train" else DEFAULT_EVAL_PROMPTS)
-
-
-def load_prompts(path: str | os.PathLike | None, *, default: Path = DEFAULT_TRAIN_PROMPTS) -> list[str]:
-    """Non-empty, stripped lines of a prompt file (``None``: ``default``), UTF-8 (a byte-order mark is dropped; CRLF
-    line ends are fine); :class:`TrainingError` naming the file (and line) if it is missing, a directory, not UTF-8
-    text, holds control characters (a binary file) or a line longer than ``LIMITS["prompt_length"]`` characters, or
-    holds no prompt."""
-    p = Path(path) if path is not None else default
-    text = read_text(p, "prompts file", TrainingError, if_directory="; give a text file, one prompt per line",
-                     if_not_utf8="; save it as UTF-8, one prompt per line")  # fmt: skip
-    lines = enumerate(text.splitlines(), start=1)
-    prompts = [check_prompt(line, f"prompts file {p} line {number}") for number, line in lines if line.strip()]
-    if not prompts:
-        raise TrainingError(f"prompts file {p} is empty")
-    return prompts
-
-
-def check_prompt(prompt: str, where: str = "prompt") -> str:
-    """``prompt`` stripped; :class:`TrainingError` naming ``where`` if it is empty, holds control characters or is
-    longer than ``LIMITS["prompt_length"]`` characters."""
-    text = prompt.strip()
-    longest = int(LIMITS["prompt_length"][1])
-    if not text:
-        raise TrainingError(f"{where} is empty; give the text of a prompt")
-    if any(unicodedata.category(ch) == "Cc" and ch != "\t" for ch in text):
-        raise TrainingError(f"{where} holds control characters (binary data?): {text[:40]!r}")
-    if len(text) > longest:
-        raise TrainingError(
-            f"{where} has {len(text)} characters; a prompt has at most {longest} (the text encoder reads 77 tokens)"
-        )
-    return text
-
-
-def check_model(model: str | None) -> None:
-    """:class:`TrainingError` unless ``model`` (``None``: the embedded crater model) is a diffusers-layout
-    directory or looks like a hub id."""
-    if model is None:
-        if not DEFAULT_MODEL_DIR.is_dir():
-            raise TrainingError(f"the embedded crater model is missing ({DEFAULT_MODEL_DIR})")
-        return
-    path = Path(model)
-    if path.exists():
-        if not path.is_dir() or not (path / "unet").is_dir():
-            raise TrainingError(f"model directory {model} has no unet/ (expected the diffusers layout)")
-    elif not _HUB_ID.match(str(model)) or str(model).startswith((".", "/", "~")):
-        raise TrainingError(f"model directory {model} not found")
-
-
-def load_model(model: str | None, device: Any = None) -> Any:
-    """The :class:`~natgrad_diffusion.components.DiffusionComponents` of ``model`` (a diffusers-layout directory
-    or hub id; ``None``: the embedded crater model).  Raises :class:`TrainingError` with a one-line reason."""
-    from .components import load_components
-
-    check_model(model)
-    try:
-        return load_components(str(model) if model is not None else DEFAULT_MODEL_DIR, device=device)
-    except Exception as exc:  # hub / file errors are long; the CLI wants one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrainingError(f"cannot load model {model or DEFAULT_MODEL_DIR}: {first}") from exc
-
-
-def feature_extractor(config: TrainingConfig, device: Any = "cpu") -> Any:
-    """The image feature extractor of ``config`` (``features``, ``feature_image_size``, ``feature_weights``)."""
-    from .features import get_feature_extractor
-
-    kwargs: dict[str, Any] = {"device": device}
-    if config.feature_image_size is not None:
-        kwargs["image_size"] = config.feature_image_size
-    if config.feature_weights is not None:
-        kwargs["weights"] = config.feature_weights
-    try:
-        return get_feature_extractor(config.features, **kwargs)
-    except ValueError as exc:
-        raise TrainingError(str(exc)) from exc
-
-
-def reference_set(config: TrainingConfig, split: str, image_shape: tuple[int, int, int]) -> Any:
-    """The :class:`~natgrad_diffusion.craters.reference.ReferenceSet` of ``split`` (``"reference"``,
-    ``"validation"`` or ``"evaluation"``) at the model's ``image_shape = (channels, height, width)``; ``None`` for a
-    features file.  A run loads its splits once through one :class:`~natgrad_diffusion.references.ReferenceData`;
-    this is the one-off form."""
-    return ReferenceData(config, image_shape).images(split)
-
-
-def load_reference_features(
-    data: ReferenceData, extractor: Any, image_shape: tuple[int, int, int] | None = None
-) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    """The reward's reference: features ``(m, d)`` in ``extractor``'s space, their captions and a description.
-
-    ``data.sources.reference``: the Mars crops, renders or a reference-set ``.npz`` (its images go through
-    ``extractor``), or a features ``.npz`` (used as is; a warning if its extractor differs).  The earlier form
-    ``(config, extractor, image_shape)`` still works for one release, with a ``FutureWarning``.
-    """
-    from .features import FeatureFileError, load_features
-
-    if isinstance(data, TrainingConfig):
-        warnings.warn("load_reference_features(config, extractor, image_shape) is deprecated: pass "
-                      "ReferenceData(config, image_shape)", FutureWarning, stacklevel=2)  # fmt: skip
-        data = ReferenceData(data, image_shape)  # type: ignore[arg-type]
-
-    source = data.sources.reference
-    ref = data.images("reference")
-    if ref is None:
-        try:
-            return _reference_feature_file(load_features(source.path), source.path, extractor)
-        except FeatureFileError as exc:
-            raise TrainingError(str(exc)) from exc
-    return extractor(ref.images), list(ref.captions), {"source": source.label, "kind": "reference", **ref.meta}
-
-
-def _reference_feature_file(fs: Any, path: Path, extractor: Any) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    meta = extractor.metadata
-    if fs.extractor.get("name") != meta.get("name") or fs.extractor.get("image_size") != meta.get("image_size"):
-        warnings.warn(
-            f"{path} was computed with {fs.extractor}, the run extracts with {meta}: "
-            "rewards compare features of two different extractors",
-            UserWarning,
-            stacklevel=3,
-        )
-    if fs.features.shape[0] < 2:
-        raise TrainingError(f"{path}: {fs.features.shape[0]} reference features; the rewards need at least 2")
-    if fs.features.shape[1] != extractor.dim:
-        raise TrainingError(f"{path}: {fs.features.shape[1]}-d features, the extractor gives {extractor.dim}")
-    return fs.features, fs.captions, {"source": str(path), "kind": "features", **fs.reference}
