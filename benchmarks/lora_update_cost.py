@@ -1,7 +1,7 @@
 """Cost of the crater job's LoRA TRPO update on the embedded model, one torch thread.
 
 Measures, on one chunk of 16 decisions (image × denoising step) of a real rollout: one forward + backward of the
-surrogate, and one Fisher-vector product with each method of :func:`natgrad_diffusion.chunked_trpo.chunked_fisher`
+surrogate, and one Fisher-vector product with each method of :func:`natgrad_diffusion.training.chunked_trpo.chunked_fisher`
 (``reverse``: the chunk's graph built once, two backward passes per product; ``jvp``: ``torch.func`` jvp + vjp,
 recomputed per product) — medians of 5 after a warm-up — and then whole updates on the same rollout (parameters
 restored between them): TRPO with the job's default settings (a quarter of the decisions per update), TRPO on all
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from natgrad_diffusion.agents import PPOAgent, TRPOAgent
-from natgrad_diffusion.checks import resolve_defaults
-from natgrad_diffusion.chunked_trpo import chunked_fisher, importance_ratio
-from natgrad_diffusion.config import PPO, SAMPLING, TRAINING
-from natgrad_diffusion.models import load_model
-from natgrad_diffusion.policies import make_policy
-from natgrad_diffusion.sampling import step_distribution
+from natgrad_diffusion.core.config import PPO, SAMPLING, TRAINING
+from natgrad_diffusion.sampling.ddim import step_distribution
+from natgrad_diffusion.sampling.models import load_model
+from natgrad_diffusion.sampling.policies import make_policy
+from natgrad_diffusion.training.agents import PPOAgent, TRPOAgent
+from natgrad_diffusion.training.checks import resolve_defaults
+from natgrad_diffusion.training.chunked_trpo import chunked_fisher, importance_ratio
 
 OUT = Path(__file__).resolve().parent / "results" / "lora_update_cost.md"
 PROMPT = "a fresh medium bowl-shaped crater, lit from the west, high sun"

@@ -2,12 +2,12 @@
 
 Each configuration runs in a fresh subprocess: build a tiny latent diffusion model (random weights),
 add LoRA adapters, sample one batch, then reset the process's peak-RSS counter
-(``/proc/self/clear_refs``) and time one TRPO update (:class:`natgrad_diffusion.agents.TRPOAgent`,
+(``/proc/self/clear_refs``) and time one TRPO update (:class:`natgrad_diffusion.training.agents.TRPOAgent`,
 no critic).  The peak is read from ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (and ``VmHWM``) after the
 update, so it is the high-water mark of the update itself (the baseline RSS of torch + diffusers is
 included; the "increase" column subtracts the RSS just before the update).
 
-Chunked = the defaults of :class:`natgrad_diffusion.config.ChunkConfig` (memory bounded by the chunk
+Chunked = the defaults of :class:`natgrad_diffusion.core.config.ChunkConfig` (memory bounded by the chunk
 sizes); unchunked = every chunk as large as the whole batch of decisions, for contrast.
 
     python benchmarks/lora_update_memory.py            # writes benchmarks/results/lora_update_memory.md
@@ -52,11 +52,11 @@ def worker(steps: int, chunked: bool, images_per_prompt: int, threads: int) -> d
         warnings.simplefilter("ignore")
         from dataclasses import replace
 
-        from natgrad_diffusion.agents import TRPOAgent
-        from natgrad_diffusion.chunked_trpo import fisher_subsample
-        from natgrad_diffusion.components import build_tiny_components
-        from natgrad_diffusion.config import CHUNKS, SAMPLING
-        from natgrad_diffusion.policies import make_policy
+        from natgrad_diffusion.core.config import CHUNKS, SAMPLING
+        from natgrad_diffusion.sampling.components import build_tiny_components
+        from natgrad_diffusion.sampling.policies import make_policy
+        from natgrad_diffusion.training.agents import TRPOAgent
+        from natgrad_diffusion.training.chunked_trpo import fisher_subsample
 
     comps = build_tiny_components(sample_size=16, block_out_channels=(16, 32), cross_attention_dim=32)
     policy = make_policy("lora", comps)

@@ -50,9 +50,9 @@ def scaled(params: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Ten
 def kl_from_start(policy, components, prompts: list[str], config, alphas: list[float], n_images: int) -> list[float]:
     """Mean per-decision KL(π_0 ‖ π_α) on the start model's decisions."""
     from natgrad.families import mean_kl
-    from natgrad_diffusion.components import math_attention
-    from natgrad_diffusion.evaluation import lora_disabled
-    from natgrad_diffusion.sampling import sample
+    from natgrad_diffusion.evaluation.metrics import lora_disabled
+    from natgrad_diffusion.sampling.components import math_attention
+    from natgrad_diffusion.sampling.ddim import sample
 
     with lora_disabled(policy), torch.no_grad():
         traj = sample(components, [prompts[0]], num_images_per_prompt=n_images, num_inference_steps=config.steps,
@@ -70,15 +70,15 @@ def kl_from_start(policy, components, prompts: list[str], config, alphas: list[f
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from natgrad_diffusion.checks import resolve_defaults
-    from natgrad_diffusion.config import TRAINING
-    from natgrad_diffusion.flat_settings import with_settings
-    from natgrad_diffusion.models import load_model
+    from natgrad_diffusion.core.config import TRAINING
+    from natgrad_diffusion.core.flat_settings import with_settings
+    from natgrad_diffusion.data.references import ReferenceData
     from natgrad_diffusion.recipe import RecipeJudge
-    from natgrad_diffusion.reference_features import feature_extractor, load_reference_features
-    from natgrad_diffusion.references import ReferenceData
     from natgrad_diffusion.rewards import get_reward
-    from natgrad_diffusion.training import load_policy_from_run
+    from natgrad_diffusion.rewards.reference_features import feature_extractor, load_reference_features
+    from natgrad_diffusion.sampling.models import load_model
+    from natgrad_diffusion.training.checks import resolve_defaults
+    from natgrad_diffusion.training.loop import load_policy_from_run
 
     saved = json.loads((args.run / "recipe.json").read_text())["rl"]
     config = resolve_defaults(with_settings(TRAINING, {k: v for k, v in saved.items() if v is not None}))

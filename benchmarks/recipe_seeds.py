@@ -74,7 +74,7 @@ def goals(mean: dict[str, dict[str, float]], unseen: list[str]) -> list[tuple]:
 
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict:
-    from natgrad_diffusion.config import SUPERVISED
+    from natgrad_diffusion.core.config import SUPERVISED
     from natgrad_diffusion.recipe import RecipeConfig, run_recipe
 
     defaults = RecipeConfig()

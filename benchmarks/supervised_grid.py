@@ -4,7 +4,7 @@ Each (rank, lr) pair trains once for the largest step count and is evaluated eve
 **validation** split (the real crops of the validation region, never the evaluation region): one image per
 validation crop, with its caption and fixed seeds, judged by
 
-* the classifier two-sample test against the validation crops (:func:`natgrad_diffusion.judges.two_sample_accuracy`,
+* the classifier two-sample test against the validation crops (:func:`natgrad_diffusion.evaluation.judges.two_sample_accuracy`,
   5 folds; lower is better, 0.5 is indistinguishable), and
 * coverage (Naeem et al. 2020, k = 5) of the validation crops in the random-init ResNet-18 space (64 px).
 
@@ -50,11 +50,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def judge(components, validation, seed: int, judge_seeds: tuple[int, ...] = (0,)) -> dict[str, float]:
     """Sample one image per validation crop (its caption, seeds ``10_000 + i``) and judge them (the two-sample test
     once per judge seed: its mean, and its fold SD or, with several seeds, the SD over seeds)."""
-    from natgrad_diffusion.config import TRAINING
-    from natgrad_diffusion.evaluation import EVAL_IMAGE_SIZES, sample_images
-    from natgrad_diffusion.features import get_feature_extractor
-    from natgrad_diffusion.judges import two_sample_accuracy
+    from natgrad_diffusion.core.config import TRAINING
+    from natgrad_diffusion.evaluation.judges import two_sample_accuracy
+    from natgrad_diffusion.evaluation.metrics import EVAL_IMAGE_SIZES, sample_images
     from natgrad_diffusion.rewards import precision_recall_density_coverage
+    from natgrad_diffusion.rewards.features import get_feature_extractor
 
     images, _ = sample_images(components, list(validation.captions), images_per_prompt=1, steps=TRAINING.steps,
                               guidance_scale=TRAINING.guidance_scale, eta=1.0, seed=TRAINING.eval_seed)  # fmt: skip
@@ -71,8 +71,8 @@ def judge(components, validation, seed: int, judge_seeds: tuple[int, ...] = (0,)
 
 def run_point(rank: int, lr: float, args: argparse.Namespace, validation, steps: int | None = None,
               judge_seeds: tuple[int, ...] = (0,)) -> list[dict]:  # fmt: skip
-    from natgrad_diffusion.models import DEFAULT_MODEL_DIR, load_model
-    from natgrad_diffusion.supervised import SupervisedConfig, finetune, training_set
+    from natgrad_diffusion.sampling.models import DEFAULT_MODEL_DIR, load_model
+    from natgrad_diffusion.supervised.stage import SupervisedConfig, finetune, training_set
 
     components = load_model(None)
     steps = steps or args.steps
@@ -135,8 +135,8 @@ def _line(r: dict, baseline: dict, chosen: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from natgrad_diffusion.craters.mars import shipped_mars_reference
-    from natgrad_diffusion.models import load_model
+    from natgrad_diffusion.data.craters.mars import shipped_mars_reference
+    from natgrad_diffusion.sampling.models import load_model
 
     validation = shipped_mars_reference("validation")
     done = json.loads(args.out.read_text()) if args.out.exists() else {"rows": [], "baseline": None}

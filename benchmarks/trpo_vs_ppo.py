@@ -45,7 +45,7 @@ DDPO = {"ppo_mean_logprob": True, "ppo_clip_range": 1e-4, "ppo_lr": 3e-4, "ppo_a
 TRPO_GRID = [{"max_kl": k, "damping": d} for k in (0.003, 0.01, 0.03, 0.1) for d in (0.01, 0.1)]
 PPO_GRID = [{"ppo_lr": lr, "ppo_epochs": e} for lr in (1e-4, 1e-3, 3e-3, 3e-2) for e in (1, 4)]
 #: per mode: the settings of every run, the tuning and final episode counts (equal samples: same batch, episodes)
-#: (LORA_UNET is the default job of ``natgrad_diffusion.config.TRAINING``; DIVERSITY_POLICY as it was the default
+#: (LORA_UNET is the default job of ``natgrad_diffusion.core.config.TRAINING``; DIVERSITY_POLICY as it was the default
 #: before: 32 images per episode and a critic)
 MODES: dict[str, dict[str, Any]] = {
     "DIVERSITY_POLICY": {"settings": {"mode": "DIVERSITY_POLICY", "batch_size": 32, "critic": True}, "tune": 20,
@@ -135,13 +135,13 @@ def validation_score(run_dir: Path) -> float:
     validation split, in the reward's space: what the selection rule of the study compares."""
     import warnings
 
-    from natgrad_diffusion.checks import load_run_config
-    from natgrad_diffusion.evaluation import sample_images
-    from natgrad_diffusion.models import load_model
-    from natgrad_diffusion.prompts import job_prompts
-    from natgrad_diffusion.reference_features import feature_extractor, reference_set
+    from natgrad_diffusion.data.prompts import job_prompts
+    from natgrad_diffusion.evaluation.metrics import sample_images
     from natgrad_diffusion.rewards import get_reward
-    from natgrad_diffusion.training import load_policy_from_run
+    from natgrad_diffusion.rewards.reference_features import feature_extractor, reference_set
+    from natgrad_diffusion.sampling.models import load_model
+    from natgrad_diffusion.training.checks import load_run_config
+    from natgrad_diffusion.training.loop import load_policy_from_run
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -161,7 +161,7 @@ def validation_score(run_dir: Path) -> float:
 
 def training_reward(run_dir: Path, last: int = 5) -> float:
     """The mean set-level training reward of the last ``last`` episodes (what a gameable selection would use)."""
-    from natgrad_diffusion.logs import read_csv
+    from natgrad_diffusion.core.logs import read_csv
 
     rows = read_csv(run_dir / "train.csv")
     return float(np.mean([float(r["reward_value"]) for r in rows[-last:]]))
@@ -237,7 +237,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def collect(final: dict[str, list[Run]], baselines: Run) -> dict[str, Any]:
     """Every number of the report: evaluation rows (mean, std, per seed), training curves, KL, seconds/update."""
-    from natgrad_diffusion.logs import read_csv
+    from natgrad_diffusion.core.logs import read_csv
 
     base = json.loads((baselines.out / "evaluation.json").read_text())
     rows: dict[str, Any] = {
@@ -346,7 +346,7 @@ def mode_markdown(
     mode: str, chosen: dict[str, Any], data: dict[str, Any], tests: dict[str, Any], grids: list[tuple[str, str]]
 ) -> list[str]:
     """The report section of one policy mode."""
-    from natgrad_diffusion.evaluation import Spaces, table_columns
+    from natgrad_diffusion.evaluation.metrics import Spaces, table_columns
 
     cols = table_columns(Spaces(["crater", "resnet18", "pixels"], {}, {}, None))  # type: ignore[arg-type]
     lines = [f"## {mode}", "", "Tuning (tuning seed; validation score = the reward on validation prompts vs the "

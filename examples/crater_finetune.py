@@ -32,9 +32,9 @@ import argparse
 import time
 from dataclasses import replace
 
-from natgrad_diffusion.config import SUPERVISED, TRAINING
+from natgrad_diffusion.core.config import SUPERVISED, TRAINING
+from natgrad_diffusion.evaluation.verdict import recipe_summary
 from natgrad_diffusion.recipe import RecipeConfig, RecipeError, run_recipe, with_test_mode
-from natgrad_diffusion.verdict import recipe_summary
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ from torch import nn
 from torch.distributions import Categorical, Distribution, Independent, Normal
 
 import natgrad
-from natgrad_diffusion.outputs import OutputError, check_writer_dir
+from natgrad_diffusion.cli.outputs import OutputError, check_writer_dir
 
 
 # ----------------------------------------------------------------------------- configuration

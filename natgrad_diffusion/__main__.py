@@ -1,6 +1,6 @@
 """``python -m natgrad_diffusion ...`` = the ``natgrad-diffusion`` console script (also under ``torchrun -m``)."""
 
-from natgrad_diffusion.cli import main
+from natgrad_diffusion.cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -1,14 +1,14 @@
 """The two-stage recipe of the crater job: a supervised stage on real crops, then TRPO, judged by what neither saw.
 
-1. **Supervised** (:mod:`natgrad_diffusion.supervised`): the pretrained model fine-tuned on the multi-scale real
+1. **Supervised** (:mod:`natgrad_diffusion.supervised.stage`): the pretrained model fine-tuned on the multi-scale real
    crater crops of the tile's reference region → ``OUT/supervised`` (a diffusers folder).
-2. **RL** (:func:`natgrad_diffusion.training.train`): TRPO with the distribution-matching and diversity reward,
+2. **RL** (:func:`natgrad_diffusion.training.loop.train`): TRPO with the distribution-matching and diversity reward,
    starting from the supervised weights → ``OUT/rl``.  What it is for: more coverage of the real distribution and
    more variety within a caption, at no cost in fidelity and no increase in memorisation.  With
    ``rl_from_pretrained`` the same RL stage also runs from the pretrained model (today's recipe) → ``OUT/rl_pretrained``.
 3. **Judgement** (:func:`judge_rows`): every row samples the same captions with the same seeds, ``n`` images (the
    size of the real validation row), and is judged against the held-out evaluation split in every space and by
-   every judge of :func:`~natgrad_diffusion.evaluation.image_metrics`: real validation crops (the ceiling),
+   every judge of :func:`~natgrad_diffusion.evaluation.metrics.image_metrics`: real validation crops (the ceiling),
    pretrained, pretrained + brightness/contrast map, the best fixed prompt, supervised, supervised + TRPO (and
    pretrained + TRPO).  ``OUT/evaluation.{md,json}``, ``OUT/eval_comparison.png`` (real | pretrained | supervised |
    supervised + TRPO).
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import SUPERVISED, TRAINING, SupervisedConfig, TrainingConfig, config_dict
-from .supervised import SUPERVISED_FILE
+from .core.config import SUPERVISED, TRAINING, SupervisedConfig, TrainingConfig, config_dict
+from .supervised.stage import SUPERVISED_FILE
 
 __all__ = [
     "RECIPE_FILE",
@@ -60,7 +60,7 @@ class RecipeConfig:
     Attributes:
         out: the job's folder (``supervised/``, ``rl/``, ``evaluation.md``, ...).
         supervised: the supervised stage (its seed is ``rl.seed``).
-        rl: the RL stage, a :class:`~natgrad_diffusion.config.TrainingConfig` whose ``model`` is the pretrained
+        rl: the RL stage, a :class:`~natgrad_diffusion.core.config.TrainingConfig` whose ``model`` is the pretrained
             model both stages start from (``out`` and ``evaluate`` are set by the recipe).
         rl_from_pretrained: also run the RL stage from the pretrained model (the row "pretrained + TRPO").
         eval_n: images per row (``None``: as many as the real validation crops).
@@ -75,7 +75,7 @@ class RecipeConfig:
 
 def with_test_mode(config: RecipeConfig) -> RecipeConfig:
     """``config`` as a smoke run of about a minute: 8 supervised steps of 8 images, the RL stage's test mode
-    (:data:`~natgrad_diffusion.config.TEST_MODE`), 8 images per row."""
+    (:data:`~natgrad_diffusion.core.config.TEST_MODE`), 8 images per row."""
     supervised = replace(config.supervised, steps=8, batch_size=8, checkpoint_every=4)
     return replace(config, supervised=supervised, rl=replace(config.rl, test_mode=True), eval_n=8)
 
@@ -119,7 +119,7 @@ def _claim(out: Path, *, resume: bool, overwrite: bool) -> None:
 def _restart(stage: Path, resume: bool, say: Callable[[str], None]) -> bool:
     """Whether an RL stage of a resumed job starts again: it was killed before its first checkpoint, so it holds a
     run with nothing to resume (the job owns the folder; only the run's own files are replaced)."""
-    from .rundir import CHECKPOINT_FILE, is_run
+    from .core.rundir import CHECKPOINT_FILE, is_run
 
     if resume and is_run(stage) and not (stage / CHECKPOINT_FILE).is_file():
         say(f"{stage} was stopped before its first checkpoint: starting that stage again")
@@ -138,11 +138,11 @@ def run_recipe(
     """Run (or continue) the two-stage job of ``config``; see the module docstring."""
     import torch
 
-    from .checks import resolve_defaults, validate_config
-    from .checks import with_test_mode as with_rl_test_mode
-    from .models import load_model
-    from .supervised import finetune, training_set
-    from .training import train
+    from .sampling.models import load_model
+    from .supervised.stage import finetune, training_set
+    from .training.checks import resolve_defaults, validate_config
+    from .training.checks import with_test_mode as with_rl_test_mode
+    from .training.loop import train
 
     rl = replace(config.rl, evaluate=False)
     validate_config(with_rl_test_mode(rl, _explicit(rl)))
@@ -159,7 +159,7 @@ def run_recipe(
         say(f"stage 1: reusing the supervised model in {sup_dir}")
     else:
         say("stage 1: supervised fine-tune on the real crater crops of the reference region ...")
-        from .models import DEFAULT_MODEL_DIR
+        from .sampling.models import DEFAULT_MODEL_DIR
 
         components = load_model(base)
         sup = replace(config.supervised, seed=rl.seed)
@@ -198,7 +198,7 @@ def run_recipe(
 
 def _explicit(rl: TrainingConfig) -> list[str]:
     """The test-mode fields the user set: those that differ from the recipe's own RL defaults."""
-    from .config import TEST_MODE
+    from .core.config import TEST_MODE
 
     default = RecipeConfig().rl
     return [k for k in TEST_MODE if getattr(rl, k) != getattr(default, k)]
@@ -209,17 +209,17 @@ class RecipeJudge:
     seeds (``n`` images: the test prompts cycled, seeds ``config.eval_seed + i``).
 
     Attributes:
-        spaces: the evaluation spaces (:func:`~natgrad_diffusion.evaluation.evaluation_spaces`).
+        spaces: the evaluation spaces (:func:`~natgrad_diffusion.evaluation.metrics.evaluation_spaces`).
         validation: the real validation crops (the ceiling row and the baselines' choice).
         prompts: the captions of the ``n`` images of every row.
         columns: the table's columns (:func:`recipe_columns`).
     """
 
     def __init__(self, config: TrainingConfig, image_shape: tuple[int, int, int], n: int | None = None) -> None:
-        from .evaluation import evaluation_spaces
-        from .prompts import job_prompts
-        from .reference_features import feature_extractor, load_reference_features
-        from .references import ReferenceData
+        from .data.prompts import job_prompts
+        from .data.references import ReferenceData
+        from .evaluation.metrics import evaluation_spaces
+        from .rewards.reference_features import feature_extractor, load_reference_features
 
         self.config = config
         self.extractor = feature_extractor(config)
@@ -238,15 +238,15 @@ class RecipeJudge:
         self, components: Any, policy: Any = None, prompts: list[str] | None = None, seed: int = 0
     ) -> np.ndarray:
         """uint8 images of ``prompts`` (default: the rows' captions), one each, seeds ``eval_seed + seed + i``."""
-        from .evaluation import sample_images
+        from .evaluation.metrics import sample_images
 
         c = self.config
         return sample_images(components, prompts or self.prompts, policy=policy, images_per_prompt=1, steps=c.steps,
                              guidance_scale=c.guidance_scale, eta=c.eta, seed=c.eval_seed + seed)[0]  # type: ignore[arg-type]  # fmt: skip
 
     def judge(self, images: np.ndarray, captions: list[str] | None = None) -> dict[str, float]:
-        """Every metric and judge of :func:`~natgrad_diffusion.evaluation.image_metrics` for one row."""
-        from .evaluation import image_metrics
+        """Every metric and judge of :func:`~natgrad_diffusion.evaluation.metrics.image_metrics` for one row."""
+        from .evaluation.metrics import image_metrics
 
         return image_metrics(images, captions or self.prompts, self.spaces, self.config.vendi_kernel)
 
@@ -264,9 +264,9 @@ def judge_rows(
     for the first).  Every row has ``n`` images (default: the real validation crops'), captions and seeds of
     :class:`RecipeJudge`.
     """
-    from .baselines import best_fixed_prompt, brightness_contrast_map
-    from .evaluation import lora_disabled
-    from .supervised import training_set
+    from .evaluation.baselines import best_fixed_prompt, brightness_contrast_map
+    from .evaluation.metrics import lora_disabled
+    from .supervised.stage import training_set
 
     judge = RecipeJudge(config, pretrained.image_shape(), n)
     n = len(judge.prompts)
@@ -307,9 +307,9 @@ def recipe_columns(reward_space: str, unseen: list[str]) -> list[tuple[str, str]
 
 def _write(out: Path, rows: dict[str, dict[str, float]], columns: list[tuple[str, str]],
            images: dict[str, np.ndarray], seconds: dict[str, float]) -> None:  # fmt: skip
-    from .evaluation import format_metrics_table
-    from .logs import atomic_write_text
-    from .plots import save_comparison_grid
+    from .core.logs import atomic_write_text
+    from .evaluation.metrics import format_metrics_table
+    from .evaluation.plots import save_comparison_grid
 
     atomic_write_text(out / "evaluation.json", json.dumps({"rows": rows, "seconds": seconds}, indent=1) + "\n")
     atomic_write_text(out / "evaluation.md", format_metrics_table(rows, columns=columns) + "\n")

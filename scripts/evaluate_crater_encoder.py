@@ -1,7 +1,7 @@
 """Validation report of the crater encoder against the random-init ResNet-18 (the project's current default).
 
 Writes ``benchmarks/results/crater_encoder.md`` and ``crater_encoder.json``. Spaces: ``learned``
-(:class:`~natgrad_diffusion.encoder.CraterEncoderFeatures`, 128-d, 32 px) and ``resnet18-random``
+(:class:`~natgrad_diffusion.rewards.encoder.CraterEncoderFeatures`, 128-d, 32 px) and ``resnet18-random``
 (``ResNet18Features(image_size=64)``, no weights offline → seed-0 random init, 512-d). Sections:
 
 1. Linear probes: ``LogisticRegression`` on standardised features of fresh renders (seed 10000, never seen in
@@ -32,10 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from natgrad_diffusion.craters.mars import mars_reference_sets
-from natgrad_diffusion.craters.render import render_batch
-from natgrad_diffusion.encoder import CraterEncoderFeatures
-from natgrad_diffusion.features import FeatureExtractor, ResNet18Features
+from natgrad_diffusion.data.craters.mars import mars_reference_sets
+from natgrad_diffusion.data.craters.render import render_batch
 from natgrad_diffusion.rewards import (
     frechet_distance_features,
     median_heuristic_bandwidth,
@@ -43,6 +41,8 @@ from natgrad_diffusion.rewards import (
     vendi_score,
     within_prompt_vendi_score,
 )
+from natgrad_diffusion.rewards.encoder import CraterEncoderFeatures
+from natgrad_diffusion.rewards.features import FeatureExtractor, ResNet18Features
 from natgrad_diffusion.rewards.grain import grain_ratio
 
 REPO = Path(__file__).resolve().parents[1]
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def sample_model(images_per_prompt: int) -> np.ndarray:
     """uint8 ``(16·k, 32, 32)`` samples of the embedded crater model for the test prompts (seed 0, 10 steps)."""
-    from natgrad_diffusion.training import load_model, sample_images
+    from natgrad_diffusion.training.loop import load_model, sample_images
 
     prompts_file = REPO / "natgrad_diffusion" / "assets" / "prompts" / "crater_test.txt"
     prompts = [s for s in prompts_file.read_text().splitlines() if s.strip()]

@@ -9,8 +9,8 @@ Protocol (all seeded):
 1. A fresh reference set ``R`` of ``--n`` renders (32 × 32, broad diversity, seed 10 000; the training run used
    seed 0) and a second fresh set ``R'`` (seed 20 000) whose captions are the prompts.
 2. One sample per prompt from the trained model and from the *same architecture with random weights*
-   (:func:`~natgrad_diffusion.craters.model.build_crater_model`), DDIM ``--steps`` steps, guidance ``--guidance``.
-3. Features: ResNet-18 (:mod:`natgrad_diffusion.features`, whatever weights are available, recorded), the same
+   (:func:`~natgrad_diffusion.data.craters.model.build_crater_model`), DDIM ``--steps`` steps, guidance ``--guidance``.
+3. Features: ResNet-18 (:mod:`natgrad_diffusion.rewards.features`, whatever weights are available, recorded), the same
    L2-normalised (without pretrained weights the feature norm dominates and mostly tracks contrast), and raw
    pixels (the 32 × 32 image as a 1024-vector in [0, 1]).
 4. Against ``R``: unbiased MMD² with an RBF kernel whose bandwidth is the median pairwise distance of ``R``'s
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 import natgrad_diffusion
-from natgrad_diffusion.craters.captions import ATTRIBUTES, parse_caption
-from natgrad_diffusion.craters.model import build_crater_model, load_crater_model
-from natgrad_diffusion.craters.reference import generate_reference_set
-from natgrad_diffusion.craters.render import render_batch
+from natgrad_diffusion.data.craters.captions import ATTRIBUTES, parse_caption
+from natgrad_diffusion.data.craters.model import build_crater_model, load_crater_model
+from natgrad_diffusion.data.craters.reference import generate_reference_set
+from natgrad_diffusion.data.craters.render import render_batch
 from natgrad_diffusion.rewards import frechet_distance_features, median_heuristic_bandwidth, mmd2_unbiased
 
 __all__ = ["evaluate", "train_attribute_classifier"]
@@ -132,7 +132,7 @@ def _metrics(ref: np.ndarray, others: dict[str, np.ndarray]) -> dict[str, dict[s
 
 def _feature_metrics(args: argparse.Namespace, ref, ref2, samples: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """MMD² / FID of the fresh renders and the samples against the reference in three spaces; the extractor."""
-    from natgrad_diffusion.features import ResNet18Features
+    from natgrad_diffusion.rewards.features import ResNet18Features
 
     extractor = ResNet18Features(image_size=args.image_size)
     feats = {"reference": extractor(ref.images), "fresh_renders": extractor(ref2.images)}
@@ -167,7 +167,7 @@ def _caption_following(samples: dict[str, np.ndarray], prompts: list[str]) -> di
 
 def _write_grids(args: argparse.Namespace, trained, random_model, samples: dict[str, np.ndarray], ref) -> Path:
     """One row per test prompt (first column a render with that caption); random-weight samples; the reference."""
-    from natgrad_diffusion.plots import save_image_grid
+    from natgrad_diffusion.evaluation.plots import save_image_grid
 
     grid_prompts = _grid_prompts(args.grid_rows)
     per_row = args.grid_cols

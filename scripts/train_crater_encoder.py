@@ -1,4 +1,4 @@
-"""Train the crater encoder (:mod:`natgrad_diffusion.encoder`) self-supervised with VICReg, on one CPU thread.
+"""Train the crater encoder (:mod:`natgrad_diffusion.rewards.encoder`) self-supervised with VICReg, on one CPU thread.
 
 Objective (Bardes, Ponce & LeCun, "VICReg", ICLR 2022). Two augmented views of a batch give embeddings
 ``Z, Z' ∈ R^{n×d}`` (after the expander ``g``: encoder → Linear-BN-ReLU-Linear)::
@@ -14,7 +14,7 @@ dimensions — what the RBF kernels of MMD² and Vendi (Euclidean distances, one
 want; NT-Xent compares cosine similarities on the sphere only.
 
 Data (``--mix``, default 0.5/0.2/0.3 of each batch): (a) procedural renders
-(:func:`~natgrad_diffusion.craters.render.render_batch`, diversity 1) from a sliding window of ``--pool``
+(:func:`~natgrad_diffusion.data.craters.render.render_batch`, diversity 1) from a sliding window of ``--pool``
 scene indices, ``--fresh`` new scenes per step; (b) the REAL Mars crops of the ``reference`` split only
 (validation/evaluation stay held out); (c) crops around blob-like (crater-like) spots of pycda's unlabelled
 ``selection*.png`` frames (difference-of-Gaussians maxima, side ≈ 2.5 × the blob diameter).
@@ -44,9 +44,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from natgrad_diffusion.craters.reference import resize_square
-from natgrad_diffusion.craters.render import render_batch
-from natgrad_diffusion.encoder import (
+from natgrad_diffusion.cli.outputs import OutputError, check_writer_dir
+from natgrad_diffusion.data.craters.reference import resize_square
+from natgrad_diffusion.data.craters.render import render_batch
+from natgrad_diffusion.rewards.encoder import (
     CONFIG_FILE,
     ENCODER_DIR,
     PIXEL_MEAN,
@@ -54,7 +55,6 @@ from natgrad_diffusion.encoder import (
     CraterEncoder,
     save_crater_encoder,
 )
-from natgrad_diffusion.outputs import OutputError, check_writer_dir
 
 SIZE = 32
 #: options that only steer one invocation (may differ between a run and its resumption)
@@ -96,7 +96,7 @@ def selection_crops(per_frame: int = 400, size: int = SIZE) -> np.ndarray:
     from PIL import Image
     from scipy import ndimage
 
-    from natgrad_diffusion.craters.mars import pycda_data_dir
+    from natgrad_diffusion.data.craters.mars import pycda_data_dir
 
     out = []
     for path in sorted(pycda_data_dir().glob("selection*.png")):
@@ -123,7 +123,7 @@ def selection_crops(per_frame: int = 400, size: int = SIZE) -> np.ndarray:
 
 def real_reference_crops() -> np.ndarray:
     """The REAL Mars crater crops of the ``reference`` split only, uint8 ``(114, 32, 32)``."""
-    from natgrad_diffusion.craters.mars import mars_reference_sets
+    from natgrad_diffusion.data.craters.mars import mars_reference_sets
 
     return mars_reference_sets(size=SIZE)["reference"].images
 
@@ -312,7 +312,7 @@ def weights_info(tr: Trainer) -> dict:
     return {
         "method": "VICReg (lambda=25, mu=25, nu=1) with a Linear-BN-ReLU-Linear expander (not shipped)",
         "training_data": {
-            "renders": f"natgrad_diffusion.craters.render.render_batch, diversity 1.0, seed {a.seed}, "
+            "renders": f"natgrad_diffusion.data.craters.render.render_batch, diversity 1.0, seed {a.seed}, "
             f"sliding window of {a.pool} scenes, {a.fresh} new per step; share {a.mix[0]}",
             "real": f"pycda holdout tile, REAL Mars crater crops of the 'reference' split only "
             f"(mars_reference_sets(size=32), {len(tr.real)} crops); share {a.mix[1]}",

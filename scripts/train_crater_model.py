@@ -6,9 +6,9 @@ Usage (the embedded model was made with exactly this command)::
 
 What it does
 ------------
-* Builds the architecture of :class:`~natgrad_diffusion.craters.model.CraterModelConfig` with a fixed seed.
+* Builds the architecture of :class:`~natgrad_diffusion.data.craters.model.CraterModelConfig` with a fixed seed.
 * Data: a pool of ``--pool`` freshly rendered 32 × 32 grayscale crater images with their captions
-  (:func:`~natgrad_diffusion.craters.render.render_batch`); every step replaces ``--refresh`` pool entries by
+  (:func:`~natgrad_diffusion.data.craters.render.render_batch`); every step replaces ``--refresh`` pool entries by
   new renders, so the model keeps seeing new images (≈ 30k distinct images in a 38-minute run on two idle cores).
 * Loss: ``E ||v - v_θ(x_t, t, c)||²`` with ``x_t = √ᾱ_t x_0 + √(1-ᾱ_t) ε`` and the v-prediction target
   ``v = √ᾱ_t ε - √(1-ᾱ_t) x_0`` (Salimans & Ho 2022; ``--prediction-type epsilon`` for the classic ε target),
@@ -38,9 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from natgrad_diffusion.craters.model import CraterModel, CraterModelConfig, build_crater_model, to_model_space
-from natgrad_diffusion.craters.render import render_batch
-from natgrad_diffusion.outputs import OutputError, check_writer_dir
+from natgrad_diffusion.cli.outputs import OutputError, check_writer_dir
+from natgrad_diffusion.data.craters.model import CraterModel, CraterModelConfig, build_crater_model, to_model_space
+from natgrad_diffusion.data.craters.render import render_batch
 
 __all__ = ["main", "parse_args", "train"]
 

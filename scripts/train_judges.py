@@ -2,8 +2,8 @@
 
     python scripts/train_judges.py --out natgrad_diffusion/assets/crater-judges --threads 1
 
-The judges (:mod:`natgrad_diffusion.judges`) are small CNNs trained on the real crops of the tile's reference region
-(:mod:`natgrad_diffusion.craters.mars_regions`) and validated on the validation region; ``judges.json`` records the
+The judges (:mod:`natgrad_diffusion.evaluation.judges`) are small CNNs trained on the real crops of the tile's reference region
+(:mod:`natgrad_diffusion.data.craters.mars_regions`) and validated on the validation region; ``judges.json`` records the
 validation figures.  Neither the supervised stage nor the RL stage ever sees them: they only judge.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from natgrad_diffusion.judges import save_crater_judges, train_crater_judges
+from natgrad_diffusion.evaluation.judges import save_crater_judges, train_crater_judges
 
 
 def main(argv: list[str] | None = None) -> None:

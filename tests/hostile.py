@@ -16,7 +16,7 @@ Each case carries ``before``: its class on the code before issue 19 (commit 1a1a
 cases there (``pytest --hostile-report FILE`` writes every case's class; see ``tests/conftest.py``).  The tests
 assert that every case is now ``handled`` or ``named``.
 
-Command-line cases run :func:`natgrad_diffusion.cli.main` in this process: :func:`cli` turns an exit with status 2 and
+Command-line cases run :func:`natgrad_diffusion.cli.app.main` in this process: :func:`cli` turns an exit with status 2 and
 one ``natgrad-diffusion: error:`` line into :class:`Refused`, and anything else that escapes ``main`` into
 :class:`Escaped` (a traceback, as the user would see one).
 """
@@ -132,7 +132,7 @@ def cli(*argv: Any) -> str:
     """Run ``natgrad-diffusion ARGV`` in this process; return its standard output, raise :class:`Refused` on a
     one-line error (exit status 2) and :class:`Escaped` on anything else (a traceback, another status, several
     lines)."""
-    from natgrad_diffusion.cli import main
+    from natgrad_diffusion.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     try:

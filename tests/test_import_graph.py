@@ -74,5 +74,65 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles_in_the_packages():
     graph = import_graph()
-    assert "natgrad_diffusion.cli" in graph and "natgrad_diffusion.features" in graph  # the graph is read
+    assert "natgrad_diffusion.cli.app" in graph and "natgrad_diffusion.rewards.features" in graph  # the graph is read
     assert cycles(graph) == []
+
+
+#: natgrad_diffusion's layers, bottom first; a module imports only from its own layer or the layers below it (the
+#: stages, ``supervised`` and ``training``, share a rank and do not import each other)
+LAYERS = {
+    "core": 0, "_compat": 0, "moved": 0,
+    "data": 1,
+    "sampling": 2,
+    "rewards": 3,
+    "evaluation": 4,
+    "supervised": 5, "training": 5,
+    "recipe": 6,
+    "cli": 7,
+    "__main__": 8,
+}  # fmt: skip
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for every import from a layer to a higher one, or between two layers of the same rank."""
+    bad = []
+    for module, targets in graph.items():
+        parts = module.split(".")
+        if parts[0] != "natgrad_diffusion" or len(parts) == 1:
+            continue  # natgrad, and the package's own __init__ (which installs the old paths)
+        for target in targets:
+            tparts = target.split(".")
+            if tparts[0] != "natgrad_diffusion" or len(tparts) == 1 or tparts[1] == parts[1]:
+                continue
+            if LAYERS[tparts[1]] >= LAYERS[parts[1]]:
+                bad.append(f"{module} -> {target}")
+    return sorted(bad)
+
+
+def test_the_layer_check_finds_an_upward_import():
+    graph = {"natgrad_diffusion.data.x": {"natgrad_diffusion.training.loop"},
+             "natgrad_diffusion.training.loop": {"natgrad_diffusion.supervised.stage", "natgrad_diffusion.core.config"}}  # fmt: skip
+    assert layer_violations(graph) == [
+        "natgrad_diffusion.data.x -> natgrad_diffusion.training.loop",
+        "natgrad_diffusion.training.loop -> natgrad_diffusion.supervised.stage",
+    ]
+
+
+def test_every_layer_imports_only_downward():
+    graph = import_graph()
+    layers = {m.split(".")[1] for m in graph if m.startswith("natgrad_diffusion.")}
+    assert layers <= set(LAYERS), layers - set(LAYERS)  # every subpackage has a rank
+    assert layer_violations(graph) == []
+
+
+def test_every_module_has_a_test_file_of_its_own():
+    """Tests mirror modules: ``natgrad_diffusion/a/b.py`` is tested in ``tests/natgrad_diffusion/a/test_b.py``."""
+    missing = []
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.name in ("__init__.py", "__main__.py"):
+                continue
+            test = ROOT / "tests" / path.parent.relative_to(ROOT) / f"test_{path.stem.lstrip('_')}.py"
+            if not test.is_file():
+                missing.append(str(path.relative_to(ROOT)))
+    assert missing == []

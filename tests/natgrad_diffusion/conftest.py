@@ -10,7 +10,7 @@ import torch
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # a broken torchvision is hidden with a RuntimeWarning
-    from natgrad_diffusion.components import DiffusionComponents, build_tiny_components
+    from natgrad_diffusion.sampling.components import DiffusionComponents, build_tiny_components
 
 PROMPTS = ["a crater", "two craters"]
 

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
+from natgrad_diffusion.evaluation.verdict import recipe_summary
 from natgrad_diffusion.recipe import RECIPE_FILE, RecipeConfig, RecipeError, run_recipe, with_test_mode
-from natgrad_diffusion.verdict import recipe_summary
 
 
 def smoke(out) -> RecipeConfig:

@@ -5,8 +5,8 @@ import json
 import pytest
 from train_crater_model import parse_args, train
 
-from natgrad_diffusion.craters.model import load_crater_model
-from natgrad_diffusion.outputs import OutputError
+from natgrad_diffusion.cli.outputs import OutputError
+from natgrad_diffusion.data.craters.model import load_crater_model
 
 
 def test_training_script_runs_and_saves(tmp_path):

@@ -1,17 +1,9 @@
 import numpy as np
 import pytest
-import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from natgrad_diffusion.rewards import (
-    cosine_kernel,
-    knn_radii,
-    median_heuristic_bandwidth,
-    pairwise_distances,
-    pairwise_squared_distances,
-    rbf_kernel,
-)
+from natgrad_diffusion.rewards import cosine_kernel, median_heuristic_bandwidth, rbf_kernel
 
 
 def test_median_heuristic_on_a_line():
@@ -57,29 +49,3 @@ def test_cosine_kernel():
     assert k[0, 1] == pytest.approx(0.0)
     assert k[0, 2] == pytest.approx(1 / np.sqrt(2))
     assert k[3, 0] == 0.0
-
-
-def test_distances_match_direct_computation_and_accept_torch():
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(7, 3)), rng.normal(size=(5, 3))
-    direct = np.linalg.norm(x[:, None] - y[None], axis=-1)
-    assert np.allclose(pairwise_distances(x, y), direct)
-    assert np.allclose(pairwise_squared_distances(torch.tensor(x, dtype=torch.float32), y), direct**2, atol=1e-5)
-    assert np.all(np.diag(pairwise_squared_distances(x)) == 0)
-
-
-def test_knn_radii():
-    x = np.array([[0.0], [1.0], [3.0], [7.0]])
-    assert np.allclose(knn_radii(x, 1), [1, 1, 2, 4])
-    assert np.allclose(knn_radii(x, 2), [3, 2, 3, 6])
-    with pytest.raises(ValueError):
-        knn_radii(x, 4)
-
-
-def test_input_validation():
-    with pytest.raises(ValueError, match="shape"):
-        pairwise_distances(np.zeros(3))
-    with pytest.raises(ValueError, match="NaN"):
-        pairwise_distances(np.array([[np.nan]]))
-    with pytest.raises(ValueError, match="dimensions"):
-        pairwise_distances(np.zeros((2, 2)), np.zeros((2, 3)))
