@@ -152,7 +152,8 @@ def _primaries(draws: _Draws, choice: dict[str, str], scale: _Scale) -> tuple[Cr
             cx, cy = draws.blend(lo, hi), draws.blend(lo, hi)
         else:
             # same size class, no larger than the main crater
-            D = min(scale.frac, _blend(rng, *SIZE_FRACTION[size], None, 1.0)) * scale.image_km
+            # (clamped in km too: frac · (D_main / frac) can exceed D_main by one rounding step)
+            D = min(min(scale.frac, _blend(rng, *SIZE_FRACTION[size], None, 1.0)) * scale.image_km, scale.d_main)
             cx, cy = rng.uniform(0.12, 0.88, size=2)
         complex_ = D > scale.transition
         peak = bool(complex_ and (morph == "central peak" if k == 0 else rng.random() < 0.7))
