@@ -44,6 +44,7 @@ _EXPORTS = {
     "graph_fisher_vector_product": "fisher",
     "resolve_method": "fisher",
     "TrustRegionOptimizer": "optimizer",
+    "KFAC": "kfac",
     "kfac_preconditioner": "kfac",
     "tree_flatten": "tree",
     "tree_map": "tree",
@@ -56,6 +57,7 @@ _EXPORTS = {
 
 __all__ = [
     "FVP_METHODS",
+    "KFAC",
     "CGResult",
     "FisherOperator",
     "LineSearchResult",

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .closure import Closure, FvpTiming, call_closure, cheapest_fvp_method, check_closure, time_fvp_methods
+from .closure import Closure, FvpTiming, cheapest_fvp_method, check_closure, time_fvp_methods
 from .config import TrustRegionConfig, checked_value, make_config
 from .distributed import broadcast_parameters, check_parameters_in_sync, is_distributed
-from .kfac import kfac_preconditioner
+from .kfac import KFAC
 from .module_state import ModuleStateGuard
 from .optimizer_state import HYPERPARAMETERS, checked_group_values, checked_state_dict, extra_state, load_extra_state
 from .parameters import check_parameters, describe_parameter
@@ -90,7 +90,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         distributed: bool = False,
         process_group: Any = None,
         sync_check_every: int = 10,
-        preconditioner: str | None = None,
+        preconditioner: str | KFAC | None = None,
         **overrides: Any,
     ) -> None:
         if _is_number(config):
@@ -106,14 +106,15 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             raise ValueError("no parameters to optimize: params is empty")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be the policy's torch.nn.Module, got {type(model).__name__}")
-        if preconditioner not in (None, "kfac"):
-            raise ValueError(f"preconditioner must be None or 'kfac', got {preconditioner!r}")
-        if preconditioner == "kfac" and (model is None or distributed):
-            raise ValueError("preconditioner='kfac' needs model=policy (its layers give the factors) and runs on one "
-                             "process (distributed=False)")  # fmt: skip
+        if not (preconditioner is None or preconditioner == "kfac" or isinstance(preconditioner, KFAC)):
+            raise ValueError(f"preconditioner must be None, 'kfac' or a natgrad.KFAC, got {preconditioner!r}")
+        if preconditioner == "kfac" and model is None:
+            raise ValueError("preconditioner='kfac' needs model=policy (its layers give the factors)")
         super().__init__(params, cfg.as_dict())
         self.model = model
         self.preconditioner = preconditioner
+        #: the K-FAC preconditioner (its running factors are part of the state_dict), or None
+        self.kfac: KFAC | None = KFAC(model) if preconditioner == "kfac" else preconditioner  # type: ignore[assignment]
         self.tuned_fvp_method: str | None = None
         self.fvp_timings: dict[str, FvpTiming] | None = None
         self._cg_products = (0, 0)  # CG iterations summed over the steps taken with the tuned method, steps
@@ -201,6 +202,7 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
             self._config = (cfg.as_dict(), cfg)
             for name, value in (("model", None), ("tuned_fvp_method", None), ("fvp_timings", None),
                                 ("_cg_products", (0, 0)), ("distributed", False), ("process_group", None),
+                                ("preconditioner", None), ("kfac", None),
                                 ("sync_check_every", 10)):  # fmt: skip
                 self.__dict__.setdefault(name, value)
 
@@ -210,13 +212,22 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         timings and the CG tally: everything a resumed optimizer needs to take the same steps."""
         out = super().state_dict()
         out["natgrad"] = extra_state(self.tuned_fvp_method, self.fvp_timings, self._cg_products)
+        if self.kfac is not None:
+            out["kfac"] = self.kfac.state_dict()
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a :meth:`state_dict`, checked first (:func:`natgrad.optimizer_state.checked_state_dict`): another
         optimizer's, another model's, or a value of the wrong type is a one-line ``ValueError`` naming the key, and
         nothing changes."""
-        checked = checked_state_dict(state_dict, self.param_groups)
+        kfac = state_dict.get("kfac") if isinstance(state_dict, dict) else None
+        if kfac is not None and self.kfac is None:
+            raise ValueError("the state_dict holds K-FAC factors but this optimizer has no K-FAC preconditioner "
+                             "(preconditioner='kfac'); its factors would be lost")  # fmt: skip
+        checked = checked_state_dict({k: v for k, v in state_dict.items() if k != "kfac"}
+                                     if kfac is not None else state_dict, self.param_groups)  # fmt: skip
+        if kfac is not None:
+            self.kfac.load_state_dict(kfac)  # type: ignore[union-attr]
         extra = checked.pop("natgrad", None)
         super().load_state_dict(checked)
         if extra is not None:
@@ -237,11 +248,8 @@ class TrustRegionOptimizer(torch.optim.Optimizer):
         method = self._method(cfg, params, closure, fisher_closure)
         step_cfg = cfg if method == cfg.fvp_method else replace(cfg, fvp_method=method)
         x0 = [self.state[p].get("solution") for p in params] if cfg.warm_start else None
-        pre = None
-        if self.preconditioner == "kfac":  # factors from one extra forward of the closure (natgrad.kfac)
-            pre = kfac_preconditioner(self.model, params, lambda: call_closure(closure)[1], cfg.damping)  # type: ignore[arg-type]
         info, solution = trust_region_step(
-            params, closure, step_cfg, model=self.model, fisher_closure=fisher_closure, x0=x0, preconditioner=pre,
+            params, closure, step_cfg, model=self.model, fisher_closure=fisher_closure, x0=x0, preconditioner=self.kfac,
             distributed=self.distributed, process_group=self.process_group,
         )  # fmt: skip
         for p, s in zip(params, solution):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -43,6 +44,7 @@ from .config import TrustRegionConfig, checked_value, make_config
 from .distributed import all_reduce_weighted_mean, distributed_operator
 from .families import mean_kl, num_samples
 from .fisher import FisherOperator
+from .kfac import KFAC
 from .module_state import ModuleStateGuard
 from .parameters import check_gradients, check_parameters
 from .tree import FlatLayout, vdot
@@ -77,6 +79,8 @@ class StepInfo:
         fvp_method: the Fisher-vector-product method used.
         num_params: number of scalar parameters that took part in the step.
         reason: why the parameters did not change (empty when ``accepted``).
+        identity_params: how many parameters the preconditioner left unpreconditioned (K-FAC: those outside its
+            ``nn.Linear`` / ``nn.Conv2d`` blocks); ``None`` without a preconditioner that says.
     """
 
     accepted: bool
@@ -98,6 +102,7 @@ class StepInfo:
     fvp_method: str
     num_params: int
     reason: str = ""
+    identity_params: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,7 +141,7 @@ def trust_region_step(
     model: nn.Module | None = None,
     fisher_closure: Callable[[], Any] | None = None,
     x0: Sequence[Tensor | None] | None = None,
-    preconditioner: LeafOperator | None = None,
+    preconditioner: LeafOperator | KFAC | None = None,
     distributed: bool = False,
     process_group: Any = None,
     **overrides: Any,
@@ -154,7 +159,9 @@ def trust_region_step(
         fisher_closure: optional ``() -> distribution`` (or ``(loss, distribution)``) used for the
             curvature only, e.g. on a sub-sample of the batch.
         x0: warm start for CG, one tensor (or None) per parameter.
-        preconditioner: ``M`` for CG on lists of tensors (one per *active* parameter).
+        preconditioner: ``M`` for CG on lists of tensors (one per *active* parameter), or a :class:`~natgrad.KFAC`,
+            whose hooks record the layers during the closure's first call and whose operator is built from it (no
+            extra forward; all-reduced under ``distributed``).
         distributed: data-parallel step over ``process_group`` (see :mod:`natgrad.distributed`):
             each rank's closure sees its share of the batch; loss, gradient, products and
             line-search values are sample-weighted means over ranks.
@@ -171,7 +178,8 @@ def trust_region_step(
         raise TypeError(f"model must be the policy's torch.nn.Module, got {type(model).__name__}")
     guard = ModuleStateGuard()
     try:
-        with guard.watching(), torch.enable_grad():
+        recording = preconditioner.recording(params) if isinstance(preconditioner, KFAC) else nullcontext()
+        with guard.watching(), torch.enable_grad(), recording:
             first = [call_closure(closure)]
         guard.mark()
         guard.warn_stochastic()
@@ -189,7 +197,7 @@ def trust_region_step(
 def _step(
     params: list[Tensor], first: list[tuple[Tensor, Distribution]], closure: Closure, cfg: TrustRegionConfig, *,
     model: nn.Module | None, fisher_closure: Callable[[], Any] | None, x0: Sequence[Tensor | None] | None,
-    preconditioner: LeafOperator | None, distributed: bool, process_group: Any,
+    preconditioner: LeafOperator | KFAC | None, distributed: bool, process_group: Any,
 ) -> tuple[StepInfo, list[Tensor | None]]:  # fmt: skip
     """The step after the first closure call ``first`` (a one-element list, emptied here so that the graph it
     holds can be freed before the line search)."""
@@ -202,6 +210,8 @@ def _step(
         raise ValueError("the loss does not depend on any of the optimizer's parameters")
     a_params = [params[i] for i in active]
     g = [grads[i].detach() for i in active]  # type: ignore[union-attr]
+    if isinstance(preconditioner, KFAC):  # from the first call's recorded layers (natgrad.kfac)
+        preconditioner = preconditioner.build(dist, cfg.damping, process_group=process_group, distributed=distributed)
     if preconditioner is not None and len(active) < len(params) and hasattr(preconditioner, "restrict"):
         preconditioner = preconditioner.restrict(active)  # built for every parameter (natgrad.kfac)
     n_local = num_samples(dist)
@@ -324,6 +334,7 @@ def trust_region_update(
         max_kl=cfg.max_kl, fvp_method=method, num_params=n_active, grad_norm=math.sqrt(gg),
         cg_iterations=cg.iterations, cg_residual=float(cg.residual_norm), cg_converged=bool(cg.converged),
         nonpositive_curvature=bool(cg.nonpositive_curvature),
+        identity_params=getattr(preconditioner, "identity_params", None),
     )  # fmt: skip
     del fvp, cg  # free a graph held by the operator before the line search
     descent = math.isfinite(shs) and shs > 0 and math.isfinite(gs) and gs > 0

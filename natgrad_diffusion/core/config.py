@@ -106,6 +106,9 @@ class ChunkConfig:
             memory bounded by one chunk, the forward paid on every product); ``"reverse"``: the sub-sample's graph is
             built once per update and every product is two backward passes through it (no forward; memory grows
             with the sub-sample, fine for small UNets and sub-samples).
+        preconditioner: ``"kfac"``: CG preconditioned by K-FAC factors of the LoRA layers (:class:`natgrad.KFAC`,
+            one sampled action per decision, from the gradient pass's own forwards); ``"none"`` (default: it does not
+            pay, ``benchmarks/results/kfac_cg.md``).
     """
 
     grad_chunk: int = field(default=8, metadata={"help": "decisions per gradient chunk"})
@@ -128,8 +131,12 @@ class ChunkConfig:
         },
     )
 
+    preconditioner: str = field(default="none", metadata={"help": "CG preconditioner of the update: none or kfac"})
+
     def __post_init__(self) -> None:
         checked_fields(self)
+        if self.preconditioner not in ("none", "kfac"):
+            raise ValueError(f"preconditioner must be none or kfac, got {self.preconditioner!r}")
         if self.fvp_method not in ("jvp", "reverse"):
             raise ValueError(f"fvp_method of a LORA_UNET update must be jvp or reverse, got {self.fvp_method!r}")
         for name in ("grad_chunk", "fvp_chunk", "eval_chunk", "fvp_min_decisions"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,10 +80,12 @@ class Ranks:
 
 
 def surrogate_gradient(
-    policy: DiffusionPolicy, params: dict[str, Tensor], d: Decisions, adv: Tensor, chunk: int, ranks: Ranks = Ranks()
+    policy: DiffusionPolicy, params: dict[str, Tensor], d: Decisions, adv: Tensor, chunk: int, ranks: Ranks = Ranks(),
+    kfac: natgrad.KFAC | None = None,
 ) -> tuple[float, list[Tensor], OldSteps]:
     """``(L(θ₀), g, old steps)``: the surrogate and its gradient (one tensor per entry of ``params``),
-    accumulated over chunks of ``chunk`` decisions; distributed: means over the ranks."""
+    accumulated over chunks of ``chunk`` decisions; distributed: means over the ranks.  ``kfac``: its factors are
+    accumulated from the same forwards (one extra backward per chunk, of a sampled action's log-density)."""
     leaves = list(params.values())
     m = len(d)
     grads = [torch.zeros_like(p) for p in leaves]
@@ -92,7 +95,10 @@ def surrogate_gradient(
         sl = slice(start, min(start + chunk, m))
         part = d.select(sl)
         with torch.enable_grad():
-            mean, std = policy.step_mean_std(params, part)  # type: ignore[attr-defined]
+            with kfac.recording(leaves) if kfac is not None else nullcontext():
+                mean, std = policy.step_mean_std(params, part)  # type: ignore[attr-defined]
+            if kfac is not None:
+                kfac.accumulate(step_distribution(mean, std))
             ratio = importance_ratio(step_distribution(mean, std), part)
             loss = -(ratio * adv[sl].to(ratio)).sum() / m
             g = torch.autograd.grad(loss, leaves, allow_unused=True)
@@ -225,14 +231,21 @@ def chunked_trust_region_step(
     generator: torch.Generator,
     ranks: Ranks = Ranks(),
 ) -> natgrad.StepInfo:
-    """One TRPO step of ``policy`` on the decisions ``d`` with advantages ``adv`` (module docstring)."""
+    """One TRPO step of ``policy`` on the decisions ``d`` with advantages ``adv`` (module docstring); with
+    ``chunks.preconditioner == "kfac"`` CG is preconditioned by K-FAC factors of the LoRA layers, sampled (one action
+    per decision: the exact expectation would take one backward per latent dimension), treating every position of a
+    layer (tokens, pixels, both passes of classifier-free guidance) as a row (the *expand* variant)."""
     d, adv = decision_subsample(d, adv, chunks, generator)
     params = policy.trainable_parameters()
-    loss_before, grads, old = surrogate_gradient(policy, params, d, adv, chunks.grad_chunk, ranks)
+    kfac = natgrad.KFAC(policy.unet, exact=False, generator=generator) if chunks.preconditioner == "kfac" else None  # type: ignore[attr-defined]
+    loss_before, grads, old = surrogate_gradient(policy, params, d, adv, chunks.grad_chunk, ranks, kfac)
+    pre = None if kfac is None else kfac.build(None, config.damping, process_group=ranks.group,
+                                                distributed=ranks.distributed)  # fmt: skip
     subsample = fisher_subsample(chunks, len(d))
     fvp = chunked_fisher(
         policy, params, d, chunks, config.damping, subsample=subsample, generator=generator, ranks=ranks
     )
     evaluate = chunked_evaluation(policy, params, d, adv, old, chunks.eval_chunk, ranks)
-    info, _ = natgrad.trust_region_update(list(params.values()), grads, fvp, evaluate, config, loss_before=loss_before)
+    info, _ = natgrad.trust_region_update(list(params.values()), grads, fvp, evaluate, config, loss_before=loss_before,
+                                         preconditioner=pre)  # fmt: skip
     return info

@@ -45,8 +45,10 @@ def worker(rank: int, world: int, out: str, mode: str):
     try:
         torch.manual_seed(rank)  # different initial weights per rank: the optimizer must broadcast rank 0's
         policy = GaussianPolicy()
-        opt = natgrad.TrustRegionOptimizer(policy.parameters(), max_kl=0.01, distributed=True, sync_check_every=2)
-        if mode == "train":
+        kfac = {"model": policy, "preconditioner": "kfac"} if mode == "kfac" else {}
+        opt = natgrad.TrustRegionOptimizer(policy.parameters(), max_kl=0.01, distributed=True, sync_check_every=2,
+                                           **kfac)  # fmt: skip
+        if mode in ("train", "kfac"):
             infos = run_updates(policy, opt, rank, world)
             torch.save({"params": [p.detach() for p in policy.parameters()], "infos": infos}, f"{out}/rank{rank}.pt")
         else:
@@ -84,6 +86,21 @@ def test_two_ranks_match_one_process_on_the_whole_batch(tmp_path):
         torch.testing.assert_close(a.detach(), b, rtol=1e-9, atol=1e-11)
     for s, d in zip(single, r0["infos"]):
         assert s.accepted == d.accepted and s.line_search_iterations == d.line_search_iterations
+        assert s.kl == pytest.approx(d.kl, rel=1e-8, abs=1e-14)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+def test_kfac_factors_are_all_reduced_so_two_ranks_match_one_process(tmp_path):
+    r0, r1 = spawn(tmp_path, "kfac")
+    assert all(torch.equal(a, b) for a, b in zip(r0["params"], r1["params"]))
+    torch.manual_seed(0)
+    policy = GaussianPolicy()
+    single = run_updates(policy, natgrad.TrustRegionOptimizer(policy.parameters(), max_kl=0.01, model=policy,
+                                                              preconditioner="kfac"), 0, 1)  # fmt: skip
+    for a, b in zip(policy.parameters(), r0["params"]):
+        torch.testing.assert_close(a.detach(), b, rtol=1e-9, atol=1e-11)
+    for s, d in zip(single, r0["infos"]):  # the same preconditioned CG: factors of the whole batch on every rank
+        assert s.cg_iterations == d.cg_iterations and s.identity_params == d.identity_params == 1
         assert s.kl == pytest.approx(d.kl, rel=1e-8, abs=1e-14)
 
 

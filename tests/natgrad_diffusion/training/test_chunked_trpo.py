@@ -60,3 +60,26 @@ def test_per_dimension_ratio_is_the_root_of_the_summed_ratio(make_components):
     dims = chunk.actions[0].numel()
     torch.testing.assert_close(per_dim, summed ** (1.0 / dims), rtol=1e-5, atol=1e-7)
     assert not torch.allclose(per_dim, summed)
+
+
+def test_kfac_preconditions_the_lora_update_from_its_own_gradient_pass(make_components):
+    """chunks.preconditioner="kfac": factors of every LoRA layer from the gradient chunks' forwards (sampled actions
+    from the update's generator: the global random state is untouched), the update still solves and steps."""
+    import natgrad
+    from natgrad_diffusion.training.chunked_trpo import chunked_trust_region_step, surrogate_gradient
+
+    policy, rollout = _rollout(make_components)
+    params = policy.trainable_parameters()
+    kfac = natgrad.KFAC(policy.unet, exact=False, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    plain = surrogate_gradient(policy, params, rollout.decisions, rollout.advantages, 4)
+    with_kfac = surrogate_gradient(policy, params, rollout.decisions, rollout.advantages, 4, kfac=kfac)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert plain[0] == with_kfac[0] and all(torch.equal(a, b) for a, b in zip(plain[1], with_kfac[1]))
+    op = kfac.build(None, 0.1)
+    assert op.identity_params == 0 and len(op.layers) == len(params)  # a block per lora_A / lora_B (bias-free)
+    config = natgrad.TrustRegionConfig(max_kl=0.05, cg_iters=6)
+    info = chunked_trust_region_step(policy, rollout.decisions, rollout.advantages, config,
+                                     replace(CHUNKS, preconditioner="kfac", grad_chunk=4),
+                                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert info.identity_params == 0 and info.cg_iterations >= 1 and 0 <= info.kl <= 0.05 * 1.5
