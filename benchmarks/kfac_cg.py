@@ -99,12 +99,14 @@ def run_case(case: str) -> str:
                          ("K-FAC", lambda: kfac_preconditioner(policy, params, lambda: distribution(problem), damping))):  # fmt: skip
         try:
             k, seconds = iterations_to(fvp, b, target, make_m)
-        except RuntimeError as exc:  # vmap of a layer without a batching rule
-            print(f"{case}: {name} failed: {str(exc).splitlines()[0]}", flush=True)
+        except (RuntimeError, KeyError) as exc:  # vmap without a batching rule; parameters functional_call cannot name
+            print(f"{case}: {name} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}", flush=True)
+            rows.append((name, None, None))
             continue
         rows.append((name, k, seconds))
     base = rows[0]
     lines = [f"| {CASES[case]['title']} | {name} | {k} | {base[1] / k:.2f}× | {1e3 * s:.1f} | {s / base[2]:.2f} |"
+             if k is not None else f"| {CASES[case]['title']} | {name} | n/a (its diagonal did not build) | | | |"
              for name, k, s in rows]  # fmt: skip
     return "\n".join(lines)
 

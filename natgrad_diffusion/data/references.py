@@ -117,7 +117,7 @@ class ReferenceData:
     def _load(self, source: ImageSource) -> Any:
         from ..core.npz import npz_keys
         from .craters.mars import shipped_mars_reference
-        from .craters.reference import ReferenceFileError, generate_reference_set, load_reference_set
+        from .craters.reference import ReferenceFileError, generate_reference_set, load_reference_set, resized_set
 
         c = self.config
         channels, height, _ = self.image_shape
@@ -125,8 +125,8 @@ class ReferenceData:
             raise TrainingError(f"{source.split} file {source.path} not found (or use mars / render)")
         if source.kind == "file" and "features" in npz_keys(source.path, source.split, TrainingError):
             return None  # a features file: no images
-        if source.kind == "mars":
-            ref = shipped_mars_reference(source.split)
+        if source.kind == "mars":  # 32-px grey crops: resized (and grey repeated to RGB) for another model
+            ref = resized_set(shipped_mars_reference(source.split), height, rgb=channels == 3)
         elif source.kind == "render":
             diversity = c.reference_diversity
             ref = generate_reference_set(

@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..sampling.sd_layout import is_random_layout
 from .metrics import EVAL_METRICS, format_metrics_table
 
 __all__ = ["changes", "judged_line", "recipe_summary", "summary"]
@@ -71,6 +72,9 @@ def summary(result: Any) -> str:
     lines = [head]
     if c.test_mode:
         lines.append("SMOKE TEST (--test-mode): tiny sets and 2 steps; the numbers below only show that it runs.")
+    if c.model is not None and is_random_layout(c.model):
+        lines.append(f"RANDOM WEIGHTS: {c.model} is the Stable Diffusion v1.5 layout of scripts/make_sd15_layout.py, "
+                     "not a trained model; only the times and memory of this run mean anything.")  # fmt: skip
     if result.evaluation:
         fe = result.feature_extractor
         lines += ["", f"Held-out prompts, features: {fe.get('name')} ({fe.get('weights')})", ""]

@@ -129,6 +129,19 @@ class DiffusionComponents:
             raise ValueError(f"height and width must be multiples of the VAE scale factor {f}, got {height}×{width}")
         return int(self.unet.config.in_channels), height // f, width // f
 
+    def save(self, directory: str | Path) -> Path:
+        """Write the diffusers layout ``load_components`` (and ``--model``) reads: ``unet/``, ``text_encoder/``,
+        ``tokenizer/``, ``scheduler/`` and, for a latent model, ``vae/`` (safetensors); returns ``directory``."""
+        out = Path(directory)
+        with quiet_loading():
+            self.unet.save_pretrained(out / "unet", safe_serialization=True)
+            self.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+            self.tokenizer.save_pretrained(str(out / "tokenizer"))
+            self.scheduler.save_pretrained(out / "scheduler")
+            if self.vae is not None:
+                self.vae.save_pretrained(out / "vae", safe_serialization=True)
+        return out
+
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> DiffusionComponents:
         """Move the networks in place (returns ``self``)."""
         for module in (self.unet, self.text_encoder, self.vae):

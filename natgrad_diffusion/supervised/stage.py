@@ -361,15 +361,7 @@ def _save(components: DiffusionComponents, out: Path, config: SupervisedConfig, 
           source: str, data: Any, seconds: float) -> None:  # fmt: skip
     """The diffusers layout (``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ``vae/``) and
     ``supervised.json``."""
-    from ..sampling.components import quiet_loading
-
-    with quiet_loading():
-        components.unet.save_pretrained(out / "unet", safe_serialization=True)
-        components.text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
-        components.tokenizer.save_pretrained(str(out / "tokenizer"))
-        components.scheduler.save_pretrained(out / "scheduler")
-        if components.vae is not None:
-            components.vae.save_pretrained(out / "vae", safe_serialization=True)
+    components.save(out)
     crater = Path(source) / "crater_model.json" if source else None
     if crater is not None and crater.is_file():
         shutil.copyfile(crater, out / "crater_model.json")

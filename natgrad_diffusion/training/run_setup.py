@@ -42,6 +42,7 @@ from ..rewards.feature_reward import FeatureReward
 from ..rewards.reference_features import feature_extractor, load_reference_features
 from ..sampling.models import DEFAULT_MODEL_DIR, load_model
 from ..sampling.policies import DiffusionPolicy, make_policy
+from ..sampling.sd_layout import is_random_layout
 from .agents import DiffusionAgent, PPOAgent, TRPOAgent
 from .checkpoints import resume_payload
 from .checks import parse_mode
@@ -196,6 +197,7 @@ def _write_metadata(config: TrainingConfig, procs: Processes, inputs: RunInputs)
         "feature_extractor": inputs.extractor.metadata,
         "reference": {**inputs.reference_info, "n": int(inputs.reference.shape[0])},
         "model": str(config.model or DEFAULT_MODEL_DIR),
+        "random_weights": config.model is not None and is_random_layout(config.model),
         "mode": parse_mode(config.mode).name,
         "policy": inputs.policy.config_dict(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),

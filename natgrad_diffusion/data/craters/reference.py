@@ -37,6 +37,7 @@ __all__ = [
     "reference_from_folder",
     "reference_from_moon",
     "resize_square",
+    "resized_set",
     "save_reference_set",
 ]
 
@@ -183,6 +184,15 @@ def resize_square(image: np.ndarray, size: int, rgb: bool = False) -> np.ndarray
 
 #: the largest image :func:`reference_from_folder` reads (pixels): 64 megapixels, e.g. 8192 × 8192
 MAX_IMAGE_PIXELS = 8192 * 8192
+
+
+def resized_set(ref: ReferenceSet, size: int, rgb: bool) -> ReferenceSet:
+    """``ref`` at ``size × size`` (:func:`resize_square`; grey repeated to RGB with ``rgb``), captions and parameters
+    kept; ``meta["resized_from"]`` records the original shape.  ``ref`` itself when it already has that shape."""
+    if ref.images.shape[1:3] == (size, size) and ref.rgb == rgb:
+        return ref
+    images = np.stack([resize_square(im, size, rgb=rgb) for im in ref.images])
+    return ReferenceSet(images, list(ref.captions), list(ref.params), {**ref.meta, "resized_from": list(ref.images.shape[1:])})
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

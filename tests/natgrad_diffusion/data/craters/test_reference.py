@@ -205,3 +205,17 @@ def test_sets_larger_than_the_memory_budget_are_refused_before_any_allocation():
         generate_reference_set(512, size=60000)
     with pytest.raises(ValueError, match="more than the 4 GiB"):
         reference_from_moon(100_000, size=1024)
+
+
+def test_resized_set_makes_grey_crops_the_models_size_and_colour():
+    from natgrad_diffusion.data.craters.reference import ReferenceSet, resized_set
+
+    images = np.zeros((2, 32, 32), np.uint8)
+    images[:, 8:24, 8:24] = 200  # a bright square in the middle
+    ref = ReferenceSet(images, ["a", "b"], meta={"source": "test"})
+    assert resized_set(ref, 32, rgb=False) is ref  # already that shape
+    big = resized_set(ref, 64, rgb=True)
+    assert big.images.shape == (2, 64, 64, 3) and big.captions == ["a", "b"]
+    assert big.meta == {"source": "test", "resized_from": [32, 32]}
+    assert (big.images[..., 0] == big.images[..., 2]).all()  # grey repeated to RGB
+    assert big.images[0, 32, 32, 0] == 200 and big.images[0, 2, 2, 0] == 0  # the square stays in the middle
