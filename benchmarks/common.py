@@ -32,3 +32,33 @@ def launch(cmd: list[str], what: str) -> dict[str, Any]:
     if proc.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+#: the prompt of the LoRA-update benchmarks' rollouts
+LORA_PROMPT = "a fresh medium bowl-shaped crater, lit from the west, high sun"
+
+
+def lora_job_rollout() -> tuple[Any, Any, Any, Any, Any]:
+    """The crater job's LoRA update as the benchmarks time it: ``(config, components, policy, TRPO agent, rollout)``
+    with the job's defaults on the embedded model (seed 0), one batch of :data:`LORA_PROMPT`, a reward of the images'
+    mean (the update's cost does not depend on the reward)."""
+    from dataclasses import replace
+
+    import torch
+
+    from natgrad_diffusion.core.config import SAMPLING, TRAINING
+    from natgrad_diffusion.sampling.models import load_model
+    from natgrad_diffusion.sampling.policies import make_policy
+    from natgrad_diffusion.training.agents import TRPOAgent
+    from natgrad_diffusion.training.checks import resolve_defaults
+
+    cfg = resolve_defaults(TRAINING)
+    comps = load_model(None)
+    torch.manual_seed(0)
+    policy = make_policy("lora", comps, **cfg.policy_options)
+    sampling = replace(SAMPLING, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
+                       images_per_prompt=cfg.images_per_prompt)  # fmt: skip
+    agent = TRPOAgent(comps, policy, lambda im, p: im.mean(dim=(1, 2, 3)), sampling=sampling,
+                      trust_region=cfg.trust_region, chunks=cfg.chunks)  # fmt: skip
+    rollout = agent.collect([LORA_PROMPT] * (cfg.batch_size // cfg.images_per_prompt))
+    return cfg, comps, policy, agent, rollout

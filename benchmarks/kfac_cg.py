@@ -146,11 +146,8 @@ def lora_case() -> tuple[str, str]:
     import warnings
     from dataclasses import replace
 
-    from natgrad_diffusion.core.config import SAMPLING, TRAINING
-    from natgrad_diffusion.sampling.models import load_model
-    from natgrad_diffusion.sampling.policies import make_policy
-    from natgrad_diffusion.training.agents import TRPOAgent
-    from natgrad_diffusion.training.checks import resolve_defaults
+    from common import lora_job_rollout
+
     from natgrad_diffusion.training.chunked_trpo import (
         chunked_fisher,
         chunked_trust_region_step,
@@ -159,16 +156,7 @@ def lora_case() -> tuple[str, str]:
     )
 
     warnings.simplefilter("ignore")
-    cfg = resolve_defaults(TRAINING)
-    comps = load_model(None)
-    torch.manual_seed(0)
-    policy = make_policy("lora", comps, **cfg.policy_options)
-    sampling = replace(SAMPLING, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
-                       images_per_prompt=cfg.images_per_prompt)  # fmt: skip
-    agent = TRPOAgent(comps, policy, lambda im, p: im.mean(dim=(1, 2, 3)), sampling=sampling,
-                      trust_region=cfg.trust_region, chunks=cfg.chunks)  # fmt: skip
-    rollout = agent.collect(["a fresh medium bowl-shaped crater, lit from the west, high sun"]
-                            * (cfg.batch_size // cfg.images_per_prompt))  # fmt: skip
+    cfg, _, policy, _, rollout = lora_job_rollout()
     d, adv = rollout.decisions, rollout.advantages
     params = policy.trainable_parameters()
     damping, chunk = cfg.trust_region.damping, cfg.chunks.grad_chunk

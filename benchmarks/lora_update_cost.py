@@ -19,17 +19,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from common import lora_job_rollout
 
-from natgrad_diffusion.core.config import PPO, SAMPLING, TRAINING
+from natgrad_diffusion.core.config import PPO
 from natgrad_diffusion.sampling.ddim import step_distribution
-from natgrad_diffusion.sampling.models import load_model
-from natgrad_diffusion.sampling.policies import make_policy
 from natgrad_diffusion.training.agents import PPOAgent, TRPOAgent
-from natgrad_diffusion.training.checks import resolve_defaults
 from natgrad_diffusion.training.chunked_trpo import chunked_fisher, importance_ratio
 
 OUT = Path(__file__).resolve().parent / "results" / "lora_update_cost.md"
-PROMPT = "a fresh medium bowl-shaped crater, lit from the west, high sun"
 
 
 def median_seconds(fn, repeats: int = 5) -> float:
@@ -69,15 +66,8 @@ def whole_updates(agent, rollout, comps, policy, cfg, sampling) -> dict[str, tup
 def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
-    cfg = resolve_defaults(TRAINING)
-    comps = load_model(None)
-    torch.manual_seed(0)
-    policy = make_policy("lora", comps, **cfg.policy_options)
-    sampling = replace(SAMPLING, num_inference_steps=cfg.steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta,
-                       images_per_prompt=cfg.images_per_prompt)  # fmt: skip
-    agent = TRPOAgent(comps, policy, lambda im, p: im.mean(dim=(1, 2, 3)), sampling=sampling,
-                      trust_region=cfg.trust_region, chunks=cfg.chunks)  # fmt: skip
-    rollout = agent.collect([PROMPT] * (cfg.batch_size // cfg.images_per_prompt))
+    cfg, comps, policy, agent, rollout = lora_job_rollout()
+    sampling = agent.sampling
     d, adv = rollout.decisions.select(slice(0, 16)), rollout.advantages[:16]
     params = policy.trainable_parameters()
     leaves = list(params.values())

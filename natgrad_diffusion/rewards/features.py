@@ -130,7 +130,45 @@ def _metadata(extractor: FeatureExtractor, source: str | None, seed: int, output
     }
 
 
-class ResNet18Features(FeatureExtractor):
+class _HubFeatures(FeatureExtractor):
+    """An extractor whose network loads from the local hub cache (``weights``, then ``$env``, then ``hub_id``) or
+    falls back to a seeded random initialisation with a warning; subclasses say which network and what it outputs."""
+
+    hub_id: str
+    env: str
+    label: str
+
+    def __init__(
+        self,
+        weights: str | os.PathLike | None = None,
+        image_size: int = 224,
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+        seed: int = 0,
+    ) -> None:
+        super().__init__(image_size, batch_size, device, *self._normalisation())
+        cls, config, fits = self._network(image_size)
+        candidates = [str(weights)] if weights is not None else [os.environ.get(self.env, ""), self.hub_id]
+        model, source = _model(cls, candidates, self.label, self.env, seed, config, fits=fits)
+        self.model = model.eval().to(self.device)
+        self._loaded(model, source)
+        self.metadata = _metadata(self, source, seed, self._output())
+
+    def _normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        raise NotImplementedError
+
+    def _network(self, image_size: int) -> tuple[Any, Callable[[], Any], Callable[[Any], bool]]:
+        """``(transformers class, random-config factory, does a loaded model fit)``."""
+        raise NotImplementedError
+
+    def _loaded(self, model: Any, source: str | None) -> None:
+        """Read what the loaded network fixes (its width, its input size)."""
+
+    def _output(self) -> str:
+        raise NotImplementedError
+
+
+class ResNet18Features(_HubFeatures):
     """ResNet-18 (``transformers.ResNetModel``, ResNet-18 configuration), 512-d global-average-pooled features.
 
     ``weights``: hub id or local directory of ResNet-18 weights; default: ``$NATGRAD_RESNET18``, then
@@ -140,32 +178,27 @@ class ResNet18Features(FeatureExtractor):
 
     name = "resnet18"
     dim = 512
+    hub_id, env, label = RESNET18_HUB_ID, "NATGRAD_RESNET18", "ResNet-18"
 
-    def __init__(
-        self,
-        weights: str | os.PathLike | None = None,
-        image_size: int = 224,
-        batch_size: int = 32,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-    ) -> None:
-        super().__init__(image_size, batch_size, device, IMAGENET_MEAN, IMAGENET_STD)
+    def _normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return IMAGENET_MEAN, IMAGENET_STD
+
+    def _network(self, image_size: int) -> tuple[Any, Callable[[], Any], Callable[[Any], bool]]:
         from transformers import ResNetConfig, ResNetModel
 
-        candidates = [str(weights)] if weights is not None else [os.environ.get("NATGRAD_RESNET18", ""), RESNET18_HUB_ID]
         config = lambda: ResNetConfig(  # noqa: E731
             embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2], layer_type="basic"
         )
-        model, source = _model(ResNetModel, candidates, "ResNet-18", "NATGRAD_RESNET18", seed, config,
-                               fits=lambda m: tuple(m.config.hidden_sizes)[-1] == 512)  # fmt: skip
-        self.model = model.eval().to(self.device)
-        self.metadata = _metadata(self, source, seed, "pooler_output (global average pool), (N, 512)")
+        return ResNetModel, config, lambda m: tuple(m.config.hidden_sizes)[-1] == 512
+
+    def _output(self) -> str:
+        return "pooler_output (global average pool), (N, 512)"
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).pooler_output.flatten(1)
 
 
-class CLIPFeatures(FeatureExtractor):
+class CLIPFeatures(_HubFeatures):
     """CLIP vision tower with projection (``transformers.CLIPVisionModelWithProjection``), ``image_embeds``.
 
     ``weights``: hub id or local directory; default ``$NATGRAD_CLIP``, then ``openai/clip-vit-base-patch32``
@@ -174,26 +207,24 @@ class CLIPFeatures(FeatureExtractor):
 
     name = "clip"
     dim = 512
+    hub_id, env, label = CLIP_HUB_ID, "NATGRAD_CLIP", "CLIP"
 
-    def __init__(
-        self,
-        weights: str | os.PathLike | None = None,
-        image_size: int = 224,
-        batch_size: int = 32,
-        device: str | torch.device = "cpu",
-        seed: int = 0,
-    ) -> None:
-        super().__init__(image_size, batch_size, device, CLIP_MEAN, CLIP_STD)
+    def _normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        return CLIP_MEAN, CLIP_STD
+
+    def _network(self, image_size: int) -> tuple[Any, Callable[[], Any], Callable[[Any], bool]]:
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-        candidates = [str(weights)] if weights is not None else [os.environ.get("NATGRAD_CLIP", ""), CLIP_HUB_ID]
         config = lambda: CLIPVisionConfig(image_size=image_size, patch_size=32, projection_dim=512)  # noqa: E731
-        model, source = _model(CLIPVisionModelWithProjection, candidates, "CLIP", "NATGRAD_CLIP", seed, config)
-        self.model = model.eval().to(self.device)
+        return CLIPVisionModelWithProjection, config, lambda m: True
+
+    def _loaded(self, model: Any, source: str | None) -> None:
         self.dim = int(model.config.projection_dim)
         if source is not None:
             self.image_size = int(model.config.image_size)
-        self.metadata = _metadata(self, source, seed, f"image_embeds, (N, {self.dim})")
+
+    def _output(self) -> str:
+        return f"image_embeds, (N, {self.dim})"
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).image_embeds

@@ -15,6 +15,7 @@ Orthonormal rows make :math:`\lVert a_c^\top B_c\rVert = \lVert a_c\rVert`, so `
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import torch
@@ -89,17 +90,8 @@ class ConditioningPolicy(PerImageGaussianPolicy):
         width: int | None = None,
     ) -> ConditioningPolicy:
         """A policy sized for ``components`` (and images of ``height × width``) with the settings of ``config``."""
-        return cls(
-            int(components.text_encoder.config.hidden_size),
-            components.latent_shape(height, width),
-            conditioning_rank=config.conditioning_rank,
-            noise_rank=config.noise_rank,
-            conditioning_scale=config.conditioning_scale,
-            noise_scale=config.noise_scale,
-            hidden=config.hidden,
-            init_log_std=config.init_log_std,
-            basis_seed=config.basis_seed,
-        )
+        shape = components.latent_shape(height, width)
+        return cls(int(components.text_encoder.config.hidden_size), shape, **asdict(config))  # its fields are the keywords
 
     def offsets(self, actions: Tensor) -> tuple[Tensor, Tensor]:
         """Actions ``(N, k_c + k_x)`` → (embedding offset ``(N, 1, D)``, noise offset ``(N, C, h, w)``)."""

@@ -21,6 +21,7 @@ not decisions in this mode, so :math:`\eta = 0` (deterministic DDIM) is allowed.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from typing import Any, ClassVar
 
 import torch
@@ -117,17 +118,7 @@ class SchedulerPolicy(PerImageGaussianPolicy):
         cls, components: DiffusionComponents, config: SchedulerPolicyConfig = SCHEDULER_POLICY
     ) -> SchedulerPolicy:
         """A policy sized for ``components`` with the settings of ``config``."""
-        return cls(
-            int(components.text_encoder.config.hidden_size),
-            guidance_range=config.guidance_range,
-            eta_range=config.eta_range,
-            spacing_range=config.spacing_range,
-            init_guidance=config.init_guidance,
-            init_eta=config.init_eta,
-            init_spacing=config.init_spacing,
-            hidden=config.hidden,
-            init_log_std=config.init_log_std,
-        )
+        return cls(int(components.text_encoder.config.hidden_size), **asdict(config))  # its fields are the keywords
 
     def squash(self, actions: Tensor) -> dict[str, Tensor]:
         """Actions ``(N, 3)`` → ``{"guidance_scale", "eta", "spacing"}``, each ``(N,)``."""
