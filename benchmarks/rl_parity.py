@@ -46,7 +46,13 @@ TASKS: dict[str, int] = {
 }
 
 
-def run_natgrad(task: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
+#: natgrad's variants that ``--run`` knows besides ``natgrad`` itself: their overrides of the example's settings
+VARIANTS: dict[str, dict[str, Any]] = {
+    "natgrad-acktr": {"preconditioner": "kfac", "cg_max_steps": 1},  # the K-FAC direction scaled to the region
+}
+
+
+def run_natgrad(task: str, seed: int, steps: int, out: Path, lib: str = "natgrad") -> dict[str, Any]:
     cfg = gym_trpo.config_for(
         task,
         timesteps=steps,
@@ -54,7 +60,8 @@ def run_natgrad(task: str, seed: int, steps: int, out: Path) -> dict[str, Any]:
         threads=1,
         progress=False,
         eval_episodes=EVAL_EPISODES,
-        out=str(out / f"natgrad_{task}_{seed}"),
+        out=str(out / f"{lib}_{task}_{seed}"),
+        **VARIANTS.get(lib, {}),
     )
     result = gym_trpo.train(cfg)
     return {
@@ -196,7 +203,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(1)
-        res = run_natgrad(task, seed, steps, out_dir) if lib == "natgrad" else run_sb3(task, seed, steps)
+        res = run_natgrad(task, seed, steps, out_dir, lib) if lib.startswith("natgrad") else run_sb3(task, seed, steps)
         print(json.dumps(res))
         return
     tasks = {t: TASKS[t] for t in args.tasks}

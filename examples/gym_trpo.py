@@ -76,6 +76,7 @@ class Config:
     normalize_reward: bool = False
     sub_sampling_factor: int = 1  # use every k-th sample for the Fisher products
     warm_start: bool = False  # start CG from the previous update's solution
+    preconditioner: str = ""  # "kfac": K-FAC-preconditioned CG (with cg_max_steps=1: an ACKTR-style step)
     net_arch: list[int] = field(default_factory=lambda: [64, 64])
     log_std_init: float = 0.0
     eval_episodes: int = 10
@@ -287,6 +288,7 @@ class TRPOAgent:
             backtrack_coeff=cfg.line_search_shrinking_factor,
             accept_ratio=cfg.accept_ratio,
             warm_start=cfg.warm_start,
+            **({"model": self.actor, "preconditioner": cfg.preconditioner} if cfg.preconditioner else {}),
         )
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=cfg.learning_rate, eps=1e-5)
         self.norm = Normalizer(obs_space.shape, cfg.n_envs, cfg.gamma, cfg.normalize_obs, cfg.normalize_reward)

@@ -157,3 +157,13 @@ def test_out_may_be_an_earlier_run_but_not_a_folder_of_the_users(tmp_path):
     with pytest.raises(SystemExit):
         gym_trpo.main(argv)
     assert (tmp_path / "mine" / "result.json").read_text() == "my results"
+
+
+def test_the_acktr_style_step_takes_one_kfac_preconditioned_iteration(tmp_path):
+    """--preconditioner kfac --cg-max-steps 1: the K-FAC direction scaled to the trust region (benchmarks/acktr_step.py)."""
+    cfg = gym_trpo.config_for("Pendulum-v1", timesteps=2 * 2 * 256, n_steps=256, seed=0, eval_episodes=1,
+                              progress=False, out=str(tmp_path), preconditioner="kfac", cg_max_steps=1)  # fmt: skip
+    result = gym_trpo.train(cfg)
+    rows = list(csv.DictReader(open(tmp_path / "progress.csv")))
+    assert result["updates"] == 2 and all(int(row["cg_iterations"]) == 1 for row in rows)
+    assert all(0 <= float(row["kl"]) <= cfg.target_kl for row in rows)
