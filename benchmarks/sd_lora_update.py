@@ -218,7 +218,8 @@ def _table(results: list[dict], spec: dict) -> list[str]:
     mem = [r for r in results if r["spec"]["kind"] == "memory"]
     if mem:
         lines += [f"### Peak memory of one update against the DDIM steps (2 images; chunks of {spec['chunk']} decisions, "
-                  f"work limited to {spec['work']} decisions; LoRA rank {mem[0]['spec']['rank']})", "",
+                  f"work limited to {spec['work']} decisions; LoRA rank {mem[0]['spec']['rank']}; address space limited "
+                  f"to {spec['memory_limit_gb']:g} GB)", "",
                   "| DDIM steps | decisions | chunked | peak (GB) | update (s) | status |", "|---:|---:|---|---:|---:|---|"]  # fmt: skip
         for r in mem:
             s = r["spec"]
