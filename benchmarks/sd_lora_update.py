@@ -196,7 +196,7 @@ def _table(results: list[dict], spec: dict) -> list[str]:
     lines = []
     timed = [r for r in results if r["spec"]["kind"] == "time"]
     if timed:
-        lines += [f"### Where the time goes ({spec['prompts_n']} prompts × {spec['images']} images × {spec['time_steps']} "
+        lines += [f"## Where the time goes ({spec['prompts_n']} prompts × {spec['images']} images × {spec['time_steps']} "
                   f"DDIM steps; chunk {spec['chunk']} decisions; medians of {spec['repeats']})", "",
                   "| LoRA rank | LoRA parameters | piece | seconds | × forward + backward |", "|---:|---:|---|---:|---:|"]  # fmt: skip
         for r in timed:
@@ -217,7 +217,7 @@ def _table(results: list[dict], spec: dict) -> list[str]:
         lines.append("")
     mem = [r for r in results if r["spec"]["kind"] == "memory"]
     if mem:
-        lines += [f"### Peak memory of one update against the DDIM steps (2 images; chunks of {spec['chunk']} decisions, "
+        lines += [f"## Peak memory of one update against the DDIM steps (2 images; chunks of {spec['chunk']} decisions, "
                   f"work limited to {spec['work']} decisions; LoRA rank {mem[0]['spec']['rank']}; address space limited "
                   f"to {spec['memory_limit_gb']:g} GB)", "",
                   "| DDIM steps | decisions | chunked | peak (GB) | update (s) | status |", "|---:|---:|---|---:|---:|---|"]  # fmt: skip
