@@ -62,3 +62,24 @@ def lora_job_rollout() -> tuple[Any, Any, Any, Any, Any]:
                       trust_region=cfg.trust_region, chunks=cfg.chunks)  # fmt: skip
     rollout = agent.collect([LORA_PROMPT] * (cfg.batch_size // cfg.images_per_prompt))
     return cfg, comps, policy, agent, rollout
+
+
+def status_kb(field: str) -> int:
+    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``, ...); -1 where it cannot be read."""
+    from pathlib import Path
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return -1
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) through ``/proc/self/clear_refs``; False where it cannot."""
+    from pathlib import Path
+
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

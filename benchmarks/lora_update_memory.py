@@ -26,22 +26,10 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import reset_peak_rss, status_kb  # noqa: E402
+
 PROMPTS = ["a crater", "two craters"]
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def worker(steps: int, chunked: bool, images_per_prompt: int, threads: int) -> dict:
@@ -69,8 +57,8 @@ def worker(steps: int, chunked: bool, images_per_prompt: int, threads: int) -> d
         comps, policy, lambda images, prompts: images.mean(dim=(1, 2, 3)), sampling=sampling, chunks=chunks
     )
     rollout = agent.collect(PROMPTS)
-    rss_before = _status_kb("VmRSS")
-    reset = _reset_peak()
+    rss_before = status_kb("VmRSS")
+    reset = reset_peak_rss()
     start = time.perf_counter()
     stats = agent.update_policy(rollout)
     seconds = time.perf_counter() - start
@@ -84,7 +72,7 @@ def worker(steps: int, chunked: bool, images_per_prompt: int, threads: int) -> d
         "unet_params": sum(p.numel() for p in comps.unet.parameters()),
         "seconds": seconds,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "vmhwm_mb": _status_kb("VmHWM") / 1024,
+        "vmhwm_mb": status_kb("VmHWM") / 1024,
         "rss_before_mb": rss_before / 1024,
         "peak_reset": reset,
         "accepted": info["accepted"],

@@ -37,14 +37,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import reset_peak_rss, status_kb  # noqa: E402
+
 PROMPTS = ["a crater on mars", "two craters lit from the west"]
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return -1
 
 
 def _reset_peak(device: str) -> None:
@@ -54,10 +50,7 @@ def _reset_peak(device: str) -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     else:
-        try:
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
+        reset_peak_rss()
 
 
 def _peak_gb(device: str) -> float:
@@ -66,7 +59,7 @@ def _peak_gb(device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() / 1e9
-    return _status_kb("VmHWM") / 1e6
+    return status_kb("VmHWM") / 1e6
 
 
 def _median(fn, repeats: int, sync) -> float:
