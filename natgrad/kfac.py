@@ -203,7 +203,11 @@ class KFAC:
         self.decay = checked_value("decay", float, decay)
         if not 0.0 <= self.decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
-        self.model, self.exact, self.generator = model, bool(exact), generator
+        if not isinstance(exact, bool):  # "no" would be truthy
+            raise TypeError(f"exact must be True or False, got {exact!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.model, self.exact, self.generator = model, exact, generator
         self.factors: list[LayerFactors] | None = None
         self._pending: list[LayerFactors] | None = None
         self._layers: list[tuple[nn.Module, int, int | None]] = []

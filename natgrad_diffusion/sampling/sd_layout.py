@@ -103,23 +103,27 @@ def write_sd15_layout(
     ``natgrad_layout.json`` (random weights, seed, width, resolution, dtype, parameter counts); returns ``out``.
     An existing non-empty ``out`` is refused unless ``overwrite`` and it holds such a layout."""
     out = Path(out)
+    sd15_configs(width, resolution)  # a bad width or resolution fails before anything is written
     if out.exists() and any(out.iterdir()):
         if not (overwrite and is_random_layout(out)):
             raise FileExistsError(f"{out} exists and is not empty; name a new folder"
                                   + ("" if is_random_layout(out) else " (it is not a layout this script wrote)")
                                   + ("" if overwrite else ", or pass overwrite=True / --overwrite"))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    comps = sd15_components(width=width, resolution=resolution, seed=seed, dtype=dtype, tokenizer_dir=out / "tokenizer")
-    comps.save(out)
     record: dict[str, Any] = {
         "kind": "Stable Diffusion v1.5 layout with RANDOM weights (not a trained model; for speed and memory only)",
         "weights": f"random, torch.manual_seed({seed})",
         "width": width,
         "resolution": resolution,
         "dtype": str(dtype).removeprefix("torch."),
-        "parameters": {name: _count(getattr(comps, name)) for name in ("unet", "text_encoder", "vae")},
-        "tokenizer": "natgrad's offline byte-level CLIP tokenizer (not SD's BPE vocabulary)",
+        "complete": False,  # written first: a write killed half-way is still this script's folder (--overwrite)
     }
+    (out / LAYOUT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    comps = sd15_components(width=width, resolution=resolution, seed=seed, dtype=dtype, tokenizer_dir=out / "tokenizer")
+    comps.save(out)
+    record["parameters"] = {name: _count(getattr(comps, name)) for name in ("unet", "text_encoder", "vae")}
+    record["tokenizer"] = "natgrad's offline byte-level CLIP tokenizer (not SD's BPE vocabulary)"
+    record["complete"] = True
     (out / LAYOUT_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return out
 

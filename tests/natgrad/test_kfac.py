@@ -216,6 +216,10 @@ def test_running_factors_blend_with_decay_and_travel_in_the_state_dict():
         natgrad.KFAC(policy, decay=1.0)
     with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
         natgrad.KFAC(lambda x: x)
+    with pytest.raises(TypeError, match="exact must be True or False"):
+        natgrad.KFAC(policy, exact="no")  # a string boolean would be truthy
+    with pytest.raises(TypeError, match=r"torch\.Generator"):
+        natgrad.KFAC(policy, generator=0)
 
 
 def test_factors_accumulated_over_chunks_equal_those_of_the_whole_batch():

@@ -54,6 +54,22 @@ def test_a_scaled_copy_keeps_the_layout_and_the_folder_says_random(tmp_path):
     for bad, kw in (("width", {"width": 0.0}), ("resolution", {"resolution": 60})):
         with pytest.raises(ValueError, match=bad):
             sd15_configs(**kw)
+        with pytest.raises(ValueError, match=bad):
+            write_sd15_layout(tmp_path / f"bad_{bad}", **kw)
+        assert not (tmp_path / f"bad_{bad}").exists()  # nothing written
+
+
+def test_a_write_killed_half_way_can_be_overwritten(tmp_path):
+    """The layout file is written first (complete: false), so a folder left by kill -9 is still the script's."""
+    out = tmp_path / "sd"
+    out.mkdir()
+    (out / LAYOUT_FILE).write_text(json.dumps({"kind": "Stable Diffusion v1.5 layout with RANDOM weights",
+                                               "complete": False}))  # fmt: skip
+    (out / "unet").mkdir()  # what a killed write leaves
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_sd15_layout(out, width=1 / 40, resolution=64)
+    write_sd15_layout(out, width=1 / 40, resolution=64, overwrite=True)
+    assert json.loads((out / LAYOUT_FILE).read_text())["complete"] is True and load_components(out).unet is not None
 
 
 @pytest.fixture(scope="module")
