@@ -50,11 +50,12 @@ DIFFUSION_EXTRA_MODULES = frozenset({"diffusers", "transformers", "peft", "accel
                                      "matplotlib", "tqdm", "numpy", "skimage", "PIL", "sklearn"})  # fmt: skip
 
 #: how the help of a nested group's option starts (the field's own help follows)
-_GROUP_LABELS = {None: "", "trust_region": "TRPO: ", "ppo": "PPO: ", "chunks": "LORA_UNET TRPO: "}
+_GROUP_LABELS = {None: "", "trust_region": "TRPO: ", "ppo": "PPO: ", "klpg": "KL-regularised PG: ",
+                 "chunks": "LORA_UNET TRPO: "}  # fmt: skip
 
 _METAVARS = {
     "mode": "MODE",
-    "algorithm": "{trpo,ppo}",
+    "algorithm": "{trpo,ppo,klpg}",
     "reward": "NAME",
     "model": "DIR|HUB_ID",
     "out": "DIR",

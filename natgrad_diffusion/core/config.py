@@ -25,11 +25,15 @@ from natgrad.config import TrustRegionConfig, checked_fields
 
 from .errors import TrainingError
 
-__all__ = ["CHUNKS", "CONDITIONING_POLICY", "CRATER_CHUNKS", "CRATER_POLICY_OPTIONS", "CRITIC", "DDPO_RECIPE",
-    "FEATURE_NAMES", "LIMITS", "LORA", "PPO", "REFERENCE_DIVERSITIES", "SAMPLING", "SCHEDULER_POLICY",
-    "SUPERVISED", "TEST_MODE", "TRAINING", "TRUST_REGION", "ChunkConfig", "ConditioningPolicyConfig",
-    "CriticConfig", "LoRAConfig", "PPOConfig", "PolicyMode", "SamplingConfig", "SchedulerPolicyConfig",
-    "SupervisedConfig", "TrainingConfig", "config_dict"]  # fmt: skip
+__all__ = ["ALGORITHMS", "CHUNKS", "CONDITIONING_POLICY", "CRATER_CHUNKS", "CRATER_POLICY_OPTIONS", "CRITIC",
+    "DDPO_RECIPE", "FEATURE_NAMES", "KLPG", "LIMITS", "LORA", "PPO", "REFERENCE_DIVERSITIES", "SAMPLING",
+    "SCHEDULER_POLICY", "SUPERVISED", "TEST_MODE", "TRAINING", "TRUST_REGION", "AdamUpdateConfig", "ChunkConfig",
+    "ConditioningPolicyConfig", "CriticConfig", "KLPGConfig", "LoRAConfig", "PPOConfig", "PolicyMode", "SamplingConfig",
+    "SchedulerPolicyConfig", "SupervisedConfig", "TrainingConfig", "config_dict"]  # fmt: skip
+
+
+#: the fine-tuning algorithms: TRPO (natgrad), PPO, and the KL-regularised policy gradient of DPOK
+ALGORITHMS = ("trpo", "ppo", "klpg")
 
 
 class PolicyMode(str, Enum):
@@ -241,24 +245,44 @@ class CriticConfig:
 
 
 @dataclass(frozen=True)
-class PPOConfig:
+class AdamUpdateConfig:
+    """What the two first-order agents share (:class:`PPOConfig`, :class:`KLPGConfig`): Adam over minibatches of
+    decisions, epochs, gradient and advantage clipping.  ``lr`` is a finite number > 0; ``max_grad_norm`` and
+    ``adv_clip`` may be ``inf`` (no clipping)."""
+
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
+    epochs: int = field(default=1, metadata={"help": "passes over the decisions per update"})
+    minibatch: int = field(default=8, metadata={"help": "decisions per minibatch"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient to this norm (inf: no clip)"})
+    adv_clip: float = field(default=5.0, metadata={"help": "clip advantages to ± this value (inf: no clip)"})
+
+    def __post_init__(self) -> None:
+        checked_fields(self)
+        label = type(self).__name__.removesuffix("Config").lower()
+        for name in ("lr", "max_grad_norm", "adv_clip"):
+            value = getattr(self, name)
+            finite = name == "lr"  # an infinite gradient-norm or advantage clip is no clip
+            if not value > 0 or (finite and not math.isfinite(value)):
+                kind = "a finite number" if finite else "a number"
+                raise ValueError(f"{label} {name} must be {kind} > 0, got {value!r}")
+        _positive_int(f"{label} epochs", self.epochs)
+        _positive_int(f"{label} minibatch", self.minibatch)
+
+
+@dataclass(frozen=True)
+class PPOConfig(AdamUpdateConfig):
     """PPO (Schulman et al., 2017) defaults: clipped surrogate on summed per-decision log-probs, Adam.
 
     ``clip_range`` is the usual 0.2: our ratios use log-probs summed over dimensions (DDPO's 1e-4
     is for log-probs averaged over the latent dimensions, see the module docstring).
 
     ``mean_logprob=True`` is DDPO's ratio (Black et al., 2023): the log-probabilities are averaged over each
-    decision's ``D`` action dimensions, :math:`r = \\exp((\\log\\pi_\theta - \\log\\pi_{old}) / D)`; DDPO's recipe is
-    ``mean_logprob=True, clip_range=1e-4, lr=3e-4, adv_clip=5`` (:data:`DDPO_RECIPE`).  ``lr`` and ``clip_range`` are
-    finite numbers > 0; ``max_grad_norm`` and ``adv_clip`` may be ``inf`` (no clipping).
+    decision's ``D`` action dimensions, :math:`r = \\exp((\\log\\pi_\\theta - \\log\\pi_{old}) / D)`; DDPO's recipe is
+    ``mean_logprob=True, clip_range=1e-4, lr=3e-4, adv_clip=5`` (:data:`DDPO_RECIPE`).  ``clip_range`` is a finite
+    number > 0.
     """
 
-    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
     clip_range: float = field(default=0.2, metadata={"help": "clip range of the ratio"})
-    epochs: int = field(default=1, metadata={"help": "passes over the decisions per update"})
-    minibatch: int = field(default=8, metadata={"help": "decisions per minibatch"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "clip the gradient to this norm (inf: no clip)"})
-    adv_clip: float = field(default=5.0, metadata={"help": "clip advantages to ± this value (inf: no clip)"})
     mean_logprob: bool = field(
         default=False,
         metadata={
@@ -267,15 +291,31 @@ class PPOConfig:
     )
 
     def __post_init__(self) -> None:
-        checked_fields(self)
-        for name in ("lr", "clip_range", "max_grad_norm", "adv_clip"):
-            value = getattr(self, name)
-            finite = name in ("lr", "clip_range")  # an infinite gradient-norm or advantage clip is no clip
-            if not value > 0 or (finite and not math.isfinite(value)):
-                kind = "a finite number" if finite else "a number"
-                raise ValueError(f"ppo {name} must be {kind} > 0, got {value!r}")
-        _positive_int("ppo epochs", self.epochs)
-        _positive_int("ppo minibatch", self.minibatch)
+        super().__post_init__()
+        if not (self.clip_range > 0 and math.isfinite(self.clip_range)):
+            raise ValueError(f"ppo clip_range must be a finite number > 0, got {self.clip_range!r}")
+
+
+@dataclass(frozen=True)
+class KLPGConfig(AdamUpdateConfig):
+    r"""The KL-regularised policy gradient (DPOK, Fan et al., 2023): Adam on
+
+    .. math::
+
+        L(\theta) = -\frac1M \sum_m r_m \hat A_m + \beta \frac1M \sum_m
+        \mathrm{KL}\big(\pi_\theta(\cdot \mid s_m) \,\|\, \pi_0(\cdot \mid s_m)\big)
+
+    with the importance ratio :math:`r_m` unclipped and :math:`\pi_0` the policy the run started from (per
+    decision: the per-step Gaussian of the start model).  ``beta`` (≥ 0, finite) is its main knob; 0 is the plain
+    importance-weighted policy gradient.  The KL is in nats per decision, the unit of TRPO's ``max_kl``.
+    """
+
+    beta: float = field(default=0.1, metadata={"help": "weight β of the KL to the start policy, nats⁻¹"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise ValueError(f"klpg beta must be a finite number >= 0, got {self.beta!r}")
 
 
 @dataclass(frozen=True)
@@ -288,7 +328,7 @@ class TrainingConfig:
     Attributes:
         mode: policy mode, a :class:`~natgrad_diffusion.sampling.policies.PolicyMode` name or value
             (``DIVERSITY_POLICY`` / ``diversity``, ``SCHEDULER_POLICY`` / ``scheduler``, ``LORA_UNET`` / ``lora``).
-        algorithm: ``"trpo"`` or ``"ppo"``.
+        algorithm: ``"trpo"``, ``"ppo"`` or ``"klpg"`` (the KL-regularised policy gradient of DPOK, :class:`KLPGConfig`).
         reward: reward name of :func:`natgrad_diffusion.rewards.get_reward` (``MMD``, ``MI``, ``FID``, ``MMD_MI``,
             ``VENDI``); ``reward_options`` are its keyword arguments.
         policy_options: keyword arguments of the policy (:func:`natgrad_diffusion.sampling.policies.make_policy`), e.g.
@@ -333,6 +373,7 @@ class TrainingConfig:
             iterations: on the real-Mars job 40 LoRA updates at 0.03 lowered the held-out MMD² by 27 %, at 0.05 by
             38 %.  Flags: ``--max-kl``, ``--damping``, ``--cg-iters``, ... (the field names).
         ppo: PPO's :class:`PPOConfig` (flags ``--ppo-lr``, ``--ppo-epochs``, ``--ppo-clip-range``, ...).
+        klpg: the KL-regularised policy gradient's :class:`KLPGConfig` (flags ``--klpg-beta``, ``--klpg-lr``, ...).
         chunks: the memory bounds of a ``LORA_UNET`` update, :class:`ChunkConfig` (flags ``--fvp-subsample``, ...).
         checkpoint_every, grid_every: write a checkpoint / an image grid every this many episodes (and at the end).
         evaluate: sample the eval prompts with the pretrained model before training and with the policy after
@@ -351,7 +392,9 @@ class TrainingConfig:
             "help": "policy mode: DIVERSITY_POLICY (conditioning + noise offsets), SCHEDULER_POLICY (guidance, eta, spacing) or LORA_UNET (LoRA on the UNet)"
         },
     )
-    algorithm: str = field(default="trpo", metadata={"help": "trpo or ppo"})
+    algorithm: str = field(
+        default="trpo", metadata={"help": "trpo, ppo or klpg (the KL-regularised policy gradient, DPOK)"}
+    )
     reward: str = field(
         default="MMD_VENDI",
         metadata={"help": "MMD, MI, FID, MMD_MI, VENDI or MMD_VENDI (MMD to the reference + within-prompt Vendi)"},
@@ -437,6 +480,12 @@ class TrainingConfig:
     )
     ppo: PPOConfig = field(
         default_factory=PPOConfig, metadata={"help": "PPO's settings (PPOConfig); flags: ppo_ + their field names"}
+    )
+    klpg: KLPGConfig = field(
+        default_factory=KLPGConfig,
+        metadata={
+            "help": "the KL-regularised policy gradient's settings (KLPGConfig); flags: klpg_ + their field names"
+        },
     )
     chunks: ChunkConfig = field(
         default_factory=lambda: CRATER_CHUNKS,
@@ -588,6 +637,7 @@ SCHEDULER_POLICY = SchedulerPolicyConfig()
 CONDITIONING_POLICY = ConditioningPolicyConfig()
 CRITIC = CriticConfig()
 PPO = PPOConfig()
+KLPG = KLPGConfig()
 TRAINING = TrainingConfig()
 SUPERVISED = SupervisedConfig()  #: the supervised stage's defaults (:mod:`natgrad_diffusion.supervised.stage`)
 

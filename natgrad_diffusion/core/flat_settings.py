@@ -31,7 +31,7 @@ __all__ = [
 
 #: the nested setting groups of :class:`TrainingConfig` and the prefix of their fields' flat names (CLI flags and
 #: config-file keys: ``max_kl`` is ``trust_region.max_kl``, ``ppo_lr`` is ``ppo.lr``)
-GROUPS: dict[str, str] = {"trust_region": "", "ppo": "ppo_", "chunks": ""}
+GROUPS: dict[str, str] = {"trust_region": "", "ppo": "ppo_", "klpg": "klpg_", "chunks": ""}
 
 #: flat names that are not ``prefix + field``: the two groups without a prefix both have an ``fvp_method``
 FLAT_RENAMES: dict[tuple[str, str], str] = {
@@ -97,11 +97,14 @@ def ignored_settings(config: TrainingConfig) -> list[tuple[str, str]]:
     mode = PolicyMode.parse(config.mode)
     lora = mode is PolicyMode.LORA_UNET
     unread: dict[str, tuple[Any, str]] = {}
-    if algorithm == "ppo":
-        unread["trust_region"] = (None, "PPO")
-        unread["chunks"] = (None, "PPO")
+    label = {"ppo": "PPO", "klpg": "the KL-regularised policy gradient"}.get(algorithm, "TRPO")
+    for group in ("ppo", "klpg"):
+        if algorithm != group:
+            unread[group] = (None, label)
+    if algorithm in ("ppo", "klpg"):
+        unread["trust_region"] = (None, label)
+        unread["chunks"] = (None, label)
     else:
-        unread["ppo"] = (None, "TRPO")
         if lora:
             unread["trust_region"] = (OPTIMIZER_ONLY, "the LORA_UNET TRPO update (chunked; no optimizer state)")
         else:

@@ -52,11 +52,14 @@ import natgrad.distributed
 from ..core.config import (
     CHUNKS,
     CRITIC,
+    KLPG,
     PPO,
     SAMPLING,
     TRUST_REGION,
+    AdamUpdateConfig,
     ChunkConfig,
     CriticConfig,
+    KLPGConfig,
     PPOConfig,
     SamplingConfig,
 )
@@ -67,7 +70,7 @@ from ..sampling.trajectory import Trajectory
 from .chunked_trpo import Ranks, chunked_trust_region_step, importance_ratio
 from .critic import Critic, CriticStates, FeatureFn, PerPromptStatTracker, average_gradients, gae
 
-__all__ = ["DiffusionAgent", "PPOAgent", "RewardFn", "Rollout", "TRPOAgent"]
+__all__ = ["DiffusionAgent", "KLPGAgent", "MinibatchAgent", "PPOAgent", "RewardFn", "Rollout", "TRPOAgent"]
 
 RewardFn = Callable[[Tensor, list[str]], Any]
 """``(images (N, 3, H, W) float in [0, 1], prompts (N,)) -> rewards (N,)`` (a tensor, an array, or an object
@@ -164,6 +167,9 @@ class DiffusionAgent:
         )
         self.feature_chunk = int(feature_chunk)
         self.policy.check_sampling(eta=sampling.eta)
+        #: the policy's trainable parameters when the agent was built: the start every run measures its distance
+        #: from (a resumed run rebuilds the same seeded start before loading its checkpoint)
+        self.start_params = {k: v.detach().clone() for k, v in policy.detached_parameters().items()}
         self.next_seed = int(sampling.seed)
         self.iteration = 0
 
@@ -290,6 +296,11 @@ class DiffusionAgent:
             total += float(natgrad.mean_kl(old, new)) * len(part)
         return total / len(decisions)
 
+    def kl_from_start(self, decisions: Decisions) -> float:
+        """Mean per-decision :math:`\\mathrm{KL}(\\pi_0 \\| \\pi_\\theta)` from the start policy
+        (:attr:`start_params`) to the current one, on ``decisions``' states."""
+        return self.mean_kl(self.start_params, decisions)
+
 
 class TRPOAgent(DiffusionAgent):
     """TRPO with natgrad (see the module docstring).
@@ -347,11 +358,14 @@ class TRPOAgent(DiffusionAgent):
         return {"policy": info.as_dict()}
 
 
-class PPOAgent(DiffusionAgent):
-    """PPO with Adam on the clipped surrogate (see the module docstring).
+class MinibatchAgent(DiffusionAgent):
+    """What PPO and the KL-regularised policy gradient share: Adam over shuffled minibatches of decisions for
+    ``config.epochs`` passes, advantages clipped to ``± adv_clip``, the gradient to ``max_grad_norm``; a subclass
+    gives the loss of one minibatch (:meth:`minibatch_loss`).
 
     Args:
-        ppo: learning rate, clip range, epochs, minibatch size (decisions), gradient-norm clip, advantage clip.
+        config: the shared first-order settings (:class:`~natgrad_diffusion.core.config.AdamUpdateConfig`).
+        shuffle_seed: seed of the minibatch order.
         Other arguments: :class:`DiffusionAgent`.
     """
 
@@ -361,34 +375,36 @@ class PPOAgent(DiffusionAgent):
         policy: DiffusionPolicy,
         reward_fn: RewardFn,
         *,
-        ppo: PPOConfig = PPO,
+        config: AdamUpdateConfig,
         shuffle_seed: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(components, policy, reward_fn, **kwargs)
-        self.ppo = ppo
-        self.optimizer = torch.optim.Adam(list(policy.trainable_parameters().values()), lr=ppo.lr)
+        self.config = config
+        self.optimizer = torch.optim.Adam(list(policy.trainable_parameters().values()), lr=config.lr)
         self.generator = torch.Generator().manual_seed(shuffle_seed)
 
+    def minibatch_loss(
+        self, params: dict[str, Tensor], chunk: Decisions, adv: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        """``(loss, statistics)`` of one minibatch ``chunk`` with (clipped) advantages ``adv``."""
+        raise NotImplementedError
+
     def update_policy(self, rollout: Rollout) -> dict[str, Any]:
-        cfg = self.ppo
+        cfg = self.config
         d = rollout.decisions
         adv = rollout.advantages.clamp(-cfg.adv_clip, cfg.adv_clip)
         params = self.policy.trainable_parameters()
         leaves = list(params.values())
-        old_params = self.policy.detached_parameters()
-        old_params = {k: v.clone() for k, v in old_params.items()}
+        old_params = {k: v.clone() for k, v in self.policy.detached_parameters().items()}
         m = len(d)
-        losses, clipfracs = [], []
+        losses: list[float] = []
+        stats: dict[str, list[float]] = {}
         for _ in range(cfg.epochs):
             order = torch.randperm(m, generator=self.generator)
             for start in range(0, m, cfg.minibatch):
                 idx = order[start : start + cfg.minibatch]
-                chunk, a = d.select(idx), adv[idx]
-                ratio = importance_ratio(self.policy.distribution(params, chunk), chunk, cfg.mean_logprob)
-                a = a.to(ratio)
-                clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
-                loss = -torch.minimum(ratio * a, clipped * a).mean()
+                loss, extra = self.minibatch_loss(params, d.select(idx), adv[idx])
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.distributed:
@@ -397,6 +413,71 @@ class PPOAgent(DiffusionAgent):
                     torch.nn.utils.clip_grad_norm_(leaves, cfg.max_grad_norm)
                 self.optimizer.step()
                 losses.append(float(loss.detach()))
-                clipfracs.append(float(((ratio - 1).abs() > cfg.clip_range).float().mean()))
+                for key, value in extra.items():
+                    stats.setdefault(key, []).append(value)
         kl = self.mean_kl(old_params, d)
-        return {"policy": {"loss": float(np.mean(losses)), "clip_fraction": float(np.mean(clipfracs)), "kl": kl}}
+        means = {key: float(np.mean(values)) for key, values in stats.items()}
+        return {"policy": {"loss": float(np.mean(losses)), **means, "kl": kl}}
+
+
+class PPOAgent(MinibatchAgent):
+    """PPO with Adam on the clipped surrogate (see the module docstring).
+
+    Args:
+        ppo: learning rate, clip range, epochs, minibatch size (decisions), gradient-norm clip, advantage clip.
+        Other arguments: :class:`MinibatchAgent`.
+    """
+
+    def __init__(
+        self, components: DiffusionComponents, policy: DiffusionPolicy, reward_fn: RewardFn, *, ppo: PPOConfig = PPO,
+        **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(components, policy, reward_fn, config=ppo, **kwargs)
+        self.ppo = ppo
+
+    def minibatch_loss(
+        self, params: dict[str, Tensor], chunk: Decisions, adv: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        cfg = self.ppo
+        ratio = importance_ratio(self.policy.distribution(params, chunk), chunk, cfg.mean_logprob)
+        a = adv.to(ratio)
+        clipped = ratio.clamp(1 - cfg.clip_range, 1 + cfg.clip_range)
+        loss = -torch.minimum(ratio * a, clipped * a).mean()
+        return loss, {"clip_fraction": float(((ratio.detach() - 1).abs() > cfg.clip_range).float().mean())}
+
+
+class KLPGAgent(MinibatchAgent):
+    r"""The KL-regularised policy gradient of DPOK (Fan et al., 2023), beside TRPO and PPO: Adam on
+
+    .. math::
+
+        L(\theta) = -\frac1M \sum_m r_m \hat A_m + \beta\, \frac1M \sum_m
+        \mathrm{KL}\big(\pi_\theta(\cdot \mid s_m) \,\|\, \pi_0(\cdot \mid s_m)\big)
+
+    (:class:`~natgrad_diffusion.core.config.KLPGConfig`): the importance ratio unclipped, and a penalty on the
+    distance from :math:`\pi_0`, the policy at :attr:`~DiffusionAgent.start_params` (for ``LORA_UNET`` the start
+    model's per-step Gaussian), evaluated on the minibatch's own states.  Where TRPO bounds each step's KL from the
+    previous policy, this prices the KL from the start.
+
+    Args:
+        klpg: ``beta`` and the first-order settings.
+        Other arguments: :class:`MinibatchAgent`.
+    """
+
+    def __init__(
+        self, components: DiffusionComponents, policy: DiffusionPolicy, reward_fn: RewardFn, *,
+        klpg: KLPGConfig = KLPG, **kwargs: Any,
+    ) -> None:  # fmt: skip
+        super().__init__(components, policy, reward_fn, config=klpg, **kwargs)
+        self.klpg = klpg
+
+    def minibatch_loss(
+        self, params: dict[str, Tensor], chunk: Decisions, adv: Tensor
+    ) -> tuple[Tensor, dict[str, float]]:
+        dist = self.policy.distribution(params, chunk)
+        ratio = importance_ratio(dist, chunk)
+        with torch.no_grad():
+            start = self.policy.distribution(self.start_params, chunk)
+        kl = natgrad.mean_kl(dist, start)
+        loss = -(ratio * adv.to(ratio)).mean() + self.klpg.beta * kl
+        return loss, {"kl_penalty": float(kl.detach())}

@@ -66,6 +66,7 @@ IDENTITY_FIELDS = (
     "critic",
     "trust_region",
     "ppo",
+    "klpg",
     "chunks",
 )
 

@@ -19,6 +19,7 @@ from typing import Any
 from natgrad.config import checked_fields
 
 from ..core.config import (
+    ALGORITHMS,
     CONDITIONING_POLICY,
     CRATER_POLICY_OPTIONS,
     FEATURE_NAMES,
@@ -92,8 +93,8 @@ def _check_choices(c: TrainingConfig) -> None:
     from ..rewards import available_rewards
 
     parse_mode(c.mode)
-    if c.algorithm not in ("trpo", "ppo"):
-        raise TrainingError(f"unknown algorithm {c.algorithm!r}; choose trpo or ppo")
+    if c.algorithm not in ALGORITHMS:
+        raise TrainingError(f"unknown algorithm {c.algorithm!r}; choose {', '.join(ALGORITHMS)}")
     if c.reward.strip().upper() not in available_rewards():
         raise TrainingError(f"unknown reward {c.reward!r}; choose one of {', '.join(available_rewards())}")
     if c.vendi_kernel not in ("rbf", "cosine"):

@@ -9,7 +9,7 @@ import numpy as np
 from ..core.processes import Processes, all_gather_objects
 from ..sampling.policies import DiffusionPolicy
 
-__all__ = ["CSV_COLUMNS", "UPDATE_COLUMNS", "policy_std", "update_columns"]
+__all__ = ["CSV_COLUMNS", "UPDATE_COLUMNS", "kl_from_start", "policy_std", "update_columns"]
 
 #: the columns copied from the policy update's statistics (the TRPO agent's; PPO leaves most empty)
 UPDATE_COLUMNS = (
@@ -34,6 +34,7 @@ CSV_COLUMNS = (
     "reward_std",
     "reward_value",
     "kl",
+    "kl_start",
     *UPDATE_COLUMNS,
     "clip_fraction",
     "ppo_loss",
@@ -59,18 +60,22 @@ def policy_std(policy: DiffusionPolicy) -> float | None:
     return None if log_std is None else float(log_std.detach().exp().mean())
 
 
+def kl_from_start(agent: Any, decisions: Any, procs: Processes) -> float:
+    """The ``kl_start`` column: mean per-decision :math:`\\mathrm{KL}(\\pi_0 \\| \\pi_\\theta)` from the run's start
+    policy to the current one on this episode's decisions (``agent.kl_from_start``), averaged over the ranks."""
+    kl = float(agent.kl_from_start(decisions))
+    return float(np.mean(all_gather_objects(kl, procs))) if procs.on else kl
+
+
 def update_columns(stats: dict, procs: Processes) -> dict[str, Any]:
     """The update's CSV columns; PPO's per-rank statistics and the critic loss averaged over the ranks."""
     policy = stats.get("policy", {})
     kl = policy.get("kl")
-    if procs.on and "clip_fraction" in policy:
-        vals = all_gather_objects((kl, policy.get("clip_fraction"), policy.get("loss")), procs)
-        kl = float(np.mean([v[0] for v in vals]))
-        policy = {
-            **policy,
-            "clip_fraction": float(np.mean([v[1] for v in vals])),
-            "loss": float(np.mean([v[2] for v in vals])),
-        }
+    if procs.on and "loss" in policy:  # the first-order agents' statistics are per rank
+        keys = [k for k in ("kl", "clip_fraction", "loss") if policy.get(k) is not None]
+        vals = all_gather_objects([policy[k] for k in keys], procs)
+        policy = {**policy, **{k: float(np.mean([v[i] for v in vals])) for i, k in enumerate(keys)}}
+        kl = policy.get("kl")
     critic_loss = stats.get("critic_loss")
     if procs.on and critic_loss is not None:
         critic_loss = float(np.mean(all_gather_objects(critic_loss, procs)))

@@ -76,7 +76,7 @@ from ..rewards.feature_reward import images_uint8
 from ..sampling.policies import DiffusionPolicy, load_policy
 from .checkpoints import export_policy, restore, save_checkpoint
 from .checks import parse_mode, prepare_config
-from .episode_log import CSV_COLUMNS, policy_std, update_columns
+from .episode_log import CSV_COLUMNS, kl_from_start, policy_std, update_columns
 from .run_setup import SEED_STRIDE, RunInputs, make_agent, open_run
 
 __all__ = ["TrainResult", "Trainer", "load_policy_from_run", "make_agent", "run_prepared", "train"]
@@ -189,6 +189,7 @@ class Trainer:
         stats = self.inputs.agent.update(rollout)
         t2 = time.perf_counter()
         self.samples += c.batch_size * p.world
+        checkpoint = episode % c.checkpoint_every == 0 or episode == c.episodes
         rewards = reward_fn.last["rewards"]  # the gathered batch
         row: dict[str, Any] = {
             "episode": episode,
@@ -197,6 +198,7 @@ class Trainer:
             "reward_std": float(rewards.std(unbiased=False)),
             "reward_value": reward_fn.last["value"],
             **update_columns(stats, p),
+            "kl_start": kl_from_start(self.inputs.agent, rollout.decisions, p) if checkpoint else None,
             "policy_std": policy_std(self.inputs.agent.policy),
             "guidance_mean": float(rollout.trajectory.guidance_scale.float().mean()),
             "eta_mean": float(rollout.trajectory.eta.float().mean()),
@@ -218,7 +220,7 @@ class Trainer:
         if p.main and (episode % c.grid_every == 0 or episode == c.episodes):
             grid = self.run_dir / grid_image(episode)
             save_image_grid(images_uint8(rollout.trajectory.images_float()), grid, ncols=c.images_per_prompt, scale=3)
-        if episode % c.checkpoint_every == 0 or episode == c.episodes:
+        if checkpoint:
             save_checkpoint(self.run_dir, self.inputs.agent, c, episode, p, samples=self.samples, wall_s=row["wall_s"])
         self.episodes_done = episode
         return row

@@ -43,7 +43,7 @@ from ..rewards.reference_features import feature_extractor, load_reference_featu
 from ..sampling.models import DEFAULT_MODEL_DIR, load_model
 from ..sampling.policies import DiffusionPolicy, make_policy
 from ..sampling.sd_layout import is_random_layout
-from .agents import DiffusionAgent, PPOAgent, TRPOAgent
+from .agents import DiffusionAgent, KLPGAgent, PPOAgent, TRPOAgent
 from .checkpoints import resume_payload
 from .checks import parse_mode
 from .critic import Critic
@@ -216,7 +216,8 @@ def make_agent(
     critic: Critic | None,
     procs: Processes,
 ) -> DiffusionAgent:
-    """The TRPO or PPO agent of ``config`` (its trust region, PPO and chunk settings passed whole)."""
+    """The TRPO, PPO or KL-regularised PG agent of ``config`` (its trust region, PPO, KL-PG and chunk settings
+    passed whole)."""
     sampling = replace(
         SAMPLING,
         num_inference_steps=config.steps,
@@ -237,4 +238,6 @@ def make_agent(
             components, policy, reward_fn, trust_region=config.trust_region, chunks=config.chunks,
             fisher_seed=config.seed, **common,
         )  # fmt: skip
+    if config.algorithm == "klpg":
+        return KLPGAgent(components, policy, reward_fn, klpg=config.klpg, shuffle_seed=config.seed, **common)
     return PPOAgent(components, policy, reward_fn, ppo=config.ppo, shuffle_seed=config.seed, **common)

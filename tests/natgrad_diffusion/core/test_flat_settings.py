@@ -63,6 +63,9 @@ IGNORED = [
     ({"max_kl": 0.2, "algorithm": "ppo"}, "PPO"), ({"cg_iters": 3, "algorithm": "ppo"}, "PPO"),
     ({"fvp_subsample": 8, "algorithm": "ppo"}, "PPO"),
     ({"ppo_lr": 1e-3}, "TRPO"), ({"ppo_epochs": 3, "mode": "DIVERSITY_POLICY"}, "TRPO"),
+    ({"klpg_beta": 1.0}, "TRPO"), ({"klpg_lr": 1e-3, "algorithm": "ppo"}, "PPO"),
+    ({"ppo_clip_range": 0.1, "algorithm": "klpg"}, "KL-regularised"), ({"max_kl": 0.2, "algorithm": "klpg"}, "KL-regularised"),
+    ({"grad_chunk": 4, "algorithm": "klpg"}, "KL-regularised"),
     ({"grad_chunk": 4, "mode": "DIVERSITY_POLICY"}, "chunks are for LORA_UNET"),
     ({"lora_fvp_method": "jvp", "mode": "SCHEDULER_POLICY"}, "chunks are for LORA_UNET"),
 ]  # fmt: skip
@@ -85,6 +88,7 @@ def test_a_setting_its_path_never_reads_is_refused_naming_it(settings, path):
         {"adaptive": True, "grow": 2.0, "warm_start": True, "trpo_fvp_method": "jvp", "mode": "DIVERSITY_POLICY"},
         {"max_kl": 0.2, "cg_iters": 3, "lora_fvp_method": "jvp", "fvp_subsample": 8},  # LORA_UNET TRPO reads them
         {"ppo_lr": 1e-3, "ppo_epochs": 3, "algorithm": "ppo"},
+        {"klpg_beta": 1.0, "klpg_lr": 1e-3, "klpg_minibatch": 4, "algorithm": "klpg"},
         {"max_kl": 0.02, "damping": 0.01, "mode": "SCHEDULER_POLICY"},
     ],
 )

@@ -5,7 +5,8 @@ import torch
 
 from natgrad_diffusion.core.config import CHUNKS, SAMPLING, TRUST_REGION
 from natgrad_diffusion.sampling.policies import make_policy
-from natgrad_diffusion.training.agents import PPOAgent, TRPOAgent
+from natgrad_diffusion.core.config import KLPGConfig
+from natgrad_diffusion.training.agents import KLPGAgent, PPOAgent, TRPOAgent
 
 from ..conftest import PROMPTS
 
@@ -90,3 +91,67 @@ def test_reward_fn_output_is_checked(make_components):
     agent = PPOAgent(comps, make_policy("scheduler", comps), lambda im, p: torch.zeros(2), sampling=SAMPLING_TINY)
     with pytest.raises(ValueError, match="rewards"):
         agent.collect(PROMPTS)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_klpg_update_moves_the_policy_and_reports_its_penalty(make_components, mode):
+    comps = make_components()
+    policy = make_policy(mode, comps)
+    before = _snapshot(policy)
+    agent = KLPGAgent(comps, policy, brightness, sampling=SAMPLING_TINY, klpg=KLPGConfig(beta=0.1, minibatch=2))
+    rollout, stats = agent.train_step(PROMPTS)
+    assert any(not torch.equal(v, before[k]) for k, v in policy.trainable_parameters().items())
+    info = stats["policy"]
+    assert info["kl"] > 0 and info["kl_penalty"] >= 0 and "clip_fraction" not in info
+    assert agent.kl_from_start(rollout.decisions) == pytest.approx(agent.mean_kl(before, rollout.decisions))
+
+
+def _perturbed(policy, scale=0.05):
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in policy.trainable_parameters().values():
+            p.add_(scale * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("mode", ["diversity", "lora"])
+def test_klpg_penalty_pulls_back_to_the_start_and_is_flat_there(make_components, mode):
+    """With zero advantages only the penalty acts: at the start its gradient is 0 (nothing moves); away from it, an
+    update lowers KL(π₀ ‖ π_θ)."""
+    comps = make_components()
+    policy = make_policy(mode, comps)
+    agent = KLPGAgent(comps, policy, brightness, sampling=SAMPLING_TINY,
+                      klpg=KLPGConfig(beta=1.0, lr=1e-2, minibatch=4, epochs=3))  # fmt: skip
+    rollout = agent.collect(PROMPTS)
+    rollout.advantages.zero_()
+    start = _snapshot(policy)
+    agent.update_policy(rollout)
+    for k, v in policy.trainable_parameters().items():
+        assert torch.equal(v, start[k]), k
+    _perturbed(policy)
+    away = agent.kl_from_start(rollout.decisions)
+    assert away > 0
+    agent.update_policy(rollout)
+    assert agent.kl_from_start(rollout.decisions) < away
+
+
+def test_klpg_beta_zero_is_the_plain_policy_gradient(make_components):
+    """β = 0: the update is Adam on −mean(r·Â) alone, the same steps as PPO with a clip range nothing reaches."""
+    comps = make_components()
+    results = []
+    for agent_type, kw in ((KLPGAgent, {"klpg": KLPGConfig(beta=0.0, minibatch=3)}),
+                           (PPOAgent, {"ppo": replace(PPOAgent.__init__.__kwdefaults__["ppo"], minibatch=3,
+                                                      clip_range=1e6)})):  # fmt: skip
+        policy = make_policy("diversity", comps)
+        with torch.no_grad():
+            for p, q in zip(policy.trainable_parameters().values(), _reference_start(comps).values()):
+                p.copy_(q)
+        agent = agent_type(comps, policy, brightness, sampling=SAMPLING_TINY, **kw)
+        agent.train_step(PROMPTS, seed=3)
+        results.append(_snapshot(policy))
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], rtol=1e-5, atol=1e-7)
+
+
+def _reference_start(comps):
+    torch.manual_seed(0)
+    return _snapshot(make_policy("diversity", comps))

@@ -83,7 +83,8 @@ def assert_same_run(a, b):
 
 
 @pytest.mark.parametrize(
-    ("mode", "algorithm"), [("DIVERSITY_POLICY", "trpo"), ("LORA_UNET", "ppo"), ("SCHEDULER_POLICY", "trpo")]
+    ("mode", "algorithm"),
+    [("DIVERSITY_POLICY", "trpo"), ("LORA_UNET", "ppo"), ("SCHEDULER_POLICY", "trpo"), ("DIVERSITY_POLICY", "klpg")],
 )
 def test_resume_is_exact(tiny_model, tmp_path, mode, algorithm):
     """4 episodes in one go == 2 episodes, then --resume to 4: same CSV rows (timings aside) and weights."""
@@ -103,6 +104,9 @@ def test_resume_is_exact(tiny_model, tmp_path, mode, algorithm):
         assert all(int(r["cg_iterations"]) >= 1 for r in rows)
     else:
         assert all(r["ppo_loss"] != "" and r["cg_iterations"] == "" for r in rows)
+    # the KL from the start is measured at the checkpoints (episodes 2 and 4), after the resume too
+    assert [r["kl_start"] != "" for r in rows] == [False, True, False, True]
+    assert all(float(r["kl_start"]) > 0 for r in rows if r["kl_start"])
     meta = json.loads((tmp_path / "split" / "run.json").read_text())
     assert meta["resumes"][0]["resumed_at_episode"] == 2 and meta["config"]["mode"] == mode
     assert meta["feature_extractor"]["name"] == "crater" and "pretrained" in meta["feature_extractor"]
