@@ -206,7 +206,8 @@ def _explicit(rl: TrainingConfig) -> list[str]:
 
 class RecipeJudge:
     """The judgement of the recipe's rows: the evaluation split, its spaces and judges, and the rows' captions and
-    seeds (``n`` images: the test prompts cycled, seeds ``config.eval_seed + i``).
+    seeds (``n`` images: the test prompts cycled, seeds ``config.eval_seed + i``).  ``split="validation"`` judges
+    against the validation split with the validation prompts instead (to choose settings by, never to report).
 
     Attributes:
         spaces: the evaluation spaces (:func:`~natgrad_diffusion.evaluation.metrics.evaluation_spaces`).
@@ -215,7 +216,9 @@ class RecipeJudge:
         columns: the table's columns (:func:`recipe_columns`).
     """
 
-    def __init__(self, config: TrainingConfig, image_shape: tuple[int, int, int], n: int | None = None) -> None:
+    def __init__(
+        self, config: TrainingConfig, image_shape: tuple[int, int, int], n: int | None = None, split: str = "evaluation"
+    ) -> None:
         from .data.prompts import job_prompts
         from .data.references import ReferenceData
         from .evaluation.metrics import evaluation_spaces
@@ -225,11 +228,13 @@ class RecipeJudge:
         self.extractor = feature_extractor(config)
         data = ReferenceData(config, image_shape)
         reward_reference, _, _ = load_reference_features(data, self.extractor)
-        self.spaces = evaluation_spaces(config, self.extractor, reward_reference, data)
+        if split not in ("evaluation", "validation"):
+            raise ValueError(f"split must be evaluation or validation, got {split!r}")
+        self.spaces = evaluation_spaces(config, self.extractor, reward_reference, data, split)
         self.validation = data.images("validation")
         self.reference = data.images("reference")
         n = n or len(self.validation)
-        tests = job_prompts(config, "test", data.sources)
+        tests = job_prompts(config, "test" if split == "evaluation" else "validation", data.sources)
         self.prompts = [tests[i % len(tests)] for i in range(n)]
         names = self.spaces.names
         self.columns = recipe_columns(names[0], names[1:])

@@ -103,18 +103,21 @@ def make_spaces(
     return Spaces([reward_space, *others], extractors, reference, np.asarray(reference_images))
 
 
-def evaluation_spaces(config: TrainingConfig, extractor: Any, reward_reference: np.ndarray, data: Any) -> Spaces:
-    """The reward's space and ``config.eval_features``, against the held-out evaluation set of ``data`` (the job's
-    :class:`~natgrad_diffusion.data.references.ReferenceData`); the reward's space alone, against ``reward_reference``
-    (its features), when the reference is a features file.  The crater judges join when the reference and the
-    held-out set are the real Mars splits."""
+def evaluation_spaces(
+    config: TrainingConfig, extractor: Any, reward_reference: np.ndarray, data: Any, split: str = "evaluation"
+) -> Spaces:
+    """The reward's space and ``config.eval_features``, against the held-out ``split`` of ``data`` (the job's
+    :class:`~natgrad_diffusion.data.references.ReferenceData`; ``"validation"`` to choose settings by, the
+    ``"evaluation"`` split to report); the reward's space alone, against ``reward_reference`` (its features), when the
+    reference is a features file.  The crater judges join when the reference and the held-out set are the real Mars
+    splits."""
     if isinstance(data, tuple):  # the earlier form (config, extractor, reference, image_shape)
         from ..data.references import ReferenceData
 
         warnings.warn("evaluation_spaces(config, extractor, reference, image_shape) is deprecated: pass "
                       "ReferenceData(config, image_shape)", FutureWarning, stacklevel=2)  # fmt: skip
         data = ReferenceData(config, data)
-    held_out = data.images("evaluation")
+    held_out = data.images(split)
     if held_out is None:
         return Spaces([config.features], {config.features: extractor}, {config.features: reward_reference}, None)  # type: ignore[arg-type]
     with warnings.catch_warnings():
