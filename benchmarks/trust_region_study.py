@@ -244,7 +244,10 @@ def _slug(name: str) -> str:
 def run_mode(args: argparse.Namespace, mode: str, supervised: dict[str, Any]) -> dict[str, Any]:
     """Tune, select and run the finals of one mode; the numbers of its report section."""
     study = Study(args, mode, supervised)
-    tuning = {"TRPO": study.tune("TRPO", KNOBS["TRPO"][0]), "PPO (tuned)": study.tune("PPO (tuned)", KNOBS["PPO (tuned)"][0])}
+    tuning = {
+        "TRPO": study.tune("TRPO", KNOBS["TRPO"][0]),
+        "PPO (tuned)": study.tune("PPO (tuned)", KNOBS["PPO (tuned)"][0]),
+    }
     ppo_lr = tuning["PPO (tuned)"]["selected"]["value"]
     tuning["KL-regularised PG"] = study.tune("KL-regularised PG", {**KNOBS["KL-regularised PG"][0], "klpg_lr": ppo_lr})
     methods = {m: t["selected"]["settings"] for m, t in tuning.items()}
@@ -373,11 +376,46 @@ def frontier_plot(mode: str, mode_data: dict[str, Any], start: dict[str, float],
     return path
 
 
+def _stop_value(entry: dict[str, Any], key: str) -> float:
+    return entry["kl_start"] if key == "kl_start" else entry["judges"][key]
+
+
+def curves_plot(mode: str, mode_data: dict[str, Any], start: dict[str, float], out: Path) -> Path:
+    """The final runs over their stops (evaluation split; mean over seeds): KL from the start, the two-sample
+    accuracy and coverage against the wall time of training."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    panels = (("kl_start", "KL from the start, nats per decision"), ("two_sample", "two-sample acc. ↓"),
+              ("resnet18/coverage", "coverage resnet18 ↑"))  # fmt: skip
+    for method, records in mode_data["finals"].items():
+        stops = sorted({int(k) for r in records for k in r["stops"]})
+        wall = [np.mean([r["stops"][str(k)]["wall_s"] for r in records]) for k in stops]
+        for ax, (key, label) in zip(axes, panels):
+            y = [np.mean([_stop_value(r["stops"][str(k)], key) for r in records]) for k in stops]
+            ax.plot([0.0, *wall], [0.0 if key == "kl_start" else start[key], *y], "o-", label=method)
+            ax.set_title(label, fontsize=9)
+            ax.set_xlabel("wall time of training, s (one thread)")
+            ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(
+        f"{mode}: the final runs over time (evaluation split, mean over seeds; t = 0 is the start)", fontsize=10
+    )
+    fig.tight_layout()
+    path = out.parent / f"{out.stem}_{mode.lower()}_curves.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _cell(mean: float, sd: float) -> str:
     return f"{mean:.4g}" if not math.isfinite(sd) else f"{mean:.4g} ± {sd:.2g}"
 
 
-def mode_markdown(mode: str, data: dict[str, Any], s: dict[str, Any], plot: Path) -> list[str]:
+def mode_markdown(mode: str, data: dict[str, Any], s: dict[str, Any], plot: Path, curves: Path) -> list[str]:
     head = "| | " + " | ".join(f"{lab} {'↓' if low else '↑'}" for _, lab, low in JUDGES) + " |"
     rule = "|---|" + "---:|" * len(JUDGES)
     lines = [f"## {mode}", "", "### Tuning (tuning seed, validation split; selection: lowest two-sample accuracy, ties "
@@ -402,6 +440,7 @@ def mode_markdown(mode: str, data: dict[str, Any], s: dict[str, Any], plot: Path
     lines += ["", "Welch's p against TRPO:", "", head.replace("| |", "| against |", 1), rule]
     for name, ps in s["welch_p"].items():
         lines.append(f"| {name} | " + " | ".join(f"{ps[k]:.2g}" for k, _, _ in JUDGES) + " |")
+    lines += ["", f"![curves]({curves.name})"]
     lines += ["", f"### Equal wall time ({s['budget_s']:.0f} s of training: each run at its last stop within it)", "",
               head, rule]  # fmt: skip
     for name, row in s["equal_time"].items():
@@ -469,7 +508,8 @@ def main(argv: list[str] | None = None) -> None:
             longer = longer_supervised(args, trpo_wall, supervised)
         s = summarise(data, supervised, longer)
         plot = frontier_plot(mode, data, s["start_validation"], args.out)
-        sections += mode_markdown(mode, data, s, plot)
+        curves = curves_plot(mode, data, supervised["judges"]["evaluation"], args.out)
+        sections += mode_markdown(mode, data, s, plot, curves)
         report["modes"][mode] = {"data": data, "summary": s}
     process_s = sum(sum(r["log"]["wall_s"][-1] for recs in m["data"]["finals"].values() for r in recs)
                     for m in report["modes"].values())  # fmt: skip

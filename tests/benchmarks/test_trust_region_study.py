@@ -57,7 +57,7 @@ def test_quick_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
     study.main(argv)
     text = out.read_text()
     for part in ("### Tuning", "**selected**", "### Final judges, equal images", "Welch's p against TRPO",
-                 "### Equal wall time", "### Robustness, predictability, cost", "KL-regularised PG",
+                 "### Equal wall time", "### Robustness, predictability, cost", "KL-regularised PG", "curves.png",
                  "PPO (DDPO recipe)", "supervised (no RL, equal images)"):  # fmt: skip
         assert part in text, part
     report = json.loads(out.with_suffix(".json").read_text())
