@@ -214,7 +214,7 @@ class Study:
     def tune(self, method: str, fixed: dict[str, Any]) -> dict[str, Any]:
         """The method's grid on the tuning seed, extended past an edge optimum; every row and the selection."""
         _, knob, grid = KNOBS[method]
-        grid = grid[:3] if self.args.quick else list(grid)
+        grid = grid[:2] if self.args.quick else list(grid)
         slug = method.split()[0].lower()
         for _ in range(self.args.extend + 1):
             specs = [self.spec(f"tune {method} {knob}={v:g}", {**fixed, knob: v}, TUNING_SEED,

@@ -76,3 +76,57 @@ def test_quick_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
     before = [p.stat().st_mtime_ns for p in records]
     study.main(argv)  # every run reused: no record rewritten
     assert [p.stat().st_mtime_ns for p in records] == before and out.stat().st_mtime_ns > stamp
+
+
+def _fake_judges(rng, base):
+    keys = [k for k, _, _ in study.JUDGES] + ["two_sample_sd"]
+    return {k: float(base + 0.1 * rng.random()) for k in keys}
+
+
+def _fake_mode(rng):
+    """Tuning rows and final records shaped as the workers write them, with made-up numbers."""
+    import numpy as np
+
+    tuning = {}
+    for method, (_, knob, grid) in study.KNOBS.items():
+        rows = [{"value": v, "settings": {knob: v}, "judges": _fake_judges(rng, 0.5), "kl_start": 0.01 * (i + 1)}
+                for i, v in enumerate(grid[:4])]  # fmt: skip
+        tuning[method] = {"knob": knob, "rows": rows, "selected": study.select(rows), "at_edge": False}
+    finals = {}
+    for method in [*tuning, "PPO (DDPO recipe)"]:
+        records = []
+        for _seed in range(3):
+            stops = {str(e): {"episodes": e, "wall_s": 10.0 * e + rng.random(), "kl_start": 0.01 * e,
+                              "judges": _fake_judges(rng, 0.4)} for e in (5, 10)}  # fmt: skip
+            kl = list(np.abs(rng.normal(0.05, 0.01, 10)))
+            log = {"episode": list(range(1, 11)), "kl": kl,
+                   "max_kl": [0.05] * 10 if method == "TRPO" else [math.nan] * 10,
+                   "time_update_s": [1.0] * 10, "wall_s": [10.0 * e for e in range(1, 11)],
+                   "kl_start": [math.nan] * 4 + [0.05] + [math.nan] * 4 + [0.1]}  # fmt: skip
+            records.append({"stops": stops, "log": log})
+        finals[method] = records
+    return {"tuning": tuning, "finals": finals, "methods": {}}
+
+
+def test_the_report_of_one_mode_from_made_up_runs(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    data = _fake_mode(rng)
+    supervised = {"judges": {"validation": _fake_judges(rng, 0.6), "evaluation": _fake_judges(rng, 0.6)}}
+    longer = {"judges": {"evaluation": _fake_judges(rng, 0.6)}}
+    s = study.summarise(data, supervised, longer)
+    assert set(s["welch_p"]) == {m for m in s["rows"] if m != "TRPO"}
+    assert all(0 <= p <= 1 for ps in s["welch_p"].values() for p in ps.values() if math.isfinite(p))
+    trpo = s["predictability"]["TRPO"]
+    assert trpo["kl_over_target_median"] == pytest.approx(np.median(
+        [k / 0.05 for r in data["finals"]["TRPO"] for k in r["log"]["kl"]]))  # fmt: skip
+    assert s["predictability"]["PPO (tuned)"]["kl_over_target_median"] is None
+    assert s["robustness"]["PPO (DDPO recipe)"]["grid_improving"] == (0, 0)  # a fixed recipe has no grid
+    assert s["cost"]["TRPO"]["s_per_update"] == 1.0 and s["budget_s"] == pytest.approx(100.0)
+    out = tmp_path / "study.md"
+    frontier = study.frontier_plot("LORA_UNET", data, s["start_validation"], out)
+    curves = study.curves_plot("LORA_UNET", data, supervised["judges"]["evaluation"], out)
+    text = "\n".join(study.mode_markdown("LORA_UNET", data, s, frontier, curves))
+    assert frontier.stat().st_size > 0 and curves.stat().st_size > 0
+    assert text.count("**selected**") == 3 and "supervised run on (no RL, equal wall time)" in text
