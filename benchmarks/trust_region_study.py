@@ -1,7 +1,7 @@
 """Where does a trust region pay in diffusion fine-tuning?  TRPO vs PPO vs the KL-regularised policy gradient on the
 two-stage recipe, judged by what neither stage optimised.
 
-The successor of ``trpo_vs_ppo.py`` (which asked "does TRPO reach a higher reward?" in the reward's own space).
+The successor of ``trpo_vs_ppo.py`` (removed; at commit 605eb3a; it asked "does TRPO reach a higher reward?" in the reward's own space).
 TRPO's claim is monotone, predictable progress; this measures it.
 
 * **Start**: the supervised model of the main job (``natgrad_diffusion.supervised.stage.finetune`` on the real
@@ -252,7 +252,7 @@ def run_mode(args: argparse.Namespace, mode: str, supervised: dict[str, Any]) ->
     tuning["KL-regularised PG"] = study.tune("KL-regularised PG", {**KNOBS["KL-regularised PG"][0], "klpg_lr": ppo_lr})
     methods = {m: t["selected"]["settings"] for m, t in tuning.items()}
     methods["PPO (DDPO recipe)"] = DDPO
-    if mode == "LORA_UNET" and not args.quick:
+    if mode == "LORA_UNET" and not args.quick and not args.no_kfac:
         methods["TRPO + K-FAC"] = {**methods["TRPO"], "preconditioner": "kfac"}
     finals = study.finals(methods)
     return {"tuning": tuning, "methods": methods, "finals": finals}
@@ -477,6 +477,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=None, help="images per judgement (default: the validation crops')")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time (one torch thread each)")
     p.add_argument("--no-longer-supervised", action="store_true", help="skip the equal-wall-time supervised row")
+    p.add_argument("--no-kfac", action="store_true", help="skip the final runs of TRPO with K-FAC (LORA_UNET)")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "trust_region_study")
     p.add_argument("--out", type=Path, default=RESULTS / "trust_region_study.md")
     a = p.parse_args(argv)
