@@ -3,9 +3,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from natgrad_diffusion.core.config import CHUNKS, SAMPLING, TRUST_REGION
+from natgrad_diffusion.core.config import CHUNKS, SAMPLING, TRUST_REGION, KLPGConfig
 from natgrad_diffusion.sampling.policies import make_policy
-from natgrad_diffusion.core.config import KLPGConfig
 from natgrad_diffusion.training.agents import KLPGAgent, PPOAgent, TRPOAgent
 
 from ..conftest import PROMPTS
