@@ -226,6 +226,7 @@ def _time_summary(r: dict, chunk: int) -> list[str]:
     k, c = info["cg_iterations"], max(1, info["line_search_iterations"])
     model = cost_model(t, m, s, k, c, chunk)
     first = cost_model(t, m, s, k, 1, chunk)
+    default = cost_model(t, 1000, 250, k, 1, chunk)  # the job's 25 % Fisher on a large rollout
     trpo, ppo = t["whole TRPO update"], t["one PPO epoch"]
     epoch = ppo - model["ppo_diagnostic"]
     verdict = "accepted" if info["accepted"] else "rejected"
@@ -237,7 +238,7 @@ def _time_summary(r: dict, chunk: int) -> list[str]:
                f"TRPO costs 2 epochs (first candidate accepted) when the Fisher runs on "
                f"{100 * model['fraction_for_2x']:.1f} % of the decisions (`--fvp-subsample "
                f"{model['fraction_for_2x']:.2f}`); the job's default, 25 %, costs "
-               f"{cost_model(t, 1000, 250, k, 1, chunk)['trpo'] / cost_model(t, 1000, 250, k, 1, chunk)['ppo_epoch']:.1f}"
+               f"{default['trpo'] / default['ppo_epoch']:.1f}"
                " epochs on a large rollout.")  # fmt: skip
     return out
 

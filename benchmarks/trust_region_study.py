@@ -50,6 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import welch  # noqa: E402
 
+from natgrad_diffusion.core.logs import atomic_write_text  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 TUNING_SEED = 100
 #: method → (fixed settings, knob, grid); "klpg_lr" is filled in from PPO's selection
@@ -66,6 +68,7 @@ JUDGES = [("two_sample", "two-sample acc.", True), ("resnet18/coverage", "covera
           ("spectrum/mmd2", "MMD² spectrum", True), ("resnet18/vendi_within_prompt", "Vendi within caption resnet18", False),
           ("crater/mmd2", "MMD² crater*", True), ("crater_present", "crater present", False),
           ("caption_fidelity", "caption fidelity", False), ("memorisation", "memorisation", True)]  # fmt: skip
+MODES = ("LORA_UNET", "DIVERSITY_POLICY", "SCHEDULER_POLICY")
 QUICK = {"steps": 2, "batch_size": 4, "images_per_prompt": 2}
 
 
@@ -120,9 +123,9 @@ def worker(spec: dict[str, Any]) -> None:
             entry["judges"] = _judge(base, result.components, result.policy, spec["split"], spec["n"])
         record["stops"][str(stop)] = entry
         record["log"] = log
-        record_path.write_text(json.dumps(record, indent=1))
+        atomic_write_text(record_path, json.dumps(record, indent=1))
     record["done"] = True
-    record_path.write_text(json.dumps(record, indent=1))
+    atomic_write_text(record_path, json.dumps(record, indent=1))
 
 
 def _supervised_worker(spec: dict[str, Any], record: dict[str, Any], record_path: Path) -> None:
@@ -145,7 +148,7 @@ def _supervised_worker(spec: dict[str, Any], record: dict[str, Any], record_path
     for split in ("validation", "evaluation"):
         record.setdefault("judges", {})[split] = _judge(config, components, None, split, spec["n"])
     record["done"] = True
-    record_path.write_text(json.dumps(record, indent=1))
+    atomic_write_text(record_path, json.dumps(record, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------------- the driver
@@ -481,6 +484,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "trust_region_study")
     p.add_argument("--out", type=Path, default=RESULTS / "trust_region_study.md")
     a = p.parse_args(argv)
+    for name in ("tune_episodes", "final_episodes", "stop_every", "n", "parallel", "extend"):
+        value = getattr(a, name)
+        if value is not None and value < (0 if name == "extend" else 1):
+            p.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'extend' else 1}, got {value}")
+    if a.seeds is not None and (not a.seeds or len(a.seeds) != len(set(a.seeds)) or TUNING_SEED in a.seeds):
+        p.error(f"--seeds must be distinct and not the tuning seed {TUNING_SEED}, got {a.seeds}")
+    unknown = [m for m in a.modes.split(",") if m and m not in MODES]
+    if unknown or not any(a.modes.split(",")):
+        p.error(f"--modes takes a comma-separated subset of {', '.join(MODES)}, got {a.modes!r}")
     quick = {"seeds": [0, 1], "tune_episodes": 2, "final_episodes": 2, "stop_every": 1, "n": 8}
     full = {"seeds": [0, 1, 2, 3, 4], "tune_episodes": 10, "final_episodes": 20, "stop_every": 5, "n": None}
     for k, v in (quick if a.quick else full).items():

@@ -433,7 +433,11 @@ class PPOAgent(MinibatchAgent):
         **kwargs: Any,
     ) -> None:  # fmt: skip
         super().__init__(components, policy, reward_fn, config=ppo, **kwargs)
-        self.ppo = ppo
+
+    @property
+    def ppo(self) -> PPOConfig:
+        """PPO's settings (the agent's :attr:`config`)."""
+        return self.config  # type: ignore[return-value]
 
     def minibatch_loss(
         self, params: dict[str, Tensor], chunk: Decisions, adv: Tensor
@@ -469,7 +473,11 @@ class KLPGAgent(MinibatchAgent):
         klpg: KLPGConfig = KLPG, **kwargs: Any,
     ) -> None:  # fmt: skip
         super().__init__(components, policy, reward_fn, config=klpg, **kwargs)
-        self.klpg = klpg
+
+    @property
+    def klpg(self) -> KLPGConfig:
+        """The KL-regularised policy gradient's settings (the agent's :attr:`config`)."""
+        return self.config  # type: ignore[return-value]
 
     def minibatch_loss(
         self, params: dict[str, Tensor], chunk: Decisions, adv: Tensor

@@ -51,6 +51,18 @@ def test_time_to_coverage_and_equal_wall_time_read_the_stops():
     assert study._at_wall(record, 40.0) is None
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--stop-every", "0"], "--stop-every must be >= 1"), (["--final-episodes", "-1"], "--final-episodes must be"),
+     (["--seeds", "0", "0"], "distinct"), (["--seeds", "100"], "tuning seed"), (["--modes", "LORA"], "--modes takes"),
+     (["--modes", ","], "--modes takes")],
+)  # fmt: skip
+def test_bad_arguments_are_refused_before_any_run(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        study.parse_args([*argv, "--work", str(tmp_path / "w")])
+    assert message in capsys.readouterr().err and not (tmp_path / "w").exists()
+
+
 def test_quick_study_runs_end_to_end_and_reuses_its_runs(tmp_path):
     out = tmp_path / "study.md"
     argv = ["--quick", "--modes", "DIVERSITY_POLICY", "--work", str(tmp_path / "runs"), "--out", str(out)]
